@@ -1,0 +1,1 @@
+"""fringelive.export: the model bundle (ONNX + card.json), checkpoint import and ONNX/TensorRT export."""

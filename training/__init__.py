@@ -1,0 +1,1 @@
+"""fringelive.training: networks, datasets, the published training recipe, fine-tuning and evaluation."""
