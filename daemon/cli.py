@@ -18,6 +18,7 @@ import sys
 COMMAND_MODULES = (
     "fringelive.daemon.cli_serve",    # serve
     "fringelive.daemon.cli_stream",   # send, watch
+    "fringelive.daemon.cli_demo",     # demo
     "fringelive.export.cli_export",   # import-seed, export onnx|tensorrt
 )
 
@@ -46,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = ["fringelive", *argv]  # the command line, for provenance records
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

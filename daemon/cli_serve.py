@@ -1,6 +1,132 @@
-"""Subcommands (placeholder; replaced by the module's owner)."""
+"""``fringelive serve``: run the streaming daemon until SIGTERM/SIGINT.
+
+With no ``--config`` it runs on the embedded defaults (CPU, loopback, the installed default
+bundle). Options override the config file. At start it prints the bound endpoints (one per line,
+``NAME ADDRESS``) to stdout. SIGTERM/SIGINT stop ingest, drain the queue within
+``lifecycle.drain_timeout_s``, publish the last results and exit 0.
+
+Exit codes: 0 clean stop, 1 a daemon thread failed, 2 bad configuration, bundle or backend.
+"""
+
 from __future__ import annotations
 
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
 
-def register(sub) -> None:  # noqa: ANN001
-    return None
+from .cli import CLIError
+
+log = logging.getLogger("fringelive.daemon")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="run the streaming segmentation daemon",
+        description="Receive camera frames (ZeroMQ PULL), segment them, publish results (ZeroMQ PUB); "
+                    "control on a REP socket, Prometheus metrics over HTTP. Stops on SIGTERM/SIGINT "
+                    "after draining queued frames.")
+    p.add_argument("--config", metavar="FILE", help="TOML config file (default: embedded CPU defaults; "
+                   "see deploy/examples/fringelive.toml)")
+    p.add_argument("--bundle", metavar="DIR", help="model bundle directory (overrides [model] bundle)")
+    p.add_argument("--ingest", metavar="EP", help="ingest PULL endpoint, e.g. tcp://127.0.0.1:5555 "
+                   "(port 0 = OS-assigned; overrides [ingest] endpoint)")
+    p.add_argument("--results", metavar="EP", help="results PUB endpoint, e.g. tcp://127.0.0.1:5556 "
+                   "(port 0 = OS-assigned; overrides [results] endpoint)")
+    p.add_argument("--control", metavar="EP", help="control REP endpoint, e.g. tcp://127.0.0.1:5557 "
+                   "(port 0 = OS-assigned; overrides [control] endpoint)")
+    p.add_argument("--metrics-port", metavar="N", type=int, help="Prometheus HTTP port number "
+                   "(TCP port; 0 = OS-assigned, -1 = disable metrics; overrides [metrics] port)")
+    p.add_argument("--backend", metavar="KIND", help="inference backend: onnxruntime, onnxruntime-cuda, "
+                   "onnxruntime-tensorrt, tensorrt or torch (a name, no unit; overrides [model] backend)")
+    p.add_argument("--drain-timeout", metavar="S", type=float, help="seconds to finish queued frames at "
+                   "shutdown (overrides [lifecycle] drain_timeout_s)")
+    p.set_defaults(func=run_serve)
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The :class:`DaemonConfig` from ``--config`` and the override options; raises
+    :class:`ConfigError`."""
+    from .config import ConfigError, DaemonConfig, load_config
+
+    cfg = load_config(args.config) if args.config else DaemonConfig()
+    try:
+        if args.bundle is not None:
+            from pathlib import Path
+
+            cfg = cfg.override("model", bundle=Path(args.bundle).expanduser().resolve())
+        if args.backend is not None:
+            cfg = cfg.override("model", backend=args.backend)
+        if args.ingest is not None:
+            cfg = cfg.override("ingest", endpoint=args.ingest)
+        if args.results is not None:
+            cfg = cfg.override("results", endpoint=args.results)
+        if args.control is not None:
+            cfg = cfg.override("control", endpoint=args.control)
+        if args.metrics_port is not None:
+            cfg = (cfg.override("metrics", enabled=False) if args.metrics_port == -1
+                   else cfg.override("metrics", enabled=True, port=args.metrics_port))
+        if args.drain_timeout is not None:
+            cfg = cfg.override("lifecycle", drain_timeout_s=args.drain_timeout)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (from the command line)") from None
+    cfg.model.bundle_path()  # fail now when there is no bundle at all
+    return cfg
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from fringelive.export.bundle import BundleError
+
+    from .backends import BackendUnavailable
+    from .config import ConfigError
+    from .server import Daemon, DaemonError
+
+    stop: dict[str, Any] = {"signal": None}
+
+    def on_signal(signum: int, frame: Any) -> None:  # only sets a flag: safe in a signal handler
+        stop["signal"] = signum
+
+    # Installed before the (seconds-long) start, so a SIGTERM during start still stops cleanly.
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cfg = build_config(args)
+        if cfg.model.intra_op_threads:  # the process's torch pool (preprocessing) follows the config too
+            import torch
+
+            torch.set_num_threads(cfg.model.intra_op_threads)
+        daemon = Daemon(cfg)
+        daemon.start()
+    except (ConfigError, BundleError, BackendUnavailable) as e:
+        _restore(previous)
+        raise CLIError(str(e), 2) from None
+    except BaseException:
+        _restore(previous)
+        raise
+    try:
+        print("fringelive serve: running; endpoints:", flush=True)
+        for name, address in daemon.endpoints.items():
+            print(f"  {name:8s} {address}", flush=True)
+        while stop["signal"] is None:
+            daemon.wait(0.2)
+        log.info("received %s: stopping", signal.Signals(stop["signal"]).name)
+        counts = daemon.stop()
+    except DaemonError as e:
+        daemon.stop(raise_errors=False)
+        raise CLIError(str(e), 1) from None
+    finally:
+        _restore(previous)
+    print(f"fringelive serve: stopped; received {counts['received']}, processed {counts['processed']}, "
+          f"dropped {sum(counts['dropped'].values())}, rejected {sum(counts['rejected'].values())}", flush=True)
+    return 0
+
+
+def _restore(handlers: dict[Any, Any]) -> None:
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .cli import main
+
+    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -1,6 +1,404 @@
-"""Subcommands (placeholder; replaced by the module's owner)."""
+"""``fringelive send`` (replay image files into the daemon) and ``fringelive watch`` (print and
+record what it publishes). Wire format: ``docs/protocol.md``; sockets are plain pyzmq."""
+
 from __future__ import annotations
 
+import argparse
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-def register(sub) -> None:  # noqa: ANN001
-    return None
+from fringelive.daemon.cli import CLIError
+from fringelive.daemon.protocol import DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS_ENDPOINT
+
+DEFAULT_SEND_HWM = 4
+DEFAULT_SEND_TIMEOUT_S = 10.0
+
+
+# --------------------------------------------------------------------------------------------
+# argument helpers (pure)
+# --------------------------------------------------------------------------------------------
+
+def parse_meta_value(text: str) -> Any:
+    """``"3"`` → 3, ``"0.5"`` → 0.5, ``"true"``/``"false"`` → bool, ``"null"``/``"none"`` →
+    None, anything else → the string itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_meta(items: list[str] | None) -> dict[str, Any]:
+    """``["pixel_size_nm=0.02", "tags.grid=3"]`` → ``{"pixel_size_nm": 0.02, "tags": {"grid": 3}}``.
+    Dotted keys nest. Raises ``ValueError`` naming the bad item."""
+    meta: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            raise ValueError(f"--meta needs KEY=VALUE (dotted keys nest), got {item!r}")
+        node = meta
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--meta {item!r}: {part!r} is already a value, not a map")
+            node = child
+        node[path[-1]] = parse_meta_value(value)
+    return meta
+
+
+def merge_meta(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base`` (maps merge, values replace)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_meta(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _nonnegative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0, got 0")
+    return value
+
+
+def _add_curve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--curve-server-key", metavar="FILE", type=Path,
+                        help="CURVE: the daemon's public certificate file (server.key, made by "
+                             "zmq.auth.create_certificates); no unit")
+    parser.add_argument("--curve-client-key", metavar="FILE", type=Path,
+                        help="CURVE: this client's secret certificate file (client.key_secret); "
+                             "no unit")
+
+
+def _apply_curve(sock: Any, args: argparse.Namespace) -> bool:
+    from fringelive.daemon.protocol import configure_curve_client
+
+    server, client = args.curve_server_key, args.curve_client_key
+    if server is None and client is None:
+        return False
+    if server is None or client is None:
+        raise CLIError("CURVE needs both --curve-server-key and --curve-client-key", 2)
+    try:
+        configure_curve_client(sock, server, client)
+    except ValueError as e:
+        raise CLIError(str(e), 2) from None
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# send
+# --------------------------------------------------------------------------------------------
+
+def _planned_frames(args: argparse.Namespace) -> Iterator[tuple[Path, str, int, Any]]:
+    """Yield (file, series, frame index, ImageFrame) in send order."""
+    from fringelive.daemon.readers import read_frames
+
+    counters: dict[str, int] = {}
+    for _ in range(args.repeat):
+        for path in args.files:
+            series = args.series or path.stem
+            for image in read_frames(path):
+                index = counters.get(series, args.start_frame)
+                counters[series] = index + 1
+                yield path, series, index, image
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import zmq
+
+    from fringelive.daemon.protocol import encode_frame
+    from fringelive.daemon.readers import ReaderError, check_readable
+
+    # `--meta a=1 b=2 FILE` is greedy in argparse: items without "=" are files.
+    meta_items = [m for m in args.meta or [] if "=" in m]
+    args.files = list(args.files) + [Path(m) for m in args.meta or [] if "=" not in m]
+    if not args.files:
+        raise CLIError("send needs at least one FILE", 2)
+    try:
+        for path in args.files:
+            check_readable(path)
+        extra_meta = parse_meta(meta_items)
+        reserved = sorted(set(extra_meta) & {"version", "series", "frame", "shape", "dtype",
+                                              "byteorder"})
+        if reserved:
+            raise ValueError(f"--meta cannot set {reserved[0]!r}: series and frame come from "
+                             "--series/--start-frame, shape/dtype/byteorder from the file")
+    except (ReaderError, ValueError) as e:
+        raise CLIError(str(e), 2) from None
+    try:  # validate --series/--meta once, before connecting
+        import numpy as np
+
+        encode_frame(np.zeros((1, 1), np.uint16), series=args.series or args.files[0].stem,
+                     frame=args.start_frame, **extra_meta)
+    except ValueError as e:
+        raise CLIError(str(e), 2) from None
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    timeout_ms = int(args.timeout * 1000)
+    sock.setsockopt(zmq.SNDHWM, args.hwm)
+    sock.setsockopt(zmq.IMMEDIATE, 1)        # queue only on a live connection: block, not pile up
+    sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+    sock.setsockopt(zmq.LINGER, timeout_ms)  # on close, wait this long for queued frames
+    sent = 0
+    sent_bytes = 0
+    per_file: dict[tuple[Path, str], list[int]] = {}
+    try:
+        curve = _apply_curve(sock, args)
+        try:
+            sock.connect(args.endpoint)
+        except zmq.ZMQError as e:
+            raise CLIError(f"cannot connect to {args.endpoint!r}: {e}", 2) from None
+        start = time.monotonic()
+        for path, series, index, image in _planned_frames(args):
+            meta = merge_meta(image.meta, extra_meta)
+            try:
+                parts = encode_frame(image.pixels, series=series, frame=index, **meta)
+            except ValueError as e:
+                raise CLIError(f"{image.source}: {e}", 2) from None
+            if args.rate is not None:
+                delay = start + sent / args.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            try:
+                sock.send_multipart(parts, copy=False)
+            except zmq.Again:
+                hint = " (check the CURVE keys)" if curve else " (is `fringelive serve` running?)"
+                raise CLIError(f"no daemon took frame {series!r} #{index} at {args.endpoint} "
+                               f"within {args.timeout:g} s{hint}; {sent} frames sent", 1) from None
+            sent += 1
+            sent_bytes += sum(len(p) for p in parts)
+            per_file.setdefault((path, series), []).append(index)
+            if args.verbose:
+                h, w = image.pixels.shape
+                print(f"sent {series} #{index} {h}x{w} {image.pixels.dtype} from {image.source}",
+                      flush=True)
+        elapsed = time.monotonic() - start
+    except ReaderError as e:
+        sock.close(linger=0)
+        ctx.term()
+        raise CLIError(f"{e}; {sent} frames sent", 1) from None
+    except BaseException:  # CLIError, Ctrl-C: drop what is queued and leave
+        sock.close(linger=0)
+        ctx.term()
+        raise
+    sock.close()  # lingers up to --timeout for the last queued frames
+    ctx.term()
+    for (path, series), indices in per_file.items():
+        print(f"{path.name}: {len(indices)} frames as series {series!r} "
+              f"#{min(indices)}..{max(indices)}")
+    rate = sent / elapsed if elapsed > 0 else float("inf")
+    print(f"sent {sent} frames ({sent_bytes / 1e6:.1f} MB) to {args.endpoint} in "
+          f"{elapsed:.2f} s ({rate:.1f} frames/s)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# watch
+# --------------------------------------------------------------------------------------------
+
+def format_result_line(header: dict) -> str:
+    """One line per result: series, frame, model, particles, area fraction, drift, total ms."""
+    drift = header.get("drift")
+    status = drift.get("status", "?") if isinstance(drift, dict) else "?"
+    timings = header.get("timings_ms")
+    total: Any = None
+    if isinstance(timings, dict):
+        total = timings.get("total")
+        if not isinstance(total, (int, float)) or isinstance(total, bool):
+            numbers = [v for v in timings.values()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            total = sum(numbers) if numbers else None
+    area = header.get("area_fraction")
+    area_text = f"{area:.4f}" if isinstance(area, (int, float)) else "?"
+    total_text = f"{total:.1f} ms" if total is not None else "? ms"
+    count = header.get("particle_count", len(header.get("particles") or []))
+    return (f"{header.get('series', '?')} #{header.get('frame', '?')} "
+            f"model={header.get('model', '?')} particles={count} area={area_text} "
+            f"drift={status} total={total_text}")
+
+
+def format_error_line(header: dict) -> str:
+    """``ERROR reason detail`` (+ ``[series #frame]`` when known)."""
+    where = ""
+    if header.get("series") is not None or header.get("frame") is not None:
+        where = f" [{header.get('series', '?')} #{header.get('frame', '?')}]"
+    return f"ERROR {header.get('reason', '?')} {header.get('detail', '')}{where}"
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import zmq
+
+    from fringelive.daemon.protocol import (ERROR_TOPIC, RESULT_TOPIC, ProtocolError,
+                                            decode_error, decode_result)
+
+    recorder = None
+    if args.record is not None:
+        from fringelive.daemon.recorder import ResultRecorder
+
+        try:
+            recorder = ResultRecorder(args.record, endpoint=args.endpoint)
+        except (OSError, ImportError) as e:
+            raise CLIError(f"cannot record to {args.record}: {e}", 2) from None
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, args.hwm)
+    received = results = errors = 0
+    reason = "interrupted"
+    try:
+        _apply_curve(sock, args)
+        for topic in (RESULT_TOPIC, ERROR_TOPIC):
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            sock.connect(args.endpoint)
+        except zmq.ZMQError as e:
+            raise CLIError(f"cannot connect to {args.endpoint!r}: {e}", 2) from None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        timeout_ms = None if args.timeout is None else int(args.timeout * 1000)
+        while args.count is None or received < args.count:
+            if not poller.poll(timeout_ms):
+                reason = "timeout"
+                break
+            parts = sock.recv_multipart(copy=False)
+            topic = parts[0].bytes
+            try:
+                if topic == RESULT_TOPIC:
+                    header, mask, probs = decode_result(parts)
+                    print(format_result_line(header), flush=True)
+                    if recorder is not None:
+                        recorder.add_result(header, mask, probs if args.probabilities else None)
+                    results += 1
+                elif topic == ERROR_TOPIC:
+                    header = decode_error(parts)
+                    print(format_error_line(header), flush=True)
+                    if recorder is not None:
+                        recorder.add_error(header)
+                    errors += 1
+                else:
+                    continue
+            except ProtocolError as e:
+                print(f"WARNING malformed {topic[:16]!r} message ({e.reason}): {e.detail}",
+                      file=sys.stderr, flush=True)
+                continue
+            received += 1
+        else:
+            reason = "count"
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    finally:
+        sock.close()
+        ctx.term()
+        if recorder is not None:
+            recorder.close()
+    saved = f", recorded to {args.record}" if recorder is not None else ""
+    print(f"watch: {results} results, {errors} errors ({reason}){saved}", file=sys.stderr)
+    if reason == "timeout" and (received == 0 or args.count is not None):
+        wanted = f" of {args.count}" if args.count is not None else ""
+        print(f"watch: no data for {args.timeout:g} s after {received}{wanted} messages",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# registration
+# --------------------------------------------------------------------------------------------
+
+def register(sub: Any) -> None:
+    send = sub.add_parser(
+        "send", help="replay image files (.npy, .tif, .dm3/.dm4, .ser/.emd) to the daemon",
+        description="Send every image of FILES as one frame ([msgpack header, raw pixels]) "
+        "over a ZeroMQ PUSH socket. A stack (N, H, W) or multi-page TIFF sends N frames. "
+        "Metadata found in the files is sent; --meta overrides it.")
+    send.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                      help="image files: .npy, .tif/.tiff, .dm3/.dm4, .ser, .emd (may also "
+                           "follow --meta)")
+    send.add_argument("--endpoint", default=DEFAULT_INGEST_ENDPOINT,
+                      help=f"daemon ingest address, a ZeroMQ endpoint (default: "
+                           f"{DEFAULT_INGEST_ENDPOINT})")
+    send.add_argument("--rate", type=_positive_float, metavar="FPS",
+                      help="frames per second (default: as fast as the daemon takes them)")
+    send.add_argument("--series", metavar="NAME",
+                      help="series name for all frames (default: each file's name without "
+                           "suffix); no unit")
+    send.add_argument("--start-frame", type=_nonnegative_int, default=0, metavar="N",
+                      help="index of the first frame of each series (frames, default: 0)")
+    send.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
+                      help="send the file list N times, frame indices continuing "
+                           "(times, default: 1)")
+    send.add_argument("--meta", action="extend", nargs="+", metavar="KEY=VALUE",
+                      help="header metadata overriding the files' (units in the key names, e.g. "
+                           "pixel_size_nm=0.02 dose_e_per_A2=400 voltage_kv=300 tags.grid=3; "
+                           "values parse as int/float/bool/null/str; dotted keys nest)")
+    send.add_argument("--timeout", type=_positive_float, default=DEFAULT_SEND_TIMEOUT_S,
+                      metavar="S", help="give up when the daemon takes no frame for this long "
+                                        f"(seconds, default: {DEFAULT_SEND_TIMEOUT_S:g})")
+    send.add_argument("--hwm", type=_positive_int, default=DEFAULT_SEND_HWM, metavar="N",
+                      help=f"send high-water mark: frames queued before sending blocks "
+                           f"(frames, default: {DEFAULT_SEND_HWM})")
+    send.add_argument("-v", "--verbose", action="store_true",
+                      help="print one line per frame sent (no unit)")
+    _add_curve_options(send)
+    send.set_defaults(func=cmd_send)
+
+    watch = sub.add_parser(
+        "watch", help="print (and record) the daemon's published results and errors",
+        description="Subscribe to b'result' and b'error' messages, print one line per message, "
+        "optionally record masks and headers to HDF5. Stops after --count messages, after "
+        "--timeout seconds without data, or on Ctrl-C (the file is closed cleanly). Exit code 1 "
+        "when the timeout hit before --count messages (or before any message).")
+    watch.add_argument("--endpoint", default=DEFAULT_RESULTS_ENDPOINT,
+                       help=f"daemon results address, a ZeroMQ endpoint (default: "
+                            f"{DEFAULT_RESULTS_ENDPOINT})")
+    watch.add_argument("--record", type=Path, metavar="FILE.h5",
+                       help="write masks, frame indices and headers to this HDF5 file "
+                            "(overwritten; layout in docs/protocol.md); no unit")
+    watch.add_argument("--count", type=_positive_int, metavar="N",
+                       help="stop after N messages, results and errors together (messages, "
+                            "default: no limit)")
+    watch.add_argument("--timeout", type=_positive_float, metavar="S",
+                       help="stop after this long without a message (seconds, default: wait "
+                            "forever)")
+    watch.add_argument("--probabilities", action="store_true",
+                       help="also record the float16 probability maps when the daemon sends "
+                            "them (no unit)")
+    watch.add_argument("--hwm", type=_positive_int, default=1000, metavar="N",
+                       help="receive high-water mark (messages, default: 1000)")
+    _add_curve_options(watch)
+    watch.set_defaults(func=cmd_watch)

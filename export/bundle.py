@@ -119,6 +119,7 @@ def load_bundle(path: str | os.PathLike[str], verify_hashes: bool = True) -> Bun
     except (CardError, UnicodeDecodeError) as e:
         raise BundleError(f"bundle {p}: {CARD_FILE}: {e}") from None
     files: list[tuple[str, str, str]] = [("member", m.file, m.sha256) for m in card.members]
+    files += [("weights", m.weights, m.weights_sha256 or "") for m in card.members if m.weights]
     files += [("engine", e.file, e.sha256) for e in card.engines]
     for kind, rel, digest in files:
         f = (p / rel).resolve()
@@ -141,30 +142,44 @@ def write_bundle(
     card: Card,
     member_files: Iterable[str | os.PathLike[str]],
     overwrite: bool = False,
+    weight_files: Iterable[str | os.PathLike[str] | None] | None = None,
 ) -> Bundle:
-    """Write a bundle: copy each ONNX file in as ``member<i>.onnx``, fill in file names and
-    sha256 in ``card.members`` (keeping their ``source``), and write ``card.json`` last so a
-    half-written bundle never loads."""
+    """Write a bundle: copy each ONNX file in as ``member<i>.onnx`` (and each torch state-dict
+    file, when given, as ``member<i>.pt``), fill in file names and sha256 in ``card.members``
+    (keeping their ``source``), and write ``card.json`` last so a half-written bundle never
+    loads."""
     out = Path(out_dir)
     srcs = [Path(f) for f in member_files]
     if len(srcs) != len(card.members):
         raise BundleError(f"bundle {out}: {len(srcs)} member files for {len(card.members)} card members")
+    weights = list(weight_files) if weight_files is not None else [None] * len(srcs)
+    if len(weights) != len(srcs):
+        raise BundleError(f"bundle {out}: {len(weights)} weight files for {len(srcs)} members")
     if out.exists():
         if not overwrite and any(out.iterdir()):
             raise BundleError(f"bundle {out}: directory exists and is not empty (pass overwrite=True / --force)")
     out.mkdir(parents=True, exist_ok=True)
     (out / CARD_FILE).unlink(missing_ok=True)
     members = []
-    for i, (src, m) in enumerate(zip(srcs, card.members)):
+    for i, (src, wsrc, m) in enumerate(zip(srcs, weights, card.members)):
         name = f"member{i}.onnx"
-        dst = out / name
-        if src.resolve() != dst.resolve():
-            shutil.copyfile(src, dst)
-        members.append(Member(file=name, sha256=sha256_file(dst), source=m.source,
-                              input_name=m.input_name, output_name=m.output_name))
+        _copy(src, out / name)
+        wname = wsha = None
+        if wsrc is not None:
+            wname = f"member{i}.pt"
+            _copy(Path(wsrc), out / wname)
+            wsha = sha256_file(out / wname)
+        members.append(Member(file=name, sha256=sha256_file(out / name), source=m.source,
+                              input_name=m.input_name, output_name=m.output_name,
+                              weights=wname, weights_sha256=wsha))
     card = card.replace(members=tuple(members))
     _atomic_write(out / CARD_FILE, card.to_json().encode())
     return load_bundle(out)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

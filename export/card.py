@@ -183,18 +183,29 @@ class Architecture:
 @dataclass(frozen=True)
 class Member:
     """One ensemble member: an ONNX file in the bundle directory. Input ``image`` (N,1,H,W)
-    float32 preprocessed, output ``logits`` (N,C,H,W) float32."""
+    float32 preprocessed, output ``logits`` (N,C,H,W) float32. ``weights`` optionally names a
+    torch ``state_dict`` file of the same network (for the torch backend and fine-tuning)."""
 
     file: str
     sha256: str
     source: str | None = None
     input_name: str = "image"
     output_name: str = "logits"
+    weights: str | None = None
+    weights_sha256: str | None = None
 
 
 @dataclass(frozen=True)
 class Engine:
-    """A TensorRT engine built from one member for one GPU/TensorRT version."""
+    """A TensorRT engine built from one member for one GPU/TensorRT version.
+
+    member: the ONNX member file it was built from. precision: ``fp16`` | ``fp32``.
+    gpu / compute_capability: e.g. ``NVIDIA H100 80GB HBM3`` / ``9.0`` (engines only run there).
+    profile: the optimization profile of input ``image``: ``{"min"|"opt"|"max": [N, 1, H, W]}``.
+    max_abs_diff_vs_onnxruntime: max abs logit difference from ONNX Runtime (CPU) on a random
+    input at the ``opt`` shape, accepted when <= ``tolerance``; argmax_agreement: fraction of
+    pixels whose predicted class agrees, accepted when >= ``min_argmax_agreement``.
+    """
 
     file: str
     sha256: str
@@ -206,6 +217,8 @@ class Engine:
     profile: dict[str, list[int]]
     max_abs_diff_vs_onnxruntime: float | None = None
     tolerance: float | None = None
+    argmax_agreement: float | None = None
+    min_argmax_agreement: float | None = None
 
 
 @dataclass(frozen=True)

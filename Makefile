@@ -1,0 +1,37 @@
+# Two commands on a fresh machine with only Python 3.10+:
+#   make demo   install into .venv and run the daemon on the embedded CPU default
+#   make test   install into .venv (with test extras) and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# CPU build of PyTorch first: a bare `torch` requirement would pull GBs of CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test test-slow bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev,io]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/fringelive demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -m slow
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/preprocess_tiling.py
+	$(BIN)/python benchmarks/daemon.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

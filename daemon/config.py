@@ -1,0 +1,494 @@
+"""Daemon configuration: frozen dataclasses, parsed strictly from TOML at the CLI edge.
+
+Every key is optional; the embedded defaults run a CPU daemon on loopback::
+
+    [ingest]      # frames in: ZeroMQ PULL
+    endpoint = "tcp://127.0.0.1:5555"   # tcp://HOST:PORT (port 0 or * = OS-assigned), ipc://PATH, inproc://NAME
+    bind = true                         # bind (camera connects) or connect (camera binds)
+    rcvhwm = 4                          # messages held by ZeroMQ before the sender blocks
+    max_message_bytes = 68157440        # 64 MiB (4096² float32) + 1 MiB header room, bytes
+    max_frame_pixels = 16777216         # H*W, pixels (4096²)
+    max_side = 8192                     # max H or W, pixels
+    [results]     # results out: ZeroMQ PUB
+    endpoint = "tcp://127.0.0.1:5556"
+    sndhwm = 16                         # messages per subscriber before PUB drops for it
+    publish_probabilities = false       # also send class-1 probabilities as float16 (2 bytes/px)
+    [control]     # ZeroMQ REP: status, stats, reload
+    endpoint = "tcp://127.0.0.1:5557"
+    [metrics]     # Prometheus text over HTTP at http://HOST:PORT/metrics
+    enabled = true
+    host = "127.0.0.1"
+    port = 9108                         # 0 = OS-assigned
+    [queue]
+    size = 4                            # frames waiting for the worker
+    policy = "block"                    # "block" (back-pressure) | "drop-oldest" (live view)
+    [model]
+    bundle = "path/to/bundle"           # default: the installed default bundle
+    backend = "onnxruntime"             # onnxruntime | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch
+    device = "auto"                     # auto (the backend's own: cpu, or cuda:0 for GPU kinds) | cpu | cuda | cuda:N
+    members = "all"                     # "all" or a list of member indices, e.g. [0, 2]
+    intra_op_threads = 0                # CPU threads per inference (and torch preprocessing under `serve`); 0 = runtime default
+    [pipeline]
+    tiling = "halo"                     # "halo" (exact, equals one whole-frame pass) | "gaussian"
+    tile_size = "auto"                  # "auto" (from memory_budget_mb) | "whole" | pixels
+    batch_size = 4                      # tiles per backend call
+    memory_budget_mb = 2048             # MiB for one backend call's activations (tile_size = "auto")
+    gaussian_roi = 512                  # window side for tiling = "gaussian", px
+    gaussian_overlap = 0.25             # window overlap for tiling = "gaussian", fraction
+    threshold = 0.5                     # class-1 probability above which a pixel is particle
+    min_particle_area_px = 20           # smaller connected components are ignored, pixels
+    [lifecycle]
+    drain_timeout_s = 10.0              # seconds to finish queued frames at shutdown
+    [curve]       # ZeroMQ CURVE on ingest and results (control too with control = true)
+    enabled = false
+    server_secret_key = "certs/server.key_secret"   # from zmq.auth.create_certificates
+    authorized_clients_dir = "certs/clients"        # *.key files of the allowed clients
+    control = false
+
+Relative paths are resolved against the config file's directory. The metrics endpoint
+``http://127.0.0.1:9108/metrics`` is the default (port 9108 as the de-facto registry entry for
+exporters of this kind); set ``[metrics] port = 0`` for a free port or ``enabled = false``.
+
+``max_message_bytes`` is also set as ZeroMQ's ``ZMQ_MAXMSGSIZE`` on the ingest socket (a limit on
+each message part). ZeroMQ answers a part over that limit by dropping the sender's connection
+without telling the application, so such a message is never received and cannot be counted; the
+decoder enforces the same limit (all parts together) on messages that did arrive, and rejects
+them as counted frames. Deployment example: ``deploy/examples/fringelive.toml``.
+
+Errors raise :class:`ConfigError` with one line naming the key and the bad value, e.g.
+``queue.policy must be one of ['block', 'drop-oldest'], got 'newest'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "ConfigError",
+    "IngestConfig",
+    "ResultsConfig",
+    "ControlConfig",
+    "MetricsConfig",
+    "QueueConfig",
+    "ModelConfig",
+    "PipelineConfig",
+    "LifecycleConfig",
+    "CurveConfig",
+    "DaemonConfig",
+    "QUEUE_POLICIES",
+    "BACKEND_KINDS",
+    "TILING_MODES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_BUNDLE_DIR",
+    "load_config",
+    "parse_endpoint",
+    "default_bundle_path",
+]
+
+QUEUE_POLICIES = ("block", "drop-oldest")
+BACKEND_KINDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch")
+TILING_MODES = ("halo", "gaussian")
+TILE_SIZE_WORDS = ("auto", "whole")
+#: 4096 × 4096 float32 pixels (64 MiB) plus 1 MiB for the header, bytes.
+DEFAULT_MAX_MESSAGE_BYTES = 4096 * 4096 * 4 + (1 << 20)
+#: The package-data directory holding the default bundle (``daemon/default_bundle``).
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "default_bundle"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the bad value."""
+
+
+# --- endpoints ------------------------------------------------------------------------------
+
+_TCP_RE = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>\*|\d+)$")
+
+
+def parse_endpoint(endpoint: str, *, bind: bool, key: str) -> str:
+    """Check a ZeroMQ endpoint and return it. ``tcp://HOST:PORT`` (a bind may use port ``0`` or
+    ``*`` for an OS-assigned port and host ``*`` for all interfaces), ``ipc://PATH``,
+    ``inproc://NAME``. Raises :class:`ConfigError` naming ``key``."""
+    if not isinstance(endpoint, str):
+        raise ConfigError(f"{key} must be a string, got {endpoint!r}")
+    if endpoint.startswith("tcp://"):
+        m = _TCP_RE.match(endpoint)
+        if not m:
+            raise ConfigError(f"{key} must look like tcp://HOST:PORT, got {endpoint!r}")
+        host, port = m.group("host"), m.group("port")
+        if port != "*" and not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{key} port must be in 0..65535, got {endpoint!r}")
+        if not bind and (port in ("*", "0") or host == "*"):
+            raise ConfigError(f"{key} connects, so it needs a concrete host and port, got {endpoint!r}")
+        return endpoint
+    for scheme in ("ipc://", "inproc://"):
+        if endpoint.startswith(scheme):
+            if len(endpoint) == len(scheme):
+                raise ConfigError(f"{key} {scheme}... needs a name, got {endpoint!r}")
+            return endpoint
+    raise ConfigError(f"{key} must be tcp://HOST:PORT, ipc://PATH or inproc://NAME, got {endpoint!r}")
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for ``ipc://``/``inproc://`` and tcp on a loopback address or ``localhost``."""
+    m = _TCP_RE.match(endpoint)
+    if not m:
+        return True
+    host = m.group("host").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_bundle_path() -> Path | None:
+    """The installed default bundle (``fringelive/daemon/default_bundle``), or None."""
+    return DEFAULT_BUNDLE_DIR if (DEFAULT_BUNDLE_DIR / "card.json").is_file() else None
+
+
+# --- sections -------------------------------------------------------------------------------
+
+def _positive_int(value: int, key: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Frames in (ZeroMQ PULL). ``rcvhwm``: messages; ``max_message_bytes``: bytes per message
+    (also ``ZMQ_MAXMSGSIZE``); ``max_frame_pixels``: H*W, px; ``max_side``: px."""
+
+    endpoint: str = "tcp://127.0.0.1:5555"
+    bind: bool = True
+    rcvhwm: int = 4
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_frame_pixels: int = 4096 * 4096
+    max_side: int = 8192
+
+    def __post_init__(self) -> None:
+        parse_endpoint(self.endpoint, bind=self.bind, key="ingest.endpoint")
+        for name in ("rcvhwm", "max_message_bytes", "max_frame_pixels", "max_side"):
+            _positive_int(getattr(self, name), f"ingest.{name}")
+
+
+@dataclass(frozen=True)
+class ResultsConfig:
+    """Results out (ZeroMQ PUB, always binds). ``sndhwm``: messages queued per subscriber."""
+
+    endpoint: str = "tcp://127.0.0.1:5556"
+    sndhwm: int = 16
+    publish_probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        parse_endpoint(self.endpoint, bind=True, key="results.endpoint")
+        _positive_int(self.sndhwm, "results.sndhwm")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """Control commands (ZeroMQ REP, binds): ``status``, ``stats``, ``reload``."""
+
+    endpoint: str = "tcp://127.0.0.1:5557"
+
+    def __post_init__(self) -> None:
+        parse_endpoint(self.endpoint, bind=True, key="control.endpoint")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus exposition at ``http://host:port/metrics`` (default port 9108; 0 = OS-assigned)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"metrics.port must be in 0..65535, got {self.port!r}")
+        if not self.host:
+            raise ConfigError(f"metrics.host must be a host name or address, got {self.host!r}")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The bounded frame queue between receiver and worker. ``size``: frames. ``policy``:
+    ``block`` (receiver stops reading, ZeroMQ's high-water mark fills, the sender's PUSH blocks)
+    or ``drop-oldest`` (newest frames win; counted as dropped{reason="queue_full"})."""
+
+    size: int = 4
+    policy: str = "block"
+
+    def __post_init__(self) -> None:
+        _positive_int(self.size, "queue.size")
+        if self.policy not in QUEUE_POLICIES:
+            raise ConfigError(f"queue.policy must be one of {list(QUEUE_POLICIES)}, got {self.policy!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which bundle to serve and how. ``bundle`` None → the installed default bundle;
+    ``device`` None ("auto") → the backend kind's own (cpu, or cuda:0 for GPU kinds);
+    ``members`` None → all members; ``intra_op_threads`` None → runtime default."""
+
+    bundle: Path | None = None
+    backend: str = "onnxruntime"
+    device: str | None = None
+    members: tuple[int, ...] | None = None
+    intra_op_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKEND_KINDS:
+            raise ConfigError(f"model.backend must be one of {list(BACKEND_KINDS)}, got {self.backend!r}")
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"model.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.members is not None:
+            if not self.members or any(m < 0 for m in self.members) or len(set(self.members)) != len(self.members):
+                raise ConfigError(f"model.members must be \"all\" or distinct member indices >= 0, got {list(self.members)!r}")
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise ConfigError(f"model.intra_op_threads must be >= 1 (or 0 in TOML for the default), got {self.intra_op_threads!r}")
+        if self.bundle is not None and not Path(self.bundle).is_dir():
+            raise ConfigError(f"model.bundle: no such bundle directory: {str(self.bundle)!r}")
+
+    def bundle_path(self) -> Path:
+        """The configured bundle, else the installed default; :class:`ConfigError` when neither."""
+        if self.bundle is not None:
+            return Path(self.bundle)
+        default = default_bundle_path()
+        if default is None:
+            raise ConfigError(
+                f"model.bundle: no bundle configured and no default bundle installed at {str(DEFAULT_BUNDLE_DIR)!r} "
+                "(pass --bundle DIR or set [model] bundle)")
+        return default
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How frames are computed. ``tile_size``: px, ``"auto"`` (largest tile within
+    ``memory_budget_mb`` MiB) or ``"whole"`` (one pass); ``batch_size``: tiles per backend call;
+    ``gaussian_roi``: window side (px) and ``gaussian_overlap``: overlap fraction for
+    ``tiling = "gaussian"``; ``threshold``: class-1 probability; ``min_particle_area_px``: px."""
+
+    tiling: str = "halo"
+    tile_size: int | str = "auto"
+    batch_size: int = 4
+    memory_budget_mb: float = 2048.0
+    gaussian_roi: int = 512
+    gaussian_overlap: float = 0.25
+    threshold: float = 0.5
+    min_particle_area_px: int = 20
+
+    def __post_init__(self) -> None:
+        if self.tiling not in TILING_MODES:
+            raise ConfigError(f"pipeline.tiling must be one of {list(TILING_MODES)}, got {self.tiling!r}")
+        if isinstance(self.tile_size, str):
+            if self.tile_size not in TILE_SIZE_WORDS:
+                raise ConfigError(f"pipeline.tile_size must be \"auto\", \"whole\" or pixels, got {self.tile_size!r}")
+        elif self.tile_size < 16 or self.tile_size % 16:
+            raise ConfigError(f"pipeline.tile_size must be a positive multiple of 16 px, got {self.tile_size!r}")
+        if self.tiling == "gaussian" and self.tile_size == "whole":
+            raise ConfigError("pipeline.tile_size \"whole\" needs pipeline.tiling = \"halo\", got tiling 'gaussian'")
+        _positive_int(self.batch_size, "pipeline.batch_size")
+        if self.gaussian_roi < 16 or self.gaussian_roi % 16:
+            raise ConfigError(f"pipeline.gaussian_roi must be a positive multiple of 16 px, got {self.gaussian_roi!r}")
+        if not 0.0 <= self.gaussian_overlap < 1.0:
+            raise ConfigError(f"pipeline.gaussian_overlap must be >= 0 and < 1, got {self.gaussian_overlap!r}")
+        if not self.memory_budget_mb > 0:
+            raise ConfigError(f"pipeline.memory_budget_mb must be > 0, got {self.memory_budget_mb!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"pipeline.threshold must be in (0, 1), got {self.threshold!r}")
+        if self.min_particle_area_px < 0:
+            raise ConfigError(f"pipeline.min_particle_area_px must be >= 0, got {self.min_particle_area_px!r}")
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """``drain_timeout_s``: seconds the worker may spend on queued frames after ingest stops;
+    frames still queued then are dropped{reason="shutdown"}."""
+
+    drain_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.drain_timeout_s >= 0:
+            raise ConfigError(f"lifecycle.drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """ZeroMQ CURVE authentication + encryption for ingest and results (and control when
+    ``control``). ``server_secret_key``: the server's ``.key_secret`` file;
+    ``authorized_clients_dir``: directory of the allowed clients' public ``.key`` files (both as
+    written by ``zmq.auth.create_certificates``)."""
+
+    enabled: bool = False
+    server_secret_key: Path | None = None
+    authorized_clients_dir: Path | None = None
+    control: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if self.server_secret_key is None:
+            raise ConfigError("curve.server_secret_key is required when curve.enabled = true")
+        if not Path(self.server_secret_key).is_file():
+            raise ConfigError(f"curve.server_secret_key: no such file: {str(self.server_secret_key)!r}")
+        if self.authorized_clients_dir is None:
+            raise ConfigError("curve.authorized_clients_dir is required when curve.enabled = true")
+        if not Path(self.authorized_clients_dir).is_dir():
+            raise ConfigError(f"curve.authorized_clients_dir: no such directory: {str(self.authorized_clients_dir)!r}")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The whole daemon configuration (see the module docstring for every key)."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    curve: CurveConfig = field(default_factory=CurveConfig)
+
+    def __post_init__(self) -> None:
+        eps = {"ingest.endpoint": self.ingest.endpoint, "results.endpoint": self.results.endpoint,
+               "control.endpoint": self.control.endpoint}
+        seen: dict[str, str] = {}
+        for key, ep in eps.items():
+            if _fixed(ep) and ep in seen:
+                raise ConfigError(f"{key} {ep!r} is the same endpoint as {seen[ep]}")
+            seen[ep] = key
+        if self.curve.enabled and not self.ingest.bind:
+            raise ConfigError("curve.enabled = true needs ingest.bind = true (the daemon is the CURVE server), "
+                              "got ingest.bind = false")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None) -> "DaemonConfig":
+        """Build from parsed TOML; relative paths resolve against ``base_dir`` (default: cwd)."""
+        return _parse_section(cls, data, "", Path(base_dir) if base_dir is not None else Path.cwd())
+
+    def replace(self, **sections: Any) -> "DaemonConfig":
+        """A copy with whole sections replaced, e.g. ``cfg.replace(queue=QueueConfig(8))``."""
+        return dataclasses.replace(self, **sections)
+
+    def override(self, section: str, **values: Any) -> "DaemonConfig":
+        """A copy with some keys of one section changed (validated again)."""
+        if section not in {f.name for f in dataclasses.fields(self)}:
+            raise ConfigError(f"unknown config section {section!r}")
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
+
+
+def _fixed(endpoint: str) -> bool:
+    """An endpoint that names one concrete address (not an OS-assigned tcp port)."""
+    m = _TCP_RE.match(endpoint)
+    return not m or m.group("port") not in ("0", "*")
+
+
+def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
+    """Read and validate a TOML config file. Raises :class:`ConfigError` (one line, naming the
+    file and the key) for a missing/unreadable file, bad TOML, unknown keys, wrong types or values."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError("reading TOML on Python 3.10 needs the 'tomli' package (pip install tomli)") from None
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {str(p)!r}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    try:
+        return DaemonConfig.from_dict(data, base_dir=p.resolve().parent)
+    except ConfigError as e:
+        raise ConfigError(f"config file {str(p)!r}: {e}") from None
+
+
+# --- strict parsing -------------------------------------------------------------------------
+
+def _parse_section(cls: type, data: Any, prefix: str, base_dir: Path) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a table, got {data!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; known: {names}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name in names:
+        if name not in data:
+            continue
+        key = prefix + name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _parse_section(tp, data[name], key + ".", base_dir)
+        else:
+            kwargs[name] = _convert(cls, name, tp, data[name], key, base_dir)
+    return cls(**kwargs)
+
+
+def _convert(cls: type, name: str, tp: Any, value: Any, key: str, base_dir: Path) -> Any:
+    # TOML has no null: a few keys spell "default" with a word or 0.
+    if cls is ModelConfig and name == "members":
+        if value == "all":
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be \"all\" or a list of member indices, got {value!r}")
+        return tuple(value)
+    if cls is ModelConfig and name == "device" and value == "auto":
+        return None
+    if cls is ModelConfig and name == "intra_op_threads" and value == 0 and not isinstance(value, bool):
+        return None
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return _convert(cls, name, a, value, key, base_dir)
+            except ConfigError:
+                continue
+        want = " or ".join(_type_word(a) for a in args)
+        raise ConfigError(f"{key} must be {want}, got {value!r}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} must be a path string, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base_dir / p)
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _type_word(tp: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path string"}.get(
+        tp, str(tp))

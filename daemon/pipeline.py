@@ -1,0 +1,421 @@
+"""The segmentation pipeline: one camera frame in, probabilities, mask and particles out.
+
+    pixels (H, W) counts ─ preprocess (card.preprocessing, CPU torch) ─► image (H, W) float32
+      └► per member backend: tile + infer + stitch (halo tiling or Gaussian blend) ─► logits (C, H, W)
+         └► class-1 probability (2 classes: sigmoid(l1 - l0), in place) ─► mean over members
+            └► mask = probability > threshold ─► particle statistics, area fraction
+
+Pure: arrays in, arrays out; no sockets, no threads (the daemon's worker thread calls
+:meth:`SegmentationPipeline.run`). Full-frame buffers are reused in place where possible: a
+4096² frame costs one logits array (C·64 MB) per member at a time plus the running mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from .particles import area_fraction, particle_stats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fringelive.export.bundle import Bundle
+
+    from .backends import Backend
+
+__all__ = [
+    "TILING_MODES",
+    "PipelineConfig",
+    "PipelineResult",
+    "SegmentationPipeline",
+    "class1_probability",
+]
+
+TILING_MODES = ("halo", "gaussian")
+TILE_SIZE_WORDS = ("auto", "whole")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How a frame is computed.
+
+    tile_size: core side of a halo tile in px (a multiple of the card's ``tile.multiple_of``);
+        None or "auto" = the largest tile whose activations fit ``memory_budget_mb`` (the whole
+        frame when it fits); "whole" = always one whole-frame pass.
+    batch_size: tiles per backend call. memory_budget_mb: MiB for one backend call's activations.
+    tiling: "halo" (exact, equals one whole-frame pass) or "gaussian" (MONAI-style blend of
+        ``gaussian_roi`` px windows overlapping by the fraction ``gaussian_overlap``).
+    threshold: class-1 probability above which a pixel is particle.
+    min_particle_area_px: smaller connected components are not reported as particles (px).
+    members: indices of the ensemble members to run (None = all; used by
+        :meth:`SegmentationPipeline.from_bundle` and checked against the backends given).
+    """
+
+    tile_size: int | str | None = None
+    batch_size: int = 4
+    memory_budget_mb: float = 2048
+    tiling: str = "halo"
+    gaussian_roi: int = 512
+    gaussian_overlap: float = 0.25
+    threshold: float = 0.5
+    min_particle_area_px: int = 20
+    members: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        ts = self.tile_size
+        if isinstance(ts, str):
+            if ts not in TILE_SIZE_WORDS:
+                raise ValueError(f"tile_size must be a positive multiple of 16 px, None, 'auto' or 'whole', got {ts!r}")
+        elif ts is not None and (not _is_int(ts) or ts < 1):
+            raise ValueError(f"tile_size must be a positive multiple of 16 px, None, 'auto' or 'whole', got {ts!r}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if isinstance(self.memory_budget_mb, bool) or not isinstance(self.memory_budget_mb, (int, float)) \
+                or not self.memory_budget_mb > 0:
+            raise ValueError(f"memory_budget_mb must be > 0 (MiB), got {self.memory_budget_mb!r}")
+        if self.tiling not in TILING_MODES:
+            raise ValueError(f"tiling must be one of {list(TILING_MODES)}, got {self.tiling!r}")
+        if self.tiling == "gaussian" and ts == "whole":
+            raise ValueError("tile_size 'whole' needs tiling 'halo', got tiling 'gaussian'")
+        if not _is_int(self.gaussian_roi) or self.gaussian_roi < 1:
+            raise ValueError(f"gaussian_roi must be a positive integer (px), got {self.gaussian_roi!r}")
+        if not 0.0 <= self.gaussian_overlap < 1.0:
+            raise ValueError(f"gaussian_overlap must be >= 0 and < 1, got {self.gaussian_overlap!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if not _is_int(self.min_particle_area_px) or self.min_particle_area_px < 0:
+            raise ValueError(f"min_particle_area_px must be an integer >= 0, got {self.min_particle_area_px!r}")
+        if self.members is not None:
+            m = tuple(self.members)
+            if not m or any(not _is_int(i) or i < 0 for i in m) or len(set(m)) != len(m):
+                raise ValueError(f"members must be None or distinct member indices >= 0, got {self.members!r}")
+            object.__setattr__(self, "members", m)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What :meth:`SegmentationPipeline.run` computed for one frame.
+
+    probabilities: (H, W) float32, class-1 probability averaged over the members.
+    mask: (H, W) bool, ``probabilities > threshold``.
+    member_masks: one (H, W) bool mask per member (each member's own probability > threshold),
+        for member agreement; with one member it is ``(mask,)``.
+    particles: per-particle dicts from :func:`fringelive.daemon.particles.particle_stats`.
+    area_fraction: fraction of the frame's pixels in ``mask``.
+    timings_ms: ms per stage: "preprocess", "inference" (tiling + backend calls + stitching, all
+        members), "postprocess" (probabilities, ensemble mean, threshold), "particles", "total".
+    tile_size: halo-tile core side used (px), None for one whole-frame pass (or gaussian tiling).
+    members: the members' file names (or model paths), in backend order.
+    preprocess_stats: from :func:`fringelive.daemon.preprocess.preprocess`: ``xray_pixels``
+        (pixels replaced) and, with the flat-field on, ``flatfield_min``/``flatfield_max``.
+    """
+
+    probabilities: np.ndarray
+    mask: np.ndarray
+    member_masks: tuple[np.ndarray, ...]
+    particles: list[dict[str, Any]]
+    area_fraction: float
+    timings_ms: dict[str, float]
+    tile_size: int | None = None
+    members: tuple[str, ...] = field(default=())
+    preprocess_stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape  # type: ignore[return-value]
+
+
+def class1_probability(logits: np.ndarray) -> np.ndarray:
+    """Softmax probability of class 1 from logits ``(C, H, W)`` float32, as (H, W) float32.
+
+    For two classes this is ``sigmoid(l1 - l0)`` computed in place in ``logits[1]`` (the logits
+    array is consumed); for more classes a max-shifted softmax."""
+    if logits.ndim != 3 or logits.shape[0] < 2:
+        raise ValueError(f"logits must have shape (C, H, W) with C >= 2, got {logits.shape}")
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.shape[0] == 2:
+        d = logits[1]
+        np.subtract(logits[0], d, out=d)  # l0 - l1
+        with np.errstate(over="ignore"):
+            np.exp(d, out=d)  # inf for very confident background → probability 0
+        d += 1.0
+        np.reciprocal(d, out=d)
+        return d
+    m = logits.max(axis=0)
+    np.subtract(logits, m, out=logits)
+    np.exp(logits, out=logits)
+    total = logits.sum(axis=0)
+    p = logits[1]
+    p /= total
+    return p
+
+
+def _bytes_per_pixel(spec: Mapping[str, Any], arch_name: str) -> float:
+    """Activation bytes per input pixel of one network pass (for tile sizing)."""
+    from . import tiling
+
+    try:
+        from fringelive.training.models import build_model
+
+        net_spec = build_model(arch_name, **dict(spec)).spec
+        return float(tiling.activation_bytes_per_pixel(net_spec))
+    except (ValueError, TypeError):  # unknown architecture: the seed net's conservative figure
+        from fringelive.training.models import UNetSpec
+
+        return float(tiling.activation_bytes_per_pixel(UNetSpec()))
+
+
+class SegmentationPipeline:
+    """Runs a bundle's preprocessing, its member backends, the ensemble mean and particle stats.
+
+    The pipeline owns ``backends`` (one per member, in member order): :meth:`close` closes them.
+    Use as a context manager. Not re-entrant: call :meth:`run` from one thread at a time.
+    """
+
+    def __init__(self, bundle: "Bundle", backends: Sequence["Backend"], config: PipelineConfig | None = None) -> None:
+        config = config or PipelineConfig()
+        if not isinstance(config, PipelineConfig):
+            raise TypeError(f"config must be a PipelineConfig, got {type(config).__name__}")
+        backends = list(backends)
+        if not backends:
+            raise ValueError("backends must hold at least one backend (one per ensemble member)")
+        for b in backends:
+            if not callable(b):
+                raise TypeError(f"each backend must be callable batch -> logits, got {type(b).__name__}")
+        n_members = len(bundle.card.members)
+        if config.members is not None:
+            bad = [i for i in config.members if i >= n_members]
+            if bad:
+                raise ValueError(f"members {bad} do not exist: bundle {bundle.name!r} has {n_members} member(s)")
+            if len(config.members) != len(backends):
+                raise ValueError(f"config.members selects {len(config.members)} member(s) but {len(backends)} backend(s) were given")
+        elif len(backends) > n_members:
+            raise ValueError(f"{len(backends)} backends given for bundle {bundle.name!r} with {n_members} member(s)")
+        tile = bundle.card.tile
+        ts = config.tile_size
+        if _is_int(ts) and ts % tile.multiple_of:
+            raise ValueError(f"tile_size must be a positive multiple of {tile.multiple_of} px for bundle "
+                             f"{bundle.name!r}, got {ts}")
+        if config.tiling == "gaussian" and config.gaussian_roi % tile.multiple_of:
+            raise ValueError(f"gaussian_roi must be a positive multiple of {tile.multiple_of} px for bundle "
+                             f"{bundle.name!r}, got {config.gaussian_roi}")
+        self.bundle = bundle
+        self.backends = backends
+        self.config = config
+        self._bytes_per_pixel: float | None = None
+        self._tile_sizes: dict[tuple[int, int], int | None] = {}
+        self._closed = False
+
+    @classmethod
+    def from_bundle(cls, bundle: "Bundle | str", config: PipelineConfig | None = None, *, kind: str = "onnxruntime",
+                    **backend_kwargs: Any) -> "SegmentationPipeline":
+        """Load ``bundle`` (a :class:`Bundle` or its directory) and build its backends of ``kind``
+        for ``config.members`` (keyword arguments go to
+        :func:`fringelive.daemon.backends.create_backends`)."""
+        from fringelive.export.bundle import Bundle, load_bundle
+
+        from .backends import create_backends
+
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        config = config or PipelineConfig()
+        backends = create_backends(kind, bundle, members=config.members, **backend_kwargs)
+        try:
+            return cls(bundle, backends, config)
+        except BaseException:
+            for b in backends:
+                b.close()
+            raise
+
+    # -- geometry ---------------------------------------------------------------------------
+    @property
+    def input_limits(self) -> tuple[int, int, int] | None:
+        """Largest network input ``(N, h, w)`` all backends accept (TensorRT engine profiles),
+        None when unlimited."""
+        limits = [lim for lim in (getattr(b, "input_limits", None) for b in self.backends) if lim]
+        if not limits:
+            return None
+        return (min(x[0] for x in limits), min(x[1] for x in limits), min(x[2] for x in limits))
+
+    @property
+    def batch_size(self) -> int:
+        """Tiles per backend call: ``config.batch_size``, capped by the backends' input limits."""
+        limits = self.input_limits
+        return self.config.batch_size if limits is None else max(1, min(self.config.batch_size, limits[0]))
+
+    def tile_size_for(self, shape: tuple[int, int]) -> int | None:
+        """The halo tile core side (px) used for frames of ``shape`` (H, W); None = one pass.
+
+        "auto" takes the largest tile within the memory budget and, when a backend limits its
+        input size (TensorRT profiles), the largest whose inputs (core + halos) fit that limit.
+        """
+        ts = self.config.tile_size
+        if ts == "whole":
+            return None
+        if _is_int(ts):
+            return int(ts)
+        shape = (int(shape[0]), int(shape[1]))
+        if shape not in self._tile_sizes:
+            from . import tiling
+
+            if self._bytes_per_pixel is None:
+                arch = self.bundle.card.architecture
+                self._bytes_per_pixel = _bytes_per_pixel(arch.spec, arch.name)
+            tile = self.bundle.card.tile
+            size = tiling.choose_tile_size(
+                shape, multiple_of=tile.multiple_of, halo=tile.halo_px,
+                memory_budget_bytes=int(self.config.memory_budget_mb * 2**20),
+                bytes_per_pixel=self._bytes_per_pixel, batch_size=self.batch_size)
+            limits = self.input_limits
+            if limits is not None:
+                size = self._fit_input_limits(shape, size, limits[1:])
+            self._tile_sizes[shape] = size
+        return self._tile_sizes[shape]
+
+    def _fit_input_limits(self, shape: tuple[int, int], size: int | None, limit: tuple[int, int]) -> int | None:
+        from . import tiling
+
+        tile = self.bundle.card.tile
+
+        def fits(candidate: int | None) -> bool:
+            plan = tiling.plan_tiles(shape, candidate, tile.halo_px, tile.multiple_of)
+            h, w = plan.max_input_shape
+            return h <= limit[0] and w <= limit[1]
+
+        if fits(size):
+            return size
+        m = tile.multiple_of
+        start = size if size is not None else -(-max(shape) // m) * m
+        for candidate in range(start - m, 0, -m):
+            if fits(candidate):
+                return candidate
+        raise ValueError(f"no halo tile fits the backends' largest input {limit[0]}×{limit[1]} px for frames of "
+                         f"{shape[0]}×{shape[1]} px (halo {tile.halo_px} px); rebuild the engine with a larger tile size")
+
+    # -- one frame --------------------------------------------------------------------------
+    def run(self, pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> PipelineResult:
+        """Segment one frame ``pixels`` (H, W) of any real dtype (camera counts).
+
+        ``meta.get("pixel_size_nm")`` (nm/px, optional) scales the particle sizes.
+        """
+        if self._closed:
+            raise RuntimeError("the pipeline is closed")
+        if not isinstance(pixels, np.ndarray):
+            raise TypeError(f"pixels must be a numpy array (H, W), got {type(pixels).__name__}")
+        if pixels.ndim != 2 or min(pixels.shape) < 1:
+            raise ValueError(f"pixels must have shape (H, W) with H, W >= 1, got {pixels.shape}")
+        if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)) \
+                or pixels.dtype == np.bool_:
+            raise ValueError(f"pixels must hold real numbers (integer or float), got dtype {pixels.dtype}")
+        meta = meta or {}
+        pixel_size = meta.get("pixel_size_nm")
+        if pixel_size is not None and not (isinstance(pixel_size, numbers.Real) and not isinstance(pixel_size, bool)
+                                           and math.isfinite(pixel_size) and pixel_size > 0):
+            raise ValueError(f"meta['pixel_size_nm'] must be a positive number (nm/px) or None, got {pixel_size!r}")
+
+        from . import tiling
+        from .preprocess import preprocess
+
+        cfg = self.config
+        card = self.bundle.card
+        timings: dict[str, float] = {}
+        t_start = t = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            timings[stage] = timings.get(stage, 0.0) + (now - t) * 1e3
+            t = now
+
+        pre_stats: dict[str, Any] = {}
+        image = preprocess(pixels, card.preprocessing, device="cpu", stats=pre_stats).numpy()
+        lap("preprocess")
+
+        shape = (int(pixels.shape[0]), int(pixels.shape[1]))
+        tile_size = self.tile_size_for(shape) if cfg.tiling == "halo" else None
+        mean: np.ndarray | None = None
+        member_masks: list[np.ndarray] = []
+        for backend in self.backends:
+            if cfg.tiling == "halo":
+                logits = tiling.infer_tiled(backend, image, tile_size=tile_size, halo=card.tile.halo_px,
+                                            multiple_of=card.tile.multiple_of, batch_size=self.batch_size)
+            else:
+                logits = tiling.infer_gaussian(backend, image, roi_size=cfg.gaussian_roi,
+                                               overlap=cfg.gaussian_overlap, batch_size=self.batch_size)
+            lap("inference")
+            if logits.shape[1:] != shape:
+                raise RuntimeError(f"tiling returned logits of shape {logits.shape} for a frame of shape {shape}")
+            p = class1_probability(logits)
+            if len(self.backends) > 1:
+                member_masks.append(p > cfg.threshold)
+            if mean is None:
+                mean = p  # a view into this member's logits, which are not used again
+            else:
+                mean += p
+            del logits, p
+            lap("postprocess")
+        assert mean is not None
+        if len(self.backends) > 1:
+            mean /= np.float32(len(self.backends))
+        probabilities = np.ascontiguousarray(mean, dtype=np.float32)
+        mask = probabilities > cfg.threshold
+        if not member_masks:
+            member_masks.append(mask)
+        lap("postprocess")
+
+        particles = particle_stats(mask, pixel_size, min_area_px=cfg.min_particle_area_px)
+        fraction = area_fraction(mask)
+        lap("particles")
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return PipelineResult(
+            probabilities=probabilities,
+            mask=mask,
+            member_masks=tuple(member_masks),
+            particles=particles,
+            area_fraction=fraction,
+            timings_ms={k: timings.get(k, 0.0) for k in ("preprocess", "inference", "postprocess", "particles", "total")},
+            tile_size=tile_size,
+            members=tuple(getattr(b, "member", repr(b)) for b in self.backends),
+            preprocess_stats=pre_stats,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What runs, for status pages: bundle name and path, each backend's kind, device and
+        member, and the configuration."""
+        return {
+            "bundle": self.bundle.name,
+            "bundle_path": str(self.bundle.path),
+            "backends": [{"kind": getattr(b, "name", type(b).__name__), "device": getattr(b, "device", None),
+                          "member": getattr(b, "member", None)} for b in self.backends],
+            "config": dataclasses.asdict(self.config),
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the backends. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for b in self.backends:
+            close = getattr(b, "close", None)
+            if close is not None:
+                close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "SegmentationPipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

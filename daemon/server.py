@@ -1,0 +1,772 @@
+"""The streaming daemon: sockets, threads, the bounded frame queue, accounting and lifecycle.
+
+Threads (each ZeroMQ socket is used by exactly one of them)::
+
+    receiver   ingest PULL ──recv_multipart(copy=False)──► decode_frame ──► FrameQueue
+                 └─ rejects / drops ─► outbox
+    worker     FrameQueue ──► SegmentationPipeline.run ──► encode_result ──► outbox
+    publisher  outbox ──► results PUB ([b"result", ...] and [b"error", ...])
+    control    control REP: status / stats / reload / ping (control.py)
+    (+ the metrics HTTP server thread and, with CURVE, the ZAP authenticator thread)
+
+Queue policy ``block``: when the queue is full the receiver stops reading, ZeroMQ's receive
+high-water mark fills and the sender's PUSH blocks (back-pressure). ``drop-oldest``: the oldest
+queued frame makes room and is counted ``dropped{reason="queue_full"}`` (error event
+``overloaded``), so the worker always works on the newest frames.
+
+Accounting: every message read from ingest ends as exactly one of processed (its result was
+sent), dropped(reason) or rejected(reason); a frame that fails in the pipeline is
+``rejected{reason="pipeline_error"}`` and the daemon goes on. At :meth:`Daemon.stop` ingest stops
+first, the worker drains the queue for up to ``drain_timeout_s`` seconds, frames still queued are
+``dropped{reason="shutdown"}``, then the publisher flushes and the sockets close.
+
+Thread errors (not per-frame failures, which are counted) stop nothing by themselves: they are
+stored and re-raised in the main thread as :class:`DaemonError` by :meth:`Daemon.wait` and
+:meth:`Daemon.stop` (LiberTEM-live style).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import queue as _queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import msgpack
+import numpy as np
+
+from .config import ConfigError, DaemonConfig, is_loopback_endpoint
+from .control import ControlHandler
+from .metrics import DaemonMetrics, MetricsServer, RollingStats
+from .protocol import REJECT_REASONS, FrameLimits, ProtocolError, decode_frame, encode_error, encode_result, packb
+
+__all__ = ["Daemon", "DaemonError", "FrameQueue", "RateLimitedLog", "STATES"]
+
+log = logging.getLogger("fringelive.daemon")
+
+STATES = ("created", "starting", "running", "draining", "stopped", "failed")
+_POLL_MS = 50            # receiver/control poll interval, ms
+_WAIT_S = 0.05           # worker/publisher queue wait, s
+_PUB_LINGER_MS = 2000    # time the PUB socket may take to flush at close, ms
+_JOIN_EXTRA_S = 120.0    # after the drain deadline: how long a frame already in compute may finish, s
+
+
+class DaemonError(RuntimeError):
+    """A daemon thread failed (``thread`` names it; ``__cause__`` is the original error)."""
+
+    def __init__(self, thread: str, error: BaseException) -> None:
+        super().__init__(f"daemon thread {thread!r} failed: {type(error).__name__}: {error}")
+        self.thread = thread
+
+
+# --- the bounded queue ------------------------------------------------------------------------
+
+class FrameQueue:
+    """Bounded FIFO between receiver and worker that also tracks the item being worked on, so
+    :meth:`idle` tells when everything queued has been finished. Thread-safe; one lock, three
+    conditions (not empty / not full / idle) so a put wakes only a getter (``queue.Queue``
+    style)."""
+
+    def __init__(self, size: int, on_depth: Callable[[int], None] | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"queue size must be >= 1, got {size!r}")
+        self.size = size
+        self._items: collections.deque[Any] = collections.deque()
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._in_progress = 0
+        self._on_depth = on_depth or (lambda n: None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any, timeout: float | None = None) -> bool:
+        """Append, waiting up to ``timeout`` s (None: for ever) for room; False when still full."""
+        with self._not_full:
+            if len(self._items) >= self.size:
+                if timeout is not None and timeout <= 0:
+                    return False
+                if not self._not_full.wait_for(lambda: len(self._items) < self.size, timeout):
+                    return False
+            self._items.append(item)
+            self._on_depth(len(self._items))
+            self._not_empty.notify()
+            return True
+
+    def put_evict(self, item: Any) -> list[Any]:
+        """Append now; return the oldest items removed to make room (drop-oldest policy)."""
+        with self._lock:
+            evicted = []
+            while len(self._items) >= self.size:
+                evicted.append(self._items.popleft())
+            self._items.append(item)
+            self._on_depth(len(self._items))
+            self._not_empty.notify()
+            return evicted
+
+    def get(self, timeout: float | None = None) -> Any | None:
+        """The oldest item (now *in progress* until :meth:`task_done`), or None after ``timeout`` s."""
+        with self._not_empty:
+            if not self._items and not self._not_empty.wait_for(lambda: len(self._items) > 0, timeout):
+                return None
+            item = self._items.popleft()
+            self._in_progress += 1
+            self._on_depth(len(self._items))
+            self._not_full.notify()
+            return item
+
+    def task_done(self) -> None:
+        with self._lock:
+            self._in_progress -= 1
+            if not self._items and self._in_progress == 0:
+                self._idle.notify_all()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._items and self._in_progress == 0
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` s until nothing is queued or in progress."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._items and self._in_progress == 0, timeout)
+
+    def take_all(self) -> list[Any]:
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._on_depth(0)
+            self._not_full.notify_all()
+            if self._in_progress == 0:
+                self._idle.notify_all()
+            return items
+
+
+class RateLimitedLog:
+    """At most ``burst`` lines per ``interval_s`` seconds per key; the next line after a quiet
+    period reports how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0, burst: int = 5) -> None:
+        self.logger, self.interval_s, self.burst = logger, interval_s, burst
+        self._lock = threading.Lock()
+        self._state: dict[str, list[float | int]] = {}
+
+    def warning(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            start, count, suppressed = self._state.get(key, [now, 0, 0])
+            if now - start >= self.interval_s:
+                start, count = now, 0
+            if count >= self.burst:
+                self._state[key] = [start, count, suppressed + 1]
+                return
+            self._state[key] = [start, count + 1, 0]
+        if suppressed:
+            msg = msg + " (%d similar lines suppressed)"
+            args = (*args, suppressed)
+        self.logger.warning(msg, *args)
+
+
+# --- work items -------------------------------------------------------------------------------
+
+@dataclass
+class _Work:
+    frame: Any            # protocol.Frame
+    t_received: float     # time.perf_counter() when the message was read, s
+
+
+@dataclass
+class _Outgoing:
+    parts: list[Any]
+    t_received: float | None = None          # set for results (end-to-end latency)
+    timings_ms: dict[str, float] | None = None
+    particles: int = 0
+    t_ready: float = 0.0                     # perf_counter when the worker handed it over
+
+
+_STOP = object()
+
+
+@dataclass
+class _Model:
+    """What the worker computes with: the bundle, its backends and the pipeline around them."""
+
+    bundle: Any
+    backends: list[Any]
+    pipeline: Any
+
+    def close(self) -> None:
+        try:
+            self.pipeline.close()  # closes its backends
+        except Exception:  # noqa: BLE001 - closing must not mask the real work
+            log.exception("closing the pipeline of bundle %s failed", self.bundle.name)
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+class Daemon:
+    """The streaming segmentation daemon. ``Daemon(config, registry=None)``; a context manager
+    (``__enter__`` starts, ``__exit__`` stops with the configured drain timeout).
+
+    ``registry``: the Prometheus registry to register on (default: a fresh one with process
+    collectors). After :meth:`start`, :attr:`endpoints` holds the actual addresses (ports
+    given as 0 or ``*`` resolved) keyed ``ingest``, ``results``, ``control``, ``metrics``.
+    """
+
+    def __init__(self, config: DaemonConfig, registry: Any = None) -> None:
+        if not isinstance(config, DaemonConfig):
+            raise TypeError(f"config must be a DaemonConfig, got {type(config).__name__}")
+        self.config = config
+        self.metrics = DaemonMetrics(registry, reject_reasons=(*REJECT_REASONS, "pipeline_error", "internal_error"))
+        self.registry = self.metrics.registry
+        self.rolling = RollingStats()
+        self.endpoints: dict[str, str] = {}
+        self.state = "created"
+        self._rlog = RateLimitedLog(log)
+        self._queue = FrameQueue(config.queue.size, on_depth=self.metrics.queue_depth.set)
+        self.metrics.queue_capacity.set(config.queue.size)
+        self._outbox: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
+        self._stop_ingest = threading.Event()
+        self._abort = threading.Event()
+        self._stop_control = threading.Event()
+        self._wake = threading.Event()
+        self._errors: list[tuple[str, BaseException]] = []
+        self._threads: dict[str, threading.Thread] = {}
+        self._ctx: Any = None
+        self._auth: Any = None
+        self._metrics_server: MetricsServer | None = None
+        self._model: _Model | None = None
+        self._pending_model: _Model | None = None
+        self._swap_lock = threading.Lock()
+        self._swapped = threading.Condition(self._swap_lock)
+        self._reload_lock = threading.Lock()
+        self._started_at: float | None = None
+        self._stopped = False
+        self._sockets: dict[str, Any] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "Daemon":
+        """Load the bundle, build backends, bind sockets, start threads. Raises
+        :class:`ConfigError` (bad bundle path/CURVE files), ``BundleError``, ``BackendUnavailable``
+        or ``zmq.ZMQError`` (address in use); everything opened so far is closed again."""
+        if self.state != "created":
+            raise RuntimeError(f"Daemon.start() called in state {self.state!r}")
+        self.state = "starting"
+        try:
+            self._model = self._load_model(self.config.model.bundle_path())
+            self._publish_bundle_info(self._model)
+            self._open_sockets()
+            if self.config.metrics.enabled:
+                mc = self.config.metrics
+                try:
+                    self._metrics_server = MetricsServer(self.registry, mc.host, mc.port)
+                except OSError as e:
+                    raise ConfigError(f"metrics.port: cannot serve HTTP on {mc.host}:{mc.port}: {e}") from None
+                self.endpoints["metrics"] = self._metrics_server.url
+        except BaseException:
+            self.state = "failed"
+            self._close_everything()
+            raise
+        self._started_at = time.monotonic()
+        self.state = "running"
+        self._spawn("publisher", self._publisher_loop, self._sockets.pop("results"))
+        self._spawn("worker", self._worker_loop)
+        self._spawn("receiver", self._receiver_loop, self._sockets.pop("ingest"))
+        self._spawn("control", self._control_loop, self._sockets.pop("control"))
+        m = self._model
+        log.info("started: bundle %s (%d member(s), %s on %s), queue %d (%s); ingest %s, results %s, control %s, metrics %s",
+                 m.bundle.name, len(m.backends), self.config.model.backend, _device_of(m.backends),
+                 self.config.queue.size, self.config.queue.policy, self.endpoints["ingest"],
+                 self.endpoints["results"], self.endpoints["control"], self.endpoints.get("metrics", "disabled"))
+        return self
+
+    def __enter__(self) -> "Daemon":
+        if self.state == "created":
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.stop(raise_errors=exc is None)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (e.g. from a control command); does not stop by itself."""
+        self._wake.set()
+
+    def wait(self, timeout: float | None = None) -> bool | None:
+        """Block until :meth:`request_stop` (→ True) or a thread fails (→ raises
+        :class:`DaemonError`); None when ``timeout`` seconds passed first."""
+        woke = self._wake.wait(timeout)
+        self.raise_if_failed()
+        return True if woke else None
+
+    def raise_if_failed(self) -> None:
+        if self._errors:
+            name, err = self._errors[0]
+            raise DaemonError(name, err) from err
+
+    def stop(self, drain_timeout_s: float | None = None, *, raise_errors: bool = True) -> dict[str, Any]:
+        """Stop ingest, let the worker finish queued frames for up to ``drain_timeout_s`` seconds
+        (default: ``lifecycle.drain_timeout_s``), drop the rest (``shutdown``), flush results,
+        close everything. Idempotent. Returns the final frame counts; raises :class:`DaemonError`
+        if a thread had failed (unless ``raise_errors`` is False)."""
+        if self._stopped:
+            if raise_errors:
+                self.raise_if_failed()
+            return self.metrics.counts()
+        if drain_timeout_s is None:
+            drain_timeout_s = self.config.lifecycle.drain_timeout_s
+        if not drain_timeout_s >= 0:
+            raise ValueError(f"drain_timeout_s must be >= 0, got {drain_timeout_s!r}")
+        self._stopped = True
+        if self._threads:
+            self.state = "draining"
+            t0 = time.monotonic()
+            deadline = t0 + drain_timeout_s
+            self._stop_ingest.set()
+            log.info("draining: ingest stopped, %d frame(s) queued, drain timeout %.1f s", len(self._queue), drain_timeout_s)
+            receiver = self._threads.get("receiver")
+            if receiver is not None:
+                receiver.join(max(0.0, deadline - time.monotonic()))
+            self._queue.wait_idle(max(0.0, deadline - time.monotonic()))
+            self._abort.set()
+            if receiver is not None:
+                receiver.join()
+            worker = self._threads.get("worker")
+            if worker is not None:
+                worker.join(_JOIN_EXTRA_S)
+                if worker.is_alive():
+                    log.error("worker still busy %.0f s after the drain deadline; abandoning its frame", _JOIN_EXTRA_S)
+            leftover = self._queue.take_all()
+            for work in leftover:
+                self._drop(work, "shutdown")
+            self._outbox.put(_STOP)
+            publisher = self._threads.get("publisher")
+            if publisher is not None:
+                publisher.join(10.0)
+            self._stop_control.set()
+            control = self._threads.get("control")
+            if control is not None:
+                control.join(5.0)
+            counts = self.metrics.counts()
+            log.info("drain finished in %.2f s: %d frame(s) processed in total, %d dropped at shutdown",
+                     time.monotonic() - t0, counts["processed"], len(leftover))
+        self._abort.set()
+        self._stop_control.set()
+        self._close_everything()
+        self.state = "failed" if self._errors or self.state == "failed" else "stopped"
+        counts = self.metrics.counts()
+        log.info("stopped: received %d, processed %d, dropped %s, rejected %s", counts["received"],
+                 counts["processed"], counts["dropped"], counts["rejected"])
+        if raise_errors:
+            self.raise_if_failed()
+        return counts
+
+    def _close_everything(self) -> None:
+        for s in self._sockets.values():
+            s.close(linger=0)
+        self._sockets.clear()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            alive = [n for n, t in self._threads.items() if t.is_alive()]
+            if alive:  # a thread still owns a socket: terminating would block on it
+                log.error("threads %s did not stop; leaving the ZeroMQ context open", alive)
+            else:
+                self._ctx.term()
+            self._ctx = None
+        for m in (self._pending_model, self._model):
+            if m is not None and not (self._threads.get("worker") and self._threads["worker"].is_alive()):
+                m.close()
+
+    # -- model ------------------------------------------------------------------------------------
+    def _load_model(self, path: Path) -> _Model:
+        """Load + validate a bundle, build its backends and pipeline, and warm it up on a test
+        frame. Raises on any failure (nothing left open)."""
+        from fringelive.export.bundle import load_bundle
+
+        from .backends import create_backends
+
+        bundle = load_bundle(path)
+        cfg = self.config.model
+        backends = create_backends(cfg.backend, bundle, members=list(cfg.members) if cfg.members is not None else None,
+                                   device=cfg.device, intra_op_threads=cfg.intra_op_threads)
+        try:
+            pipeline = _make_pipeline(bundle, backends, self.config)
+        except BaseException:
+            for b in backends:
+                b.close()
+            raise
+        try:
+            _warm_up(bundle, pipeline)
+        except BaseException:
+            pipeline.close()
+            raise
+        return _Model(bundle, backends, pipeline)
+
+    def _publish_bundle_info(self, model: _Model) -> None:
+        self.metrics.set_bundle(name=model.bundle.name, schema=model.bundle.card.schema_version,
+                                members=len(model.backends), backend=self.config.model.backend,
+                                device=_device_of(model.backends), path=str(model.bundle.path))
+
+    def reload(self, bundle: str | os.PathLike[str] | None = None, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Swap to the bundle at ``bundle`` (default: re-read the current one) between frames.
+        The new bundle is loaded, validated, its backends built and smoke-tested first; on any
+        failure the old one stays and the reply is ``{"ok": False, "error": ...}``."""
+        with self._reload_lock:
+            old = self._model
+            path = Path(bundle) if bundle is not None else (old.bundle.path if old else self.config.model.bundle_path())
+            try:
+                new = self._load_model(path)
+            except Exception as e:  # noqa: BLE001 - any failure leaves the old bundle in place
+                self.metrics.reloads.labels(outcome="failed").inc()
+                msg = f"{type(e).__name__}: {e}"
+                log.warning("reload of %s failed, keeping bundle %s: %s", path, old.bundle.name if old else None, msg)
+                return {"ok": False, "error": msg, "bundle": old.bundle.name if old else None}
+            worker = self._threads.get("worker")
+            with self._swapped:
+                if worker is not None and worker.is_alive():
+                    self._pending_model = new
+                    done = self._swapped.wait_for(lambda: self._pending_model is None, timeout_s)
+                    if not done:
+                        self._pending_model = None
+                        new.close()
+                        self.metrics.reloads.labels(outcome="failed").inc()
+                        return {"ok": False, "error": f"the worker did not reach a frame boundary within {timeout_s} s",
+                                "bundle": old.bundle.name if old else None}
+                else:
+                    self._model = new
+            if old is not None:
+                old.close()
+            self._publish_bundle_info(new)
+            self.metrics.reloads.labels(outcome="ok").inc()
+            log.info("reloaded: bundle %s (%s, %d member(s)) replaces %s", new.bundle.name, new.bundle.path,
+                     len(new.backends), old.bundle.name if old else None)
+            return {"ok": True, "bundle": new.bundle.name, "path": str(new.bundle.path),
+                    "members": len(new.backends), "previous": old.bundle.name if old else None}
+
+    def _maybe_swap(self) -> None:
+        if self._pending_model is None:
+            return
+        with self._swapped:
+            if self._pending_model is not None:
+                self._model = self._pending_model
+                self._pending_model = None
+                self._swapped.notify_all()
+
+    # -- introspection ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """State, bundle, endpoints, queue and frame counts (control ``status``)."""
+        m = self._model
+        counts = self.metrics.counts()
+        return {
+            "state": self.state,
+            "pid": os.getpid(),
+            "uptime_s": (time.monotonic() - self._started_at) if self._started_at else 0.0,
+            "bundle": None if m is None else {
+                "name": m.bundle.name, "path": str(m.bundle.path), "schema": m.bundle.card.schema_version,
+                "members": len(m.backends), "backend": self.config.model.backend, "device": _device_of(m.backends)},
+            "endpoints": dict(self.endpoints),
+            "queue": {"depth": len(self._queue), "size": self.config.queue.size, "policy": self.config.queue.policy},
+            "frames": counts,
+            "errors": [f"{n}: {type(e).__name__}: {e}" for n, e in self._errors],
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Latency percentiles (ms) and throughput over the last processed frames (control ``stats``)."""
+        return {"frames": self.metrics.counts(), **self.rolling.summary()}
+
+    # -- sockets ----------------------------------------------------------------------------------
+    def _open_sockets(self) -> None:
+        import zmq
+
+        cfg = self.config
+        self._ctx = zmq.Context()
+        curve_keys = None
+        if cfg.curve.enabled:
+            curve_keys = self._start_curve()
+        ingest = self._ctx.socket(zmq.PULL)
+        self._sockets["ingest"] = ingest
+        ingest.rcvhwm = cfg.ingest.rcvhwm
+        ingest.maxmsgsize = cfg.ingest.max_message_bytes
+        ingest.linger = 0
+        ingest.rcvtimeo = _POLL_MS  # the receiver wakes this often to check for stop
+        if curve_keys:
+            _curve_server(ingest, curve_keys)
+        self.endpoints["ingest"] = _attach(ingest, cfg.ingest.endpoint, cfg.ingest.bind, "ingest.endpoint")
+
+        results = self._ctx.socket(zmq.PUB)
+        self._sockets["results"] = results
+        results.sndhwm = cfg.results.sndhwm
+        results.linger = _PUB_LINGER_MS
+        if curve_keys:
+            _curve_server(results, curve_keys)
+        self.endpoints["results"] = _attach(results, cfg.results.endpoint, True, "results.endpoint")
+
+        control = self._ctx.socket(zmq.REP)
+        self._sockets["control"] = control
+        control.linger = 0
+        if curve_keys and cfg.curve.control:
+            _curve_server(control, curve_keys)
+        self.endpoints["control"] = _attach(control, cfg.control.endpoint, True, "control.endpoint")
+        if not is_loopback_endpoint(cfg.control.endpoint) and not (curve_keys and cfg.curve.control):
+            log.warning("control endpoint %s is reachable beyond loopback without CURVE; anyone there can reload "
+                        "bundles (set [curve] control = true)", self.endpoints["control"])
+
+    def _start_curve(self) -> tuple[bytes, bytes]:
+        import zmq
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        cc = self.config.curve
+        if not zmq.has("curve"):
+            raise ConfigError(f"curve.enabled: this libzmq {zmq.zmq_version()} was built without CURVE support")
+        try:
+            public, secret = zmq.auth.load_certificate(cc.server_secret_key)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"curve.server_secret_key: cannot read {str(cc.server_secret_key)!r}: {e}") from None
+        if secret is None:
+            raise ConfigError(f"curve.server_secret_key: {str(cc.server_secret_key)!r} holds no secret key "
+                              "(use the .key_secret file made by zmq.auth.create_certificates)")
+        clients = sorted(Path(cc.authorized_clients_dir).glob("*.key"))
+        if not clients:
+            log.warning("curve: no client public keys (*.key) in %s; every client will be refused", cc.authorized_clients_dir)
+        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("fringelive.daemon.auth"))
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(cc.authorized_clients_dir))
+        log.info("curve: enabled on ingest and results%s, %d authorised client key(s) in %s",
+                 " and control" if cc.control else "", len(clients), cc.authorized_clients_dir)
+        return public, secret
+
+    # -- threads ----------------------------------------------------------------------------------
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        def run() -> None:
+            try:
+                target(*args)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                log.exception("thread %s failed", name)
+                self._errors.append((name, e))
+                self.state = "failed"
+                self._wake.set()
+
+        t = threading.Thread(target=run, name=f"fringelive-{name}", daemon=True)
+        self._threads[name] = t
+        t.start()
+
+    def _receiver_loop(self, sock: Any) -> None:
+        import zmq
+
+        cfg = self.config
+        limits = FrameLimits(max_pixels=cfg.ingest.max_frame_pixels, max_side=cfg.ingest.max_side,
+                             max_message_bytes=cfg.ingest.max_message_bytes)
+        block = cfg.queue.policy == "block"
+        held: _Work | None = None
+        try:
+            while True:
+                if held is not None:  # block policy: wait for room, keep ZeroMQ's buffers full meanwhile
+                    if self._queue.put(held, timeout=_WAIT_S):
+                        held = None
+                    elif self._abort.is_set():
+                        self._drop(held, "shutdown")
+                        held = None
+                    continue
+                if self._stop_ingest.is_set():
+                    return
+                try:  # blocking receive with ZMQ_RCVTIMEO = _POLL_MS: one call per message
+                    parts = sock.recv_multipart(copy=False)
+                except zmq.Again:
+                    continue
+                held = self._accept(parts, limits, block)
+        finally:
+            sock.close(linger=0)
+
+    def _accept(self, parts: Sequence[Any], limits: Any, block: bool) -> _Work | None:
+        """Count, decode and enqueue one message; return it when the queue is full under the
+        block policy (the receiver then holds it and stops reading)."""
+        t = time.perf_counter()
+        self.metrics.frame_received()
+        try:
+            frame = decode_frame(parts, limits)
+        except ProtocolError as e:
+            self._reject(e.reason, e.detail, e.series, e.frame)
+            return None
+        except Exception as e:  # noqa: BLE001 - a decoder bug must not stop ingest
+            self._reject("internal_error", f"decoder raised {type(e).__name__}: {e}", None, None)
+            return None
+        work = _Work(frame, t)
+        if block:
+            return None if self._queue.put(work, timeout=0) else work
+        for old in self._queue.put_evict(work):
+            self._drop(old, "queue_full")
+        return None
+
+    def _worker_loop(self) -> None:
+        while not self._abort.is_set():
+            self._maybe_swap()
+            work = self._queue.get(timeout=_WAIT_S)
+            if work is None:
+                continue
+            try:
+                self._process(work)
+            finally:
+                self._queue.task_done()
+        self._maybe_swap()
+
+    def _process(self, work: _Work) -> None:
+        t0 = time.perf_counter()
+        model = self._model
+        assert model is not None
+        frame = work.frame
+        h = frame.header
+        meta = h.to_dict()
+        try:
+            result = model.pipeline.run(frame.pixels, meta)
+            timings = {"queue": (t0 - work.t_received) * 1e3, **{k: float(v) for k, v in result.timings_ms.items()}}
+            particles = list(result.particles)
+            header = {
+                "series": h.series, "frame": h.frame, "model": model.bundle.name,
+                "particle_count": len(particles), "particles": particles,
+                "area_fraction": float(result.area_fraction),
+                "drift": _drift_of(result),
+                "timings_ms": timings,
+                "queue_depth": len(self._queue),
+                "meta": meta,
+            }
+            t_enc = time.perf_counter()
+            probs = result.probabilities if self.config.results.publish_probabilities else None
+            parts = encode_result(header, result.mask, probs)
+            timings["publish"] = (time.perf_counter() - t_enc) * 1e3
+            sent = msgpack.unpackb(parts[1], raw=False, strict_map_key=False)
+            sent["timings_ms"] = timings
+            parts[1] = packb(sent)
+        except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
+            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
+            return
+        self._outbox.put(_Outgoing(parts, work.t_received, timings, len(particles), time.perf_counter()))
+
+    def _publisher_loop(self, sock: Any) -> None:
+        try:
+            while True:
+                try:
+                    out = self._outbox.get(timeout=_WAIT_S)
+                except _queue.Empty:
+                    continue
+                if out is _STOP:
+                    return
+                sock.send_multipart(out.parts, copy=False)
+                if out.t_received is not None:
+                    now = time.perf_counter()
+                    e2e = now - out.t_received
+                    self.metrics.frame_processed()
+                    self.metrics.frame_latency.observe(e2e)
+                    stages = dict(out.timings_ms or {})
+                    stages["publish"] = stages.get("publish", 0.0) + (now - out.t_ready) * 1e3
+                    self.metrics.observe_stages(stages)
+                    self.metrics.particles.observe(out.particles)
+                    self.rolling.add(e2e * 1e3, stages, out.particles)
+        finally:
+            sock.close(linger=_PUB_LINGER_MS)
+
+    def _control_loop(self, sock: Any) -> None:
+        import zmq
+
+        handler = ControlHandler(self)
+        try:
+            while not self._stop_control.is_set():
+                if not sock.poll(_POLL_MS, zmq.POLLIN):
+                    continue
+                request = sock.recv(copy=False)
+                sock.send(handler.handle(request.bytes))
+        finally:
+            sock.close(linger=0)
+
+    # -- accounting helpers (any thread) ----------------------------------------------------------
+    def _reject(self, reason: str, detail: str, series: str | None, frame: int | None) -> None:
+        self.metrics.frame_rejected(reason)
+        self._rlog.warning(f"reject:{reason}", "rejected %s/%s: %s: %s", series, frame, reason, detail)
+        self._outbox.put(_Outgoing(encode_error(reason, detail, series=series, frame=frame)))
+
+    def _drop(self, work: _Work, reason: str) -> None:
+        h = work.frame.header
+        self.metrics.frame_dropped(reason)
+        event = "overloaded" if reason == "queue_full" else reason
+        detail = ("queue full (drop-oldest policy): a newer frame took its place" if reason == "queue_full"
+                  else "daemon shutting down: not processed within the drain timeout")
+        self._rlog.warning(f"drop:{reason}", "dropped %s/%s: %s", h.series, h.frame, reason)
+        self._outbox.put(_Outgoing(encode_error(event, detail, series=h.series, frame=h.frame)))
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _attach(sock: Any, endpoint: str, bind: bool, key: str) -> str:
+    """Bind or connect; return the actual endpoint (OS-assigned tcp port resolved)."""
+    import zmq
+
+    try:
+        if bind:
+            sock.bind(endpoint)
+            return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        sock.connect(endpoint)
+        return endpoint
+    except zmq.ZMQError as e:
+        raise ConfigError(f"{key}: cannot {'bind' if bind else 'connect'} {endpoint!r}: {e}") from None
+
+
+def _curve_server(sock: Any, keys: tuple[bytes, bytes]) -> None:
+    sock.curve_publickey, sock.curve_secretkey = keys
+    sock.curve_server = True
+
+
+def _device_of(backends: Sequence[Any]) -> str:
+    devices = sorted({str(getattr(b, "device", "?")) for b in backends})
+    return ",".join(devices) if devices else "?"
+
+
+def _drift_of(result: Any) -> dict[str, Any]:
+    drift = getattr(result, "drift", None)
+    if drift is None:
+        return {"status": "unknown", "reasons": [], "signals": {}}
+    if dataclasses.is_dataclass(drift):
+        return dataclasses.asdict(drift)
+    return dict(drift)
+
+
+def _warm_up(bundle: Any, pipeline: Any) -> None:
+    """Run the whole pipeline once on a small synthetic frame (Poisson noise, 100 counts/px):
+    imports the compute stack, initialises the runtimes, and proves the bundle works before it
+    serves (raises ``ValueError`` on non-finite or wrongly shaped output)."""
+    tile = bundle.card.tile
+    side = max(64, tile.min_size_px, 4 * tile.multiple_of)
+    frame = np.random.default_rng(0).poisson(100.0, (side, side)).astype(np.uint16)
+    result = pipeline.run(frame, {})
+    probs = np.asarray(result.probabilities)
+    if probs.shape != (side, side) or not np.isfinite(probs).all():
+        raise ValueError(f"bundle {bundle.path}: a {side}x{side} test frame gave probabilities of shape {probs.shape}"
+                         f"{'' if np.isfinite(probs).all() else ' with non-finite values'}")
+
+
+def _make_pipeline(bundle: Any, backends: list[Any], config: DaemonConfig) -> Any:
+    """``pipeline.SegmentationPipeline`` with the ``[pipeline]`` settings; a setting the bundle
+    cannot take (e.g. a tile size that is not a multiple of its ``tile.multiple_of``) raises
+    :class:`ConfigError`."""
+    from .pipeline import PipelineConfig, SegmentationPipeline
+
+    p = config.pipeline
+    try:
+        settings = PipelineConfig(
+            tile_size=p.tile_size, batch_size=p.batch_size, memory_budget_mb=p.memory_budget_mb, tiling=p.tiling,
+            gaussian_roi=p.gaussian_roi, gaussian_overlap=p.gaussian_overlap, threshold=p.threshold,
+            min_particle_area_px=p.min_particle_area_px, members=config.model.members)
+        return SegmentationPipeline(bundle, backends, settings)
+    except ValueError as e:
+        raise ConfigError(f"pipeline: {e}") from None

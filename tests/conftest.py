@@ -1,0 +1,53 @@
+"""Shared pytest fixtures.
+
+``tiny_bundle``: a session-wide 1-member bundle of a randomly initialised ``resunet-seed``
+(``torch.manual_seed(0)``), exported to ONNX with its torch weights (``member0.pt``).
+``seed_models_dir``: ``../shared/seed_models`` (the 50 published checkpoints); skips when absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SEED_MODELS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "seed_models"
+
+
+@pytest.fixture(scope="session")
+def seed_models_dir() -> Path:
+    """Directory of the published checkpoints (``*.h5``, ``model_details.csv``)."""
+    if not SEED_MODELS_DIR.is_dir() or not any(SEED_MODELS_DIR.glob("*.h5")):
+        pytest.skip(f"published checkpoints not available: {SEED_MODELS_DIR} is absent or holds no .h5")
+    return SEED_MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A loaded :class:`fringelive.export.bundle.Bundle`: 1 member, random resunet-seed weights
+    (seed 0, eval mode), ONNX + ``member0.pt``; envelope Au, 5 nm, 0.02 nm/px, 423 e/Å², 300 kV."""
+    import torch
+
+    from fringelive.export.card import Envelope, Range
+    from fringelive.export.onnx_export import export_bundle
+    from fringelive.training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resunet-seed").eval()
+    envelope = Envelope(
+        material=("Au",),
+        particle_diameter_nm=Range(5.0, 5.0),
+        pixel_size_nm=Range(0.02, 0.02),
+        dose_e_per_A2=Range(423.0, 423.0),
+        voltage_kv=Range(300.0, 300.0),
+        support=("UT Carbon",),
+    )
+    out = tmp_path_factory.mktemp("tiny_bundle") / "tiny-resunet-seed"
+    return export_bundle(
+        [model],
+        out,
+        name="tiny-resunet-seed",
+        envelope=envelope,
+        description="random weights (torch.manual_seed(0)); for tests only",
+        check_sizes=(64,),
+    )

@@ -1,0 +1,87 @@
+"""Training augmentations of the published recipe, on torch batches.
+
+Shapes: images ``(N, 1, H, W)`` float32 (already preprocessed), labels ``(N, H, W)`` int64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["dihedral", "random_dihedral", "random_rotation", "gaussian_noise"]
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 dihedral transforms (k in 0..7) on the last two axes."""
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral index must be in 0..7, got {k!r}")
+    if k >= 4:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def random_dihedral(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random dihedral transform per sample."""
+    ks = torch.randint(0, 8, (images.shape[0],), generator=generator).tolist()
+    return (torch.stack([dihedral(im, k) for im, k in zip(images, ks)]),
+            torch.stack([dihedral(lb, k) for lb, k in zip(labels, ks)]))
+
+
+def random_rotation(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                    p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each sample by a uniform random angle with probability ``p``.
+
+    Corners that rotate in are filled with the sample's background median (median of pixels
+    labelled 0, or of all pixels when there are none); labels are resampled nearest-neighbour
+    and their corners are background.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"rotation probability must be in [0, 1], got {p!r}")
+    n = images.shape[0]
+    do = torch.rand(n, generator=generator) < p
+    if not bool(do.any()):
+        return images, labels
+    images, labels = images.clone(), labels.clone()
+    idx = torch.nonzero(do).flatten()
+    angles = torch.rand(len(idx), generator=generator) * 2 * math.pi
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    theta = torch.zeros(len(idx), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    grid = F.affine_grid(theta.to(images.device), list(images[idx].shape), align_corners=False)
+    ones = torch.ones_like(images[idx])
+    rot = F.grid_sample(images[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    cover = F.grid_sample(ones, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    lab = F.grid_sample(labels[idx].unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros",
+                        align_corners=False).squeeze(1).round().long()
+    for j, i in enumerate(idx.tolist()):
+        bg = images[i, 0][labels[i] == 0]
+        fill = (bg if bg.numel() else images[i, 0]).median()
+        images[i] = torch.where(cover[j] > 0.5, rot[j], fill)
+        labels[i] = lab[j]
+    return images, labels
+
+
+def gaussian_noise(images: torch.Tensor, generator: torch.Generator, rho: float | None = None,
+                   rho_max: float | None = None) -> torch.Tensor:
+    """``x' = (x + N(0, ρ²)) / sqrt(1 + ρ²)`` with a fixed ρ or ρ ~ U(0, ρmax) per sample.
+
+    For standardized input this keeps unit variance while lowering the signal-to-noise ratio.
+    """
+    if (rho is None) == (rho_max is None):
+        raise ValueError("give exactly one of rho (fixed) or rho_max (uniform), "
+                         f"got rho={rho!r}, rho_max={rho_max!r}")
+    n = images.shape[0]
+    if rho is not None:
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho!r}")
+        r = torch.full((n,), float(rho))
+    else:
+        if rho_max < 0:  # type: ignore[operator]
+            raise ValueError(f"rho_max must be >= 0, got {rho_max!r}")
+        r = torch.rand(n, generator=generator) * float(rho_max)  # type: ignore[arg-type]
+    r = r.to(images.device).view(n, 1, 1, 1)
+    noise = torch.randn(images.shape, generator=generator).to(images.device)
+    return (images + noise * r) / torch.sqrt(1.0 + r * r)
