@@ -154,6 +154,7 @@ def backend_only(bundle_path: Path, cfg: DaemonConfig, frame: np.ndarray, repeat
     with SegmentationPipeline.from_bundle(bundle, pcfg, intra_op_threads=cfg.model.intra_op_threads) as pipe:
         tile = bundle.card.tile
         tile_size = pipe.tile_size_for(frame.shape)
+        batch_size = pipe.batch_size_for(frame.shape)  # what the pipeline uses for this frame size
         plan = plan_tiles(frame.shape, tile_size, tile.halo_px, tile.multiple_of)
         image = preprocess(frame, bundle.card.preprocessing, device="cpu").numpy()
         groups: dict[tuple[int, int], list[Any]] = defaultdict(list)
@@ -161,8 +162,8 @@ def backend_only(bundle_path: Path, cfg: DaemonConfig, frame: np.ndarray, repeat
             groups[t.input_shape].append(t)
         batches = []
         for shape, tiles in groups.items():
-            for i in range(0, len(tiles), p.batch_size):
-                chunk = tiles[i:i + p.batch_size]
+            for i in range(0, len(tiles), batch_size):
+                chunk = tiles[i:i + batch_size]
                 b = np.zeros((len(chunk), 1, *shape), np.float32)
                 for k, t in enumerate(chunk):
                     y0, y1, x0, x1 = t.input_box

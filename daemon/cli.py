@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "fringelive.daemon.cli_serve",    # serve
     "fringelive.daemon.cli_stream",   # send, watch
     "fringelive.daemon.cli_demo",     # demo
+    "fringelive.daemon.cli_calibrate",  # calibrate (drift reference statistics)
+    "fringelive.training.cli_train",  # synth, dataset, train, finetune, evaluate
     "fringelive.export.cli_export",   # import-seed, export onnx|tensorrt
 )
 

@@ -32,7 +32,7 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     tiling = "halo"                     # "halo" (exact, equals one whole-frame pass) | "gaussian"
     tile_size = "auto"                  # "auto" (from memory_budget_mb) | "whole" | pixels
     batch_size = 4                      # tiles per backend call
-    memory_budget_mb = 2048             # MiB for one backend call's activations (tile_size = "auto")
+    memory_budget_mb = 4096             # MiB for one backend call's activations (tile_size = "auto")
     gaussian_roi = 512                  # window side for tiling = "gaussian", px
     gaussian_overlap = 0.25             # window overlap for tiling = "gaussian", fraction
     threshold = 0.5                     # class-1 probability above which a pixel is particle
@@ -280,7 +280,7 @@ class PipelineConfig:
     tiling: str = "halo"
     tile_size: int | str = "auto"
     batch_size: int = 4
-    memory_budget_mb: float = 2048.0
+    memory_budget_mb: float = 4096.0
     gaussian_roi: int = 512
     gaussian_overlap: float = 0.25
     threshold: float = 0.5

@@ -1,13 +1,16 @@
 """The segmentation pipeline: one camera frame in, probabilities, mask and particles out.
 
-    pixels (H, W) counts ─ preprocess (card.preprocessing, CPU torch) ─► image (H, W) float32
-      └► per member backend: tile + infer + stitch (halo tiling or Gaussian blend) ─► logits (C, H, W)
-         └► class-1 probability (2 classes: sigmoid(l1 - l0), in place) ─► mean over members
-            └► mask = probability > threshold ─► particle statistics, area fraction
+    infer:  pixels (H, W) counts ─ preprocess (card.preprocessing, CPU torch) ─► image (H, W) float32
+              └► per member backend: tile + infer + stitch (halo tiling or Gaussian blend), the
+                 class-1 probability (2 classes: sigmoid(l1 - l0)) computed per tile core as it is
+                 stitched ─► member probability (H, W) ─► mean over members
+    finish: mask = probability > threshold ─► particle statistics, area fraction
 
-Pure: arrays in, arrays out; no sockets, no threads (the daemon's worker thread calls
-:meth:`SegmentationPipeline.run`). Full-frame buffers are reused in place where possible: a
-4096² frame costs one logits array (C·64 MB) per member at a time plus the running mean.
+Pure: arrays in, arrays out; no sockets, no threads. :meth:`SegmentationPipeline.run` is
+``finish(infer(...))``; the daemon calls the two halves from two threads so that the next frame's
+inference overlaps this frame's particle statistics, drift checks and publishing. Halo tiling
+never builds the full-frame logits: a 4096² frame costs one probability array (64 MB) per member
+at a time plus the running mean.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ __all__ = [
     "TILING_MODES",
     "PipelineConfig",
     "PipelineResult",
+    "FrameInference",
     "SegmentationPipeline",
     "class1_probability",
+    "class1_probability_into",
 ]
 
 TILING_MODES = ("halo", "gaussian")
@@ -50,8 +55,12 @@ class PipelineConfig:
 
     tile_size: core side of a halo tile in px (a multiple of the card's ``tile.multiple_of``);
         None or "auto" = the largest tile whose activations fit ``memory_budget_mb`` (the whole
-        frame when it fits); "whole" = always one whole-frame pass.
-    batch_size: tiles per backend call. memory_budget_mb: MiB for one backend call's activations.
+        frame when it fits; fewer, larger tiles compute less, so the tile size is chosen for one
+        tile per call and the batch then shrinks to fit the budget); "whole" = always one
+        whole-frame pass.
+    batch_size: most tiles per backend call. memory_budget_mb: MiB for one backend call's
+        activations (4096 MiB: a 4096² frame runs as 2×2 tiles of 2176² px input, 1.13× the
+        FLOPs of one pass).
     tiling: "halo" (exact, equals one whole-frame pass) or "gaussian" (MONAI-style blend of
         ``gaussian_roi`` px windows overlapping by the fraction ``gaussian_overlap``).
     threshold: class-1 probability above which a pixel is particle.
@@ -62,7 +71,7 @@ class PipelineConfig:
 
     tile_size: int | str | None = None
     batch_size: int = 4
-    memory_budget_mb: float = 2048
+    memory_budget_mb: float = 4096
     tiling: str = "halo"
     gaussian_roi: int = 512
     gaussian_overlap: float = 0.25
@@ -134,6 +143,26 @@ class PipelineResult:
         return self.mask.shape  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class FrameInference:
+    """The first half of a frame (:meth:`SegmentationPipeline.infer`), input of
+    :meth:`SegmentationPipeline.finish`.
+
+    probabilities: (H, W) float32 mean class-1 probability over the members.
+    member_masks: with several members, each member's own mask (H, W) bool; else ``()``.
+    pixel_size_nm: nm/px from the frame's metadata, or None.
+    timings_ms: ms of "preprocess", "inference", "postprocess" so far.
+    """
+
+    probabilities: np.ndarray
+    member_masks: tuple[np.ndarray, ...]
+    pixel_size_nm: float | None
+    timings_ms: dict[str, float]
+    tile_size: int | None
+    members: tuple[str, ...]
+    preprocess_stats: dict[str, Any]
+
+
 def class1_probability(logits: np.ndarray) -> np.ndarray:
     """Softmax probability of class 1 from logits ``(C, H, W)`` float32, as (H, W) float32.
 
@@ -157,6 +186,22 @@ def class1_probability(logits: np.ndarray) -> np.ndarray:
     p = logits[1]
     p /= total
     return p
+
+
+def class1_probability_into(logits: np.ndarray, out: np.ndarray) -> None:
+    """Softmax probability of class 1 of ``logits (C, h, w)`` (any strides, not modified) written
+    into ``out (h, w)`` float32 (a window of a larger array): the per-tile reduction of halo
+    tiling, so the full-frame logits are never stored."""
+    if logits.ndim != 3 or logits.shape[0] < 2 or logits.shape[1:] != out.shape:
+        raise ValueError(f"logits must have shape (C, h, w) with C >= 2 matching out {out.shape}, got {logits.shape}")
+    if logits.shape[0] == 2:
+        np.subtract(logits[0], logits[1], out=out)  # l0 - l1
+        with np.errstate(over="ignore"):
+            np.exp(out, out=out)  # inf for very confident background → probability 0
+        out += 1.0
+        np.reciprocal(out, out=out)
+        return
+    out[...] = class1_probability(np.array(logits, dtype=np.float32))
 
 
 def _bytes_per_pixel(spec: Mapping[str, Any], arch_name: str) -> float:
@@ -271,15 +316,36 @@ class SegmentationPipeline:
                 arch = self.bundle.card.architecture
                 self._bytes_per_pixel = _bytes_per_pixel(arch.spec, arch.name)
             tile = self.bundle.card.tile
+            # Sized for one tile per call: batching saves per-call overhead only, while smaller
+            # tiles cost halo FLOPs (4096²: 2×2 tiles 1.13×, 4×4 tiles 1.41× one pass).
             size = tiling.choose_tile_size(
                 shape, multiple_of=tile.multiple_of, halo=tile.halo_px,
                 memory_budget_bytes=int(self.config.memory_budget_mb * 2**20),
-                bytes_per_pixel=self._bytes_per_pixel, batch_size=self.batch_size)
+                bytes_per_pixel=self._bytes_per_pixel, batch_size=1)
             limits = self.input_limits
             if limits is not None:
                 size = self._fit_input_limits(shape, size, limits[1:])
             self._tile_sizes[shape] = size
         return self._tile_sizes[shape]
+
+    def batch_size_for(self, shape: tuple[int, int]) -> int:
+        """Tiles per backend call for frames of ``shape``: at most :attr:`batch_size`, with
+        ``tile_size = "auto"`` no more than the memory budget holds, and balanced so the calls
+        are equal (4 tiles at most 3 per call → 2 + 2)."""
+        shape = (int(shape[0]), int(shape[1]))
+        cap = self.batch_size
+        if self.config.tiling != "halo":
+            return cap
+        from . import tiling
+
+        tile = self.bundle.card.tile
+        plan = tiling.plan_tiles(shape, self.tile_size_for(shape), tile.halo_px, tile.multiple_of)
+        n = len(plan.tiles)
+        if self.config.tile_size in (None, "auto") and self._bytes_per_pixel is not None:
+            fit = int(self.config.memory_budget_mb * 2**20 // (plan.max_input_area * self._bytes_per_pixel))
+            cap = min(cap, max(1, fit))
+        cap = max(1, min(cap, n))
+        return -(-n // -(-n // cap))
 
     def _fit_input_limits(self, shape: tuple[int, int], size: int | None, limit: tuple[int, int]) -> int | None:
         from . import tiling
@@ -303,10 +369,16 @@ class SegmentationPipeline:
 
     # -- one frame --------------------------------------------------------------------------
     def run(self, pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> PipelineResult:
-        """Segment one frame ``pixels`` (H, W) of any real dtype (camera counts).
+        """Segment one frame ``pixels`` (H, W) of any real dtype (camera counts):
+        ``finish(infer(pixels, meta))``.
 
         ``meta.get("pixel_size_nm")`` (nm/px, optional) scales the particle sizes.
         """
+        return self.finish(self.infer(pixels, meta))
+
+    def infer(self, pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> FrameInference:
+        """The backend half of :meth:`run`: preprocess, every member over its tiles, the mean
+        class-1 probability (and each member's mask when there are several)."""
         if self._closed:
             raise RuntimeError("the pipeline is closed")
         if not isinstance(pixels, np.ndarray):
@@ -328,7 +400,7 @@ class SegmentationPipeline:
         cfg = self.config
         card = self.bundle.card
         timings: dict[str, float] = {}
-        t_start = t = time.perf_counter()
+        t = time.perf_counter()
 
         def lap(stage: str) -> None:
             nonlocal t
@@ -342,40 +414,67 @@ class SegmentationPipeline:
 
         shape = (int(pixels.shape[0]), int(pixels.shape[1]))
         tile_size = self.tile_size_for(shape) if cfg.tiling == "halo" else None
+        batch_size = self.batch_size_for(shape)
         mean: np.ndarray | None = None
         member_masks: list[np.ndarray] = []
         for backend in self.backends:
             if cfg.tiling == "halo":
-                logits = tiling.infer_tiled(backend, image, tile_size=tile_size, halo=card.tile.halo_px,
-                                            multiple_of=card.tile.multiple_of, batch_size=self.batch_size)
+                p = tiling.infer_tiled(backend, image, tile_size=tile_size, halo=card.tile.halo_px,
+                                       multiple_of=card.tile.multiple_of, batch_size=batch_size,
+                                       reduce_into=class1_probability_into)
+                lap("inference")
             else:
                 logits = tiling.infer_gaussian(backend, image, roi_size=cfg.gaussian_roi,
-                                               overlap=cfg.gaussian_overlap, batch_size=self.batch_size)
-            lap("inference")
-            if logits.shape[1:] != shape:
-                raise RuntimeError(f"tiling returned logits of shape {logits.shape} for a frame of shape {shape}")
-            p = class1_probability(logits)
+                                               overlap=cfg.gaussian_overlap, batch_size=batch_size)
+                lap("inference")
+                if logits.shape[1:] != shape:
+                    raise RuntimeError(f"tiling returned logits of shape {logits.shape} for a frame of shape {shape}")
+                p = class1_probability(logits)  # a view into these logits, which are not used again
+                del logits
+            if p.shape != shape:
+                raise RuntimeError(f"tiling returned probabilities of shape {p.shape} for a frame of shape {shape}")
             if len(self.backends) > 1:
                 member_masks.append(p > cfg.threshold)
             if mean is None:
-                mean = p  # a view into this member's logits, which are not used again
+                mean = p
             else:
                 mean += p
-            del logits, p
+            del p
             lap("postprocess")
         assert mean is not None
         if len(self.backends) > 1:
             mean /= np.float32(len(self.backends))
         probabilities = np.ascontiguousarray(mean, dtype=np.float32)
-        mask = probabilities > cfg.threshold
-        if not member_masks:
-            member_masks.append(mask)
         lap("postprocess")
+        return FrameInference(
+            probabilities=probabilities,
+            member_masks=tuple(member_masks),
+            pixel_size_nm=None if pixel_size is None else float(pixel_size),
+            timings_ms={k: timings.get(k, 0.0) for k in ("preprocess", "inference", "postprocess")},
+            tile_size=tile_size,
+            members=tuple(getattr(b, "member", repr(b)) for b in self.backends),
+            preprocess_stats=pre_stats,
+        )
 
-        particles = particle_stats(mask, pixel_size, min_area_px=cfg.min_particle_area_px)
+    def finish(self, inference: FrameInference) -> PipelineResult:
+        """The CPU half of :meth:`run`: mask, particle statistics, area fraction. Needs no
+        backend, so it may run while the next frame is in :meth:`infer` (and after
+        :meth:`close`)."""
+        if not isinstance(inference, FrameInference):
+            raise TypeError(f"inference must be a FrameInference, got {type(inference).__name__}")
+        cfg = self.config
+        t0 = time.perf_counter()
+        probabilities = inference.probabilities
+        mask = probabilities > cfg.threshold
+        member_masks = inference.member_masks or (mask,)
+        t1 = time.perf_counter()
+        particles = particle_stats(mask, inference.pixel_size_nm, min_area_px=cfg.min_particle_area_px)
         fraction = area_fraction(mask)
-        lap("particles")
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        t2 = time.perf_counter()
+        timings = dict(inference.timings_ms)
+        timings["postprocess"] = timings.get("postprocess", 0.0) + (t1 - t0) * 1e3
+        timings["particles"] = (t2 - t1) * 1e3
+        timings["total"] = sum(timings[k] for k in ("preprocess", "inference", "postprocess", "particles"))
         return PipelineResult(
             probabilities=probabilities,
             mask=mask,
@@ -383,9 +482,9 @@ class SegmentationPipeline:
             particles=particles,
             area_fraction=fraction,
             timings_ms={k: timings.get(k, 0.0) for k in ("preprocess", "inference", "postprocess", "particles", "total")},
-            tile_size=tile_size,
-            members=tuple(getattr(b, "member", repr(b)) for b in self.backends),
-            preprocess_stats=pre_stats,
+            tile_size=inference.tile_size,
+            members=inference.members,
+            preprocess_stats=inference.preprocess_stats,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -4,10 +4,16 @@ Threads (each ZeroMQ socket is used by exactly one of them)::
 
     receiver   ingest PULL ──recv_multipart(copy=False)──► decode_frame ──► FrameQueue
                  └─ rejects / drops ─► outbox
-    worker     FrameQueue ──► SegmentationPipeline.run ──► encode_result ──► outbox
+    worker     FrameQueue ──► route ──► SegmentationPipeline.infer (preprocess, tiles, backends)
+                 └─ 1-deep hand-off ─►
+    finisher   SegmentationPipeline.finish (mask, particles) ──► drift ──► encode_result ──► outbox
     publisher  outbox ──► results PUB ([b"result", ...] and [b"error", ...])
     control    control REP: status / stats / reload / ping (control.py)
     (+ the metrics HTTP server thread and, with CURVE, the ZAP authenticator thread)
+
+The finisher works on frame *n* while the worker runs frame *n + 1* through the backends, so the
+CPU stages overlap inference; the hand-off holds at most one frame, results leave in frame order,
+and a frame counts as in progress (``FrameQueue.task_done``) until the finisher is done with it.
 
 Queue policy ``block``: when the queue is full the receiver stops reading, ZeroMQ's receive
 high-water mark fills and the sender's PUSH blocks (back-pressure). ``drop-oldest``: the oldest
@@ -183,6 +189,17 @@ class _Work:
 
 
 @dataclass
+class _Inferred:
+    """A frame between the worker and the finisher."""
+
+    work: _Work
+    model: Any            # the _Model it was computed with
+    inference: Any        # pipeline.FrameInference
+    t_started: float      # perf_counter when the worker took it off the queue
+    t_inferred: float     # perf_counter when the worker handed it over
+
+
+@dataclass
 class _Outgoing:
     parts: list[Any]
     t_received: float | None = None          # set for results (end-to-end latency)
@@ -233,6 +250,7 @@ class Daemon:
         self._queue = FrameQueue(config.queue.size, on_depth=self.metrics.queue_depth.set)
         self.metrics.queue_capacity.set(config.queue.size)
         self._outbox: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
+        self._handoff: _queue.Queue[Any] = _queue.Queue(maxsize=1)  # worker → finisher, 1 deep
         self._stop_ingest = threading.Event()
         self._abort = threading.Event()
         self._stop_control = threading.Event()
@@ -277,6 +295,7 @@ class Daemon:
         self._started_at = time.monotonic()
         self.state = "running"
         self._spawn("publisher", self._publisher_loop, self._sockets.pop("results"))
+        self._spawn("finisher", self._finisher_loop)
         self._spawn("worker", self._worker_loop)
         self._spawn("receiver", self._receiver_loop, self._sockets.pop("ingest"))
         self._spawn("control", self._control_loop, self._sockets.pop("control"))
@@ -343,6 +362,12 @@ class Daemon:
                 worker.join(_JOIN_EXTRA_S)
                 if worker.is_alive():
                     log.error("worker still busy %.0f s after the drain deadline; abandoning its frame", _JOIN_EXTRA_S)
+                    self._try_hand_over(_STOP)
+            finisher = self._threads.get("finisher")
+            if finisher is not None:
+                finisher.join(_JOIN_EXTRA_S)
+                if finisher.is_alive():
+                    log.error("finisher still busy %.0f s after the worker stopped; abandoning its frame", _JOIN_EXTRA_S)
             leftover = self._queue.take_all()
             for work in leftover:
                 self._drop(work, "shutdown")
@@ -611,27 +636,80 @@ class Daemon:
         return None
 
     def _worker_loop(self) -> None:
-        while not self._abort.is_set():
+        try:
+            while not self._abort.is_set():
+                self._maybe_swap()
+                work = self._queue.get(timeout=_WAIT_S)
+                if work is None:
+                    continue
+                handed = False
+                try:
+                    handed = bool(self._process(work))
+                finally:
+                    if not handed:  # else the finisher marks it done
+                        self._queue.task_done()
             self._maybe_swap()
-            work = self._queue.get(timeout=_WAIT_S)
-            if work is None:
-                continue
-            try:
-                self._process(work)
-            finally:
-                self._queue.task_done()
-        self._maybe_swap()
+        finally:
+            self._hand_over(_STOP)
 
-    def _process(self, work: _Work) -> None:
+    def _process(self, work: _Work) -> bool:
+        """The worker's part of one frame: the backend half of the pipeline, then the hand-off
+        to the finisher. True when handed over (the finisher then owns its accounting)."""
         t0 = time.perf_counter()
         model = self._model
         assert model is not None
-        frame = work.frame
-        h = frame.header
+        h = work.frame.header
+        try:
+            inference = model.pipeline.infer(work.frame.pixels, h.to_dict())
+        except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
+            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
+            return False
+        self._hand_over(_Inferred(work, model, inference, t0, time.perf_counter()))
+        return True
+
+    def _hand_over(self, item: Any) -> None:
+        """Put ``item`` into the 1-deep hand-off, waiting while the finisher is busy; raises
+        when the finisher thread has died (the daemon has failed then)."""
+        while True:
+            try:
+                self._handoff.put(item, timeout=_WAIT_S)
+                return
+            except _queue.Full:
+                finisher = self._threads.get("finisher")
+                if finisher is None or not finisher.is_alive():
+                    raise RuntimeError("the finisher thread is not running") from None
+
+    def _try_hand_over(self, item: Any) -> None:
+        try:
+            self._handoff.put_nowait(item)
+        except _queue.Full:
+            pass
+
+    def _finisher_loop(self) -> None:
+        while True:
+            try:
+                item = self._handoff.get(timeout=_WAIT_S)
+            except _queue.Empty:
+                continue
+            if item is _STOP:
+                return
+            try:
+                self._finish(item)
+            finally:
+                self._queue.task_done()
+
+    def _finish(self, item: _Inferred) -> None:
+        """The finisher's part of one frame: mask, particles, result header, encoding; then to
+        the publisher."""
+        t_begin = time.perf_counter()
+        work, model = item.work, item.model
+        h = work.frame.header
         meta = h.to_dict()
         try:
-            result = model.pipeline.run(frame.pixels, meta)
-            timings = {"queue": (t0 - work.t_received) * 1e3, **{k: float(v) for k, v in result.timings_ms.items()}}
+            result = model.pipeline.finish(item.inference)
+            timings = {"queue": (item.t_started - work.t_received) * 1e3,
+                       **{k: float(v) for k, v in result.timings_ms.items()},
+                       "handoff": (t_begin - item.t_inferred) * 1e3}
             particles = list(result.particles)
             header = {
                 "series": h.series, "frame": h.frame, "model": model.bundle.name,

@@ -304,9 +304,11 @@ def _fill_batch(ops: _Ops, image: Array, boxes: Sequence[Box]) -> Array:
     h, w = y1 - y0, x1 - x0
     if len(boxes) == 1 and boxes[0] == (0, height, 0, width):
         return ops.float32(image)[None, None]  # whole frame already a valid input: no copy
-    batch = ops.zeros((len(boxes), 1, h, w))
+    batch = ops.empty((len(boxes), 1, h, w))  # zeroed below only where a box leaves the image
     for k, (y0, y1, x0, x1) in enumerate(boxes):
         sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, height), max(x0, 0), min(x1, width)
+        if (sy0, sy1, sx0, sx1) != (y0, y1, x0, x1):
+            batch[k] = 0
         if sy1 > sy0 and sx1 > sx0:
             batch[k, 0, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
     return batch
@@ -349,12 +351,17 @@ class _Stopwatch:
 
 
 def run_plan(model: Model, image: Array, plan: TilePlan, *, batch_size: int = 4,
-             timings: dict[str, float] | None = None) -> Array:
+             timings: dict[str, float] | None = None,
+             reduce_into: Callable[[Array, Array], None] | None = None) -> Array:
     """Run ``model`` over the tiles of ``plan`` and stitch the cores: logits ``(C, H, W)`` float32.
 
     Tiles of one input shape are batched, at most ``batch_size`` per call. ``timings``, when
     given, accumulates ms under ``"tile"`` (batch assembly), ``"infer"`` (model calls) and
     ``"stitch"`` (writing cores).
+
+    ``reduce_into(logits (C, h, w), out (h, w))``, when given, is applied to each tile's core as it
+    is stitched (e.g. the class-1 probability), writing into the matching window of the result,
+    which is then ``(H, W)`` float32: the full-frame logits array is never built.
     """
     image = _as_2d(image)
     batch_size = _check_int("batch_size", batch_size, minimum=1)
@@ -366,6 +373,7 @@ def run_plan(model: Model, image: Array, plan: TilePlan, *, batch_size: int = 4,
     for tile in plan.tiles:
         groups[tile.input_shape].append(tile)
     out: Array | None = None
+    channels: int | None = None
     clock = _Stopwatch(timings, ops)
     with torch.no_grad():
         for tiles in groups.values():
@@ -377,18 +385,27 @@ def run_plan(model: Model, image: Array, plan: TilePlan, *, batch_size: int = 4,
                 clock.lap("infer")
                 if len(plan.tiles) == 1:  # one pass: crop, no stitching
                     whole = logits[0]
-                    out = whole if whole.shape[1:] == (height, width) else ops.float32(whole[:, :height, :width])
+                    if reduce_into is not None:
+                        out = ops.empty((height, width))
+                        reduce_into(whole[:, :height, :width], out)
+                    else:
+                        out = whole if whole.shape[1:] == (height, width) else ops.float32(whole[:, :height, :width])
                     clock.lap("stitch")
                     break
-                if out is None:  # cores partition the frame: every pixel is written once
-                    out = ops.empty((logits.shape[1], height, width))
-                elif logits.shape[1] != out.shape[0]:
-                    raise ValueError(f"model returned {logits.shape[1]} channels for one tile and {out.shape[0]} for another")
+                if channels is None:  # cores partition the frame: every pixel is written once
+                    channels = int(logits.shape[1])
+                    out = ops.empty((height, width) if reduce_into is not None else (channels, height, width))
+                elif logits.shape[1] != channels:
+                    raise ValueError(f"model returned {logits.shape[1]} channels for one tile and {channels} for another")
                 for k, tile in enumerate(chunk):
                     y0, y1, x0, x1 = tile.core_box
                     y1, x1 = min(y1, height), min(x1, width)
                     oy, ox = tile.core_offset
-                    out[:, y0:y1, x0:x1] = logits[k, :, oy:oy + y1 - y0, ox:ox + x1 - x0]
+                    core = logits[k, :, oy:oy + y1 - y0, ox:ox + x1 - x0]
+                    if reduce_into is not None:
+                        reduce_into(core, out[y0:y1, x0:x1])
+                    else:
+                        out[:, y0:y1, x0:x1] = core
                 del logits
                 clock.lap("stitch")
     assert out is not None
@@ -396,16 +413,18 @@ def run_plan(model: Model, image: Array, plan: TilePlan, *, batch_size: int = 4,
 
 
 def infer_tiled(model: Model, image: Array, *, tile_size: int | None, halo: int, multiple_of: int,
-                batch_size: int = 4, timings: dict[str, float] | None = None) -> Array:
+                batch_size: int = 4, timings: dict[str, float] | None = None,
+                reduce_into: Callable[[Array, Array], None] | None = None) -> Array:
     """Logits ``(C, H, W)`` float32 of ``image (H, W) or (1, H, W)``, equal to one whole-frame pass.
 
     tile_size: largest core side (px, a multiple of ``multiple_of``) or ``None`` for one pass;
     halo: context px per inner tile side (>= receptive-field radius, multiple of ``multiple_of``);
-    multiple_of: network downsampling factor (px). See :func:`plan_tiles` and :func:`run_plan`.
+    multiple_of: network downsampling factor (px); reduce_into: per-core channel reduction, the
+    result is then ``(H, W)``. See :func:`plan_tiles` and :func:`run_plan`.
     """
     image = _as_2d(image)
     plan = plan_tiles(tuple(image.shape), tile_size, halo, multiple_of)
-    return run_plan(model, image, plan, batch_size=batch_size, timings=timings)
+    return run_plan(model, image, plan, batch_size=batch_size, timings=timings, reduce_into=reduce_into)
 
 
 # --- Gaussian-blended sliding window (MONAI-equivalent) --------------------------------------

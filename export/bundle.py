@@ -185,6 +185,7 @@ def _copy(src: Path, dst: Path) -> None:
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a card is meant to be read by all
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
