@@ -30,15 +30,15 @@ CSV_FIELDS = ("series", "frame", "condition", "pixel_size_nm", "dose_e_per_A2", 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the daemon on a simulated camera and show live results",
                        description=__doc__.splitlines()[0] + " " + " ".join(__doc__.splitlines()[2:5]))
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of streaming (default: 60)")
-    p.add_argument("--frame-px", type=int, default=2048, help="frame side in pixels (default: 2048; 4096 = OneView)")
-    p.add_argument("--pixel-size-nm", type=float, default=0.02, help="nominal pixel size, nm/pixel (default: 0.02)")
-    p.add_argument("--dose", type=float, default=423.0, help="nominal electron dose, e/Å² (default: 423)")
+    p.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of streaming (default: 60)")
+    p.add_argument("--frame-px", type=int, default=2048, metavar="PX", help="frame side in pixels (default: 2048; 4096 = OneView)")
+    p.add_argument("--pixel-size-nm", type=float, default=0.02, metavar="NM", help="nominal pixel size, nm/pixel (default: 0.02)")
+    p.add_argument("--dose", type=float, default=423.0, metavar="E_PER_A2", help="nominal electron dose, e/Å² (default: 423)")
     p.add_argument("--no-sweep", action="store_true", help="keep dose and pixel size constant")
-    p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (count; 0 = no limit)")
-    p.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the built-in default bundle)")
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="directory for overlay.png and results.csv")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the simulated scenes")
+    p.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after this many frames (count; 0 = no limit)")
+    p.add_argument("--bundle", type=Path, default=None, metavar="DIR", help="bundle directory (default: the built-in default bundle)")
+    p.add_argument("--out", type=Path, default=Path("demo-out"), metavar="DIR", help="directory for overlay.png and results.csv (default: demo-out)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the simulated scenes (integer, default: 0)")
     p.set_defaults(func=_run)
 
 

@@ -29,7 +29,9 @@ def register(sub: Any) -> None:
                     "after draining queued frames.")
     p.add_argument("--config", metavar="FILE", help="TOML config file (default: embedded CPU defaults; "
                    "see deploy/examples/fringelive.toml)")
-    p.add_argument("--bundle", metavar="DIR", help="model bundle directory (overrides [model] bundle)")
+    p.add_argument("--bundle", metavar="DIR", action="append",
+                   help="model bundle directory (a path, no unit; overrides [model] bundle/bundles); repeat it "
+                        "to serve several bundles: each frame goes to the one whose envelope fits its metadata")
     p.add_argument("--ingest", metavar="EP", help="ingest PULL endpoint, e.g. tcp://127.0.0.1:5555 "
                    "(port 0 = OS-assigned; overrides [ingest] endpoint)")
     p.add_argument("--results", metavar="EP", help="results PUB endpoint, e.g. tcp://127.0.0.1:5556 "
@@ -52,10 +54,11 @@ def build_config(args: argparse.Namespace) -> Any:
 
     cfg = load_config(args.config) if args.config else DaemonConfig()
     try:
-        if args.bundle is not None:
+        if args.bundle:
             from pathlib import Path
 
-            cfg = cfg.override("model", bundle=Path(args.bundle).expanduser().resolve())
+            paths = [Path(b).expanduser().resolve() for b in args.bundle]
+            cfg = cfg.override("model", bundle=paths[0], bundles=tuple(paths[1:]))
         if args.backend is not None:
             cfg = cfg.override("model", backend=args.backend)
         if args.ingest is not None:
@@ -71,7 +74,7 @@ def build_config(args: argparse.Namespace) -> Any:
             cfg = cfg.override("lifecycle", drain_timeout_s=args.drain_timeout)
     except ConfigError as e:
         raise ConfigError(f"{e} (from the command line)") from None
-    cfg.model.bundle_path()  # fail now when there is no bundle at all
+    cfg.model.bundle_paths()  # fail now when there is no bundle at all
     return cfg
 
 

@@ -24,6 +24,7 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     policy = "block"                    # "block" (back-pressure) | "drop-oldest" (live view)
     [model]
     bundle = "path/to/bundle"           # default: the installed default bundle
+    bundles = ["a", "b"]                # more bundles: each frame goes to the one whose envelope fits it
     backend = "onnxruntime"             # onnxruntime | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch
     device = "auto"                     # auto (the backend's own: cpu, or cuda:0 for GPU kinds) | cpu | cuda | cuda:N
     members = "all"                     # "all" or a list of member indices, e.g. [0, 2]
@@ -37,6 +38,20 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     gaussian_overlap = 0.25             # window overlap for tiling = "gaussian", fraction
     threshold = 0.5                     # class-1 probability above which a pixel is particle
     min_particle_area_px = 20           # smaller connected components are ignored, pixels
+    [drift]       # out-of-distribution checks (docs/drift.md)
+    enabled = true
+    image_estimates = true              # dose from shot noise, pixel size from lattice fringes
+    member_agreement = true             # mean pairwise Dice between ensemble members
+    pixel_size_tolerance_rel = 0.1      # override the card's envelope tolerances (fraction; absent = card's)
+    dose_tolerance_rel = 0.3
+    voltage_tolerance_kv = 5.0
+    pixel_size_mismatch_rel = 0.1       # metadata vs image (fraction; absent = the envelope tolerance)
+    dose_mismatch_rel = 0.3
+    target_arl = 10000                  # frames between false stream alarms (absent = the card's calibration)
+    cusum_k = 0.5                       # CUSUM allowance, standard deviations (absent = the card's)
+    fringe_windows = 6                  # particle windows for the pixel-size estimate
+    min_fringe_snr = 6.0                # lattice peak significance, robust standard deviations
+    max_background_blocks = 400         # background blocks for the dose estimate
     [lifecycle]
     drain_timeout_s = 10.0              # seconds to finish queued frames at shutdown
     [curve]       # ZeroMQ CURVE on ingest and results (control too with control = true)
@@ -81,6 +96,7 @@ __all__ = [
     "ModelConfig",
     "PipelineConfig",
     "LifecycleConfig",
+    "DriftConfig",
     "CurveConfig",
     "DaemonConfig",
     "QUEUE_POLICIES",
@@ -235,11 +251,14 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which bundle to serve and how. ``bundle`` None → the installed default bundle;
-    ``device`` None ("auto") → the backend kind's own (cpu, or cuda:0 for GPU kinds);
-    ``members`` None → all members; ``intra_op_threads`` None → runtime default."""
+    """Which bundle(s) to serve and how. ``bundle`` None and no ``bundles`` → the installed
+    default bundle; ``bundles``: further bundles, each frame is routed to the one whose envelope
+    fits its metadata (``routing.py``); ``device`` None ("auto") → the backend kind's own (cpu,
+    or cuda:0 for GPU kinds); ``members`` None → all members; ``intra_op_threads`` None →
+    runtime default."""
 
     bundle: Path | None = None
+    bundles: tuple[Path, ...] = ()
     backend: str = "onnxruntime"
     device: str | None = None
     members: tuple[int, ...] | None = None
@@ -257,11 +276,26 @@ class ModelConfig:
             raise ConfigError(f"model.intra_op_threads must be >= 1 (or 0 in TOML for the default), got {self.intra_op_threads!r}")
         if self.bundle is not None and not Path(self.bundle).is_dir():
             raise ConfigError(f"model.bundle: no such bundle directory: {str(self.bundle)!r}")
+        for i, b in enumerate(self.bundles):
+            if not Path(b).is_dir():
+                raise ConfigError(f"model.bundles[{i}]: no such bundle directory: {str(b)!r}")
+
+    def bundle_paths(self) -> list[Path]:
+        """Every configured bundle in order (``bundle`` first, then ``bundles``; duplicates
+        once), else the installed default; :class:`ConfigError` when there is none."""
+        paths: list[Path] = []
+        for b in ((self.bundle,) if self.bundle is not None else ()) + tuple(self.bundles):
+            if Path(b).resolve() not in [p.resolve() for p in paths]:
+                paths.append(Path(b))
+        return paths or [self.bundle_path()]
 
     def bundle_path(self) -> Path:
-        """The configured bundle, else the installed default; :class:`ConfigError` when neither."""
+        """The (first) configured bundle, else the installed default; :class:`ConfigError` when
+        neither."""
         if self.bundle is not None:
             return Path(self.bundle)
+        if self.bundles:
+            return Path(self.bundles[0])
         default = default_bundle_path()
         if default is None:
             raise ConfigError(
@@ -322,6 +356,55 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """Out-of-distribution checks (``docs/drift.md``). Tolerances: fractions (``*_rel``) or kV;
+    absent keys keep the card's values. ``target_arl``: frames between false stream alarms
+    (absent: the card's calibration; another value re-simulates the threshold at load);
+    ``cusum_k``: standard deviations; ``min_fringe_snr``: robust standard deviations."""
+
+    enabled: bool = True
+    image_estimates: bool = True
+    member_agreement: bool = True
+    pixel_size_tolerance_rel: float | None = None
+    dose_tolerance_rel: float | None = None
+    voltage_tolerance_kv: float | None = None
+    pixel_size_mismatch_rel: float | None = None
+    dose_mismatch_rel: float | None = None
+    target_arl: float | None = None
+    cusum_k: float | None = None
+    fringe_windows: int = 6
+    min_fringe_snr: float = 6.0
+    max_background_blocks: int = 400
+
+    def __post_init__(self) -> None:
+        for name in ("pixel_size_tolerance_rel", "dose_tolerance_rel", "voltage_tolerance_kv", "pixel_size_mismatch_rel",
+                     "dose_mismatch_rel", "cusum_k"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise ConfigError(f"drift.{name} must be >= 0, got {v!r}")
+        if self.target_arl is not None and not self.target_arl >= 10:
+            raise ConfigError(f"drift.target_arl must be >= 10 frames, got {self.target_arl!r}")
+        _positive_int(self.fringe_windows, "drift.fringe_windows")
+        if not self.min_fringe_snr > 0:
+            raise ConfigError(f"drift.min_fringe_snr must be > 0, got {self.min_fringe_snr!r}")
+        if self.max_background_blocks < 6:
+            raise ConfigError(f"drift.max_background_blocks must be >= 6, got {self.max_background_blocks!r}")
+
+    def settings(self) -> Any:
+        """The :class:`fringelive.daemon.drift.DriftSettings` these keys describe."""
+        from .drift import DriftSettings
+        from .envelope import ToleranceOverrides
+
+        return DriftSettings(
+            enabled=self.enabled, image_estimates=self.image_estimates, member_agreement=self.member_agreement,
+            tolerances=ToleranceOverrides(self.pixel_size_tolerance_rel, self.dose_tolerance_rel,
+                                          self.voltage_tolerance_kv),
+            pixel_size_mismatch_rel=self.pixel_size_mismatch_rel, dose_mismatch_rel=self.dose_mismatch_rel,
+            target_arl=self.target_arl, cusum_k=self.cusum_k, fringe_windows=self.fringe_windows,
+            min_fringe_snr=self.min_fringe_snr, max_background_blocks=self.max_background_blocks)
+
+
+@dataclass(frozen=True)
 class CurveConfig:
     """ZeroMQ CURVE authentication + encryption for ingest and results (and control when
     ``control``). ``server_secret_key``: the server's ``.key_secret`` file;
@@ -358,6 +441,7 @@ class DaemonConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     curve: CurveConfig = field(default_factory=CurveConfig)
 
     def __post_init__(self) -> None:
@@ -451,6 +535,10 @@ def _convert(cls: type, name: str, tp: Any, value: Any, key: str, base_dir: Path
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{key} must be \"all\" or a list of member indices, got {value!r}")
         return tuple(value)
+    if cls is ModelConfig and name == "bundles":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{key} must be a list of bundle directory paths, got {value!r}")
+        return tuple(_convert(cls, name, Path, v, f"{key}[{i}]", base_dir) for i, v in enumerate(value))
     if cls is ModelConfig and name == "device" and value == "auto":
         return None
     if cls is ModelConfig and name == "intra_op_threads" and value == 0 and not isinstance(value, bool):

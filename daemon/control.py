@@ -8,9 +8,12 @@ encoding (JSON for a bare word), always an object with ``ok`` (bool); on failure
 ``status``  ``{"cmd": "status"}`` → state, bundle, endpoints, queue, frame counts
             (``received == processed + dropped + rejected + in_flight``).
 ``stats``   ``{"cmd": "stats"}`` → latency percentiles (ms) and frames/s over recent frames.
-``reload``  ``{"cmd": "reload", "bundle": PATH}`` → load + validate PATH (default: the current
-            bundle's path), build its backends, swap between frames; the old bundle stays on
-            any failure (``ok: false``).
+``reload``  ``{"cmd": "reload", "bundle": PATH}`` → load + validate PATH, build its backends,
+            swap between frames; with several bundles served it replaces the one loaded from
+            the same directory or with the same card name. ``{"cmd": "reload", "bundles":
+            [PATH, ...]}`` replaces the whole set; ``{"cmd": "reload"}`` re-reads every current
+            bundle (e.g. after ``fringelive calibrate``). The old bundles stay on any failure
+            (``ok: false``); drift CUSUMs restart.
 ``ping``    ``{"cmd": "ping"}`` → ``{"ok": true, "pong": true}``.
 
 :class:`ControlHandler` never raises: a malformed request or a failing command becomes an
@@ -42,7 +45,7 @@ class ControlTarget(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
-    def reload(self, bundle: str | None = None) -> dict[str, Any]: ...
+    def reload(self, bundle: str | None = None, *, bundles: list[str] | None = None) -> dict[str, Any]: ...
 
 
 def decode_request(data: bytes) -> tuple[dict[str, Any], str]:
@@ -105,7 +108,7 @@ class ControlHandler:
         cmd = request.get("cmd")
         if cmd not in COMMANDS:
             return {"ok": False, "error": f"unknown command {cmd!r}; known: {list(COMMANDS)}"}
-        allowed = {"cmd", "bundle"} if cmd == "reload" else {"cmd"}
+        allowed = {"cmd", "bundle", "bundles"} if cmd == "reload" else {"cmd"}
         extra = sorted(set(request) - allowed)
         if extra:
             return {"ok": False, "error": f"{cmd}: unknown argument(s) {extra}; allowed: {sorted(allowed)}"}
@@ -119,6 +122,13 @@ class ControlHandler:
             bundle = request.get("bundle")
             if bundle is not None and (not isinstance(bundle, str) or not bundle):
                 return {"ok": False, "error": f"reload: bundle must be a path string, got {bundle!r}"}
+            bundles = request.get("bundles")
+            if bundles is not None:
+                if not isinstance(bundles, list) or not bundles or not all(isinstance(b, str) and b for b in bundles):
+                    return {"ok": False, "error": f"reload: bundles must be a non-empty list of path strings, got {bundles!r}"}
+                if bundle is not None:
+                    return {"ok": False, "error": "reload: give 'bundle' or 'bundles', not both"}
+                return self.target.reload(bundles=bundles)
             return self.target.reload(bundle)
         except Exception as e:  # noqa: BLE001 - a failing command must not kill the control thread
             log.exception("control command %r failed", cmd)

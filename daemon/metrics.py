@@ -20,6 +20,13 @@ Exported series (all names prefixed ``fringelive_``):
 ``particles_per_frame``                  histogram    particles found per processed frame (count)
 ``bundle_info{name,schema,members,...}`` info         the model bundle being served
 ``reloads_total{outcome}``               counter      control ``reload`` commands, ``ok``/``failed``
+``routed_frames_total{model}``           counter      frames computed by each bundle (routing)
+``drift_frames_total{status}``           counter      frames by drift status ``ok|unknown|warn|ood``
+``drift_reasons_total{reason}``          counter      drift reasons, e.g. ``dose_metadata_mismatch``
+``drift_signal{signal}``                 gauge        last value of each drift signal (its unit)
+``drift_cusum{signal}``                  gauge        CUSUM statistic per signal (standard deviations)
+``drift_cusum_threshold``                gauge        the CUSUM threshold h in force (standard deviations)
+``drift_alarm``                          gauge        1 while the stream alarm is raised, else 0
 =======================================  ===========  ===============================================
 """
 
@@ -37,6 +44,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 __all__ = [
+    "DRIFT_STATUSES",
     "STAGES",
     "DROP_REASONS",
     "LATENCY_BUCKETS_S",
@@ -54,6 +62,8 @@ STAGES = ("queue", "preprocess", "inference", "postprocess", "particles", "publi
 DROP_REASONS = ("queue_full", "shutdown")
 #: Histogram buckets in seconds: 1 ms (small frames) to 60 s (4096² frames on a slow CPU).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Drift statuses, pre-created as label values of ``drift_frames_total``.
+DRIFT_STATUSES = ("ok", "unknown", "warn", "ood")
 #: Histogram buckets for particles per frame (counts).
 PARTICLE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
@@ -102,6 +112,22 @@ class DaemonMetrics:
         self.bundle = Info("fringelive_bundle", "The model bundle being served.", registry=r)
         self.reloads = Counter("fringelive_reloads", "Control reload commands, by outcome.", ["outcome"],
                                registry=r)
+        self.routed = Counter("fringelive_routed_frames", "Frames computed by each bundle (routing).", ["model"],
+                              registry=r)
+        self.drift_frames = Counter("fringelive_drift_frames", "Processed frames by drift status.", ["status"],
+                                    registry=r)
+        self.drift_reasons = Counter("fringelive_drift_reasons", "Drift reasons reported, by reason.", ["reason"],
+                                     registry=r)
+        self.drift_signal = Gauge("fringelive_drift_signal", "Last value of each drift signal (unit of the signal).",
+                                  ["signal"], registry=r)
+        self.drift_cusum = Gauge("fringelive_drift_cusum", "CUSUM statistic per drift signal (standard deviations).",
+                                 ["signal"], registry=r)
+        self.drift_threshold = Gauge("fringelive_drift_cusum_threshold",
+                                     "CUSUM alarm threshold h in force (standard deviations).", registry=r)
+        self.drift_alarm = Gauge("fringelive_drift_alarm", "1 while the drift stream alarm is raised, else 0.",
+                                 registry=r)
+        for status in DRIFT_STATUSES:
+            self.drift_frames.labels(status=status)
         for reason in DROP_REASONS:
             self.dropped.labels(reason=reason)
         for reason in reject_reasons:
@@ -161,6 +187,23 @@ class DaemonMetrics:
         for stage, ms in timings_ms.items():
             if stage != "total" and ms is not None and math.isfinite(ms):
                 self.stage_latency.labels(stage=stage).observe(max(0.0, ms) / 1000.0)
+
+    def observe_drift(self, model: str, drift: Mapping[str, Any]) -> None:
+        """Count one processed frame's drift status and reasons, set the signal and CUSUM gauges
+        (``drift`` is the result header's ``drift`` map)."""
+        self.routed.labels(model=model).inc()
+        self.drift_frames.labels(status=str(drift.get("status", "unknown"))).inc()
+        for reason in drift.get("reasons") or ():
+            self.drift_reasons.labels(reason=str(reason)).inc()
+        for name, value in (drift.get("signals") or {}).items():
+            if value is not None and math.isfinite(value):
+                self.drift_signal.labels(signal=name).set(value)
+        cusum = drift.get("cusum") or {}
+        for name, value in (cusum.get("statistics") or {}).items():
+            self.drift_cusum.labels(signal=name).set(value)
+        if cusum.get("h") is not None:
+            self.drift_threshold.set(cusum["h"])
+        self.drift_alarm.set(1.0 if drift.get("alarm") else 0.0)
 
     def set_bundle(self, *, name: str, schema: int, members: int, backend: str, device: str, path: str) -> None:
         self.bundle.info({"name": name, "schema": str(schema), "members": str(members), "backend": backend,

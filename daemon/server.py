@@ -34,7 +34,6 @@ stored and re-raised in the main thread as :class:`DaemonError` by :meth:`Daemon
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import os
 import queue as _queue
@@ -197,6 +196,7 @@ class _Inferred:
     inference: Any        # pipeline.FrameInference
     t_started: float      # perf_counter when the worker took it off the queue
     t_inferred: float     # perf_counter when the worker handed it over
+    route: Any = None     # routing.Route
 
 
 @dataclass
@@ -213,17 +213,45 @@ _STOP = object()
 
 @dataclass
 class _Model:
-    """What the worker computes with: the bundle, its backends and the pipeline around them."""
+    """What the worker computes with: the bundle, its backends and the pipeline around them;
+    and what the finisher judges with: the bundle's drift monitor (CUSUM state)."""
 
     bundle: Any
     backends: list[Any]
     pipeline: Any
+    drift: Any            # drift.DriftMonitor
+    tolerances: Any       # export.card.Tolerances in force (card + config overrides), for routing
 
     def close(self) -> None:
         try:
             self.pipeline.close()  # closes its backends
         except Exception:  # noqa: BLE001 - closing must not mask the real work
             log.exception("closing the pipeline of bundle %s failed", self.bundle.name)
+
+
+@dataclass
+class _ModelSet:
+    """The bundles being served, in configured order (the first is the default route)."""
+
+    models: list[_Model]
+
+    @property
+    def primary(self) -> _Model:
+        return self.models[0]
+
+    def route(self, meta: dict[str, Any]) -> tuple[_Model, Any]:
+        """The model for a frame with header ``meta`` and the :class:`routing.Route`."""
+        from .envelope import conditions_from_meta
+        from .routing import Route, route
+
+        if len(self.models) == 1:
+            return self.models[0], Route(0, True, 0.0, (0,))
+        r = route(conditions_from_meta(meta), [(m.bundle.card.envelope, m.tolerances) for m in self.models])
+        return self.models[r.index], r
+
+    def close(self) -> None:
+        for m in self.models:
+            m.close()
 
 
 # --- the daemon -------------------------------------------------------------------------------
@@ -260,8 +288,8 @@ class Daemon:
         self._ctx: Any = None
         self._auth: Any = None
         self._metrics_server: MetricsServer | None = None
-        self._model: _Model | None = None
-        self._pending_model: _Model | None = None
+        self._models: _ModelSet | None = None
+        self._pending_models: _ModelSet | None = None
         self._swap_lock = threading.Lock()
         self._swapped = threading.Condition(self._swap_lock)
         self._reload_lock = threading.Lock()
@@ -278,8 +306,8 @@ class Daemon:
             raise RuntimeError(f"Daemon.start() called in state {self.state!r}")
         self.state = "starting"
         try:
-            self._model = self._load_model(self.config.model.bundle_path())
-            self._publish_bundle_info(self._model)
+            self._models = self._load_models(self.config.model.bundle_paths())
+            self._publish_bundle_info(self._models)
             self._open_sockets()
             if self.config.metrics.enabled:
                 mc = self.config.metrics
@@ -299,9 +327,10 @@ class Daemon:
         self._spawn("worker", self._worker_loop)
         self._spawn("receiver", self._receiver_loop, self._sockets.pop("ingest"))
         self._spawn("control", self._control_loop, self._sockets.pop("control"))
-        m = self._model
-        log.info("started: bundle %s (%d member(s), %s on %s), queue %d (%s); ingest %s, results %s, control %s, metrics %s",
-                 m.bundle.name, len(m.backends), self.config.model.backend, _device_of(m.backends),
+        ms = self._models
+        log.info("started: bundle(s) %s (%s member(s), %s on %s), queue %d (%s); ingest %s, results %s, control %s, metrics %s",
+                 ", ".join(m.bundle.name for m in ms.models), "/".join(str(len(m.backends)) for m in ms.models),
+                 self.config.model.backend, _device_of([b for m in ms.models for b in m.backends]),
                  self.config.queue.size, self.config.queue.policy, self.endpoints["ingest"],
                  self.endpoints["results"], self.endpoints["control"], self.endpoints.get("metrics", "disabled"))
         return self
@@ -410,19 +439,31 @@ class Daemon:
             else:
                 self._ctx.term()
             self._ctx = None
-        for m in (self._pending_model, self._model):
-            if m is not None and not (self._threads.get("worker") and self._threads["worker"].is_alive()):
-                m.close()
+        for ms in (self._pending_models, self._models):
+            if ms is not None and not (self._threads.get("worker") and self._threads["worker"].is_alive()):
+                ms.close()
 
     # -- model ------------------------------------------------------------------------------------
+    @property
+    def _model(self) -> _Model | None:
+        """The first (default-route) model."""
+        return None if self._models is None else self._models.primary
+
     def _load_model(self, path: Path) -> _Model:
-        """Load + validate a bundle, build its backends and pipeline, and warm it up on a test
-        frame. Raises on any failure (nothing left open)."""
-        from fringelive.export.bundle import load_bundle
+        """Load + validate a bundle (card, files, drift reference), build its backends and
+        pipeline, and warm it up on a test frame. Raises on any failure (nothing left open)."""
+        from fringelive.export.bundle import BundleError, load_bundle
 
         from .backends import create_backends
+        from .drift import DriftMonitor
+        from .envelope import effective_tolerances
 
         bundle = load_bundle(path)
+        settings = self.config.drift.settings()
+        try:
+            monitor = DriftMonitor(bundle.card, settings)
+        except ValueError as e:
+            raise BundleError(f"bundle {bundle.path}: {e}") from None
         cfg = self.config.model
         backends = create_backends(cfg.backend, bundle, members=list(cfg.members) if cfg.members is not None else None,
                                    device=cfg.device, intra_op_threads=cfg.intra_op_threads)
@@ -437,70 +478,146 @@ class Daemon:
         except BaseException:
             pipeline.close()
             raise
-        return _Model(bundle, backends, pipeline)
+        return _Model(bundle, backends, pipeline, monitor,
+                      effective_tolerances(bundle.card.envelope.tolerances, settings.tolerances))
 
-    def _publish_bundle_info(self, model: _Model) -> None:
-        self.metrics.set_bundle(name=model.bundle.name, schema=model.bundle.card.schema_version,
-                                members=len(model.backends), backend=self.config.model.backend,
-                                device=_device_of(model.backends), path=str(model.bundle.path))
+    def _load_models(self, paths: Sequence[Path]) -> _ModelSet:
+        """Load every bundle of ``paths`` (all or nothing)."""
+        loaded: list[_Model] = []
+        try:
+            for p in paths:
+                loaded.append(self._load_model(Path(p)))
+        except BaseException:
+            for m in loaded:
+                m.close()
+            raise
+        names = [m.bundle.name for m in loaded]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            for m in loaded:
+                m.close()
+            from fringelive.export.bundle import BundleError
 
-    def reload(self, bundle: str | os.PathLike[str] | None = None, timeout_s: float = 300.0) -> dict[str, Any]:
-        """Swap to the bundle at ``bundle`` (default: re-read the current one) between frames.
-        The new bundle is loaded, validated, its backends built and smoke-tested first; on any
-        failure the old one stays and the reply is ``{"ok": False, "error": ...}``."""
+            raise BundleError(f"bundles {[str(p) for p in paths]}: the name(s) {dup} appear twice; routed bundles "
+                              "need distinct card names (results name the bundle used)")
+        return _ModelSet(loaded)
+
+    def _publish_bundle_info(self, models: _ModelSet) -> None:
+        ms = models.models
+        self.metrics.set_bundle(name=",".join(m.bundle.name for m in ms), schema=ms[0].bundle.card.schema_version,
+                                members=sum(len(m.backends) for m in ms), backend=self.config.model.backend,
+                                device=_device_of([b for m in ms for b in m.backends]),
+                                path=",".join(str(m.bundle.path) for m in ms))
+
+    def reload(self, bundle: str | os.PathLike[str] | None = None, timeout_s: float = 300.0, *,
+               bundles: Sequence[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
+        """Swap bundles between frames; on any failure the old ones stay and the reply is
+        ``{"ok": False, "error": ...}``.
+
+        ``bundles``: replace the whole set. ``bundle``: with one bundle served, replace it; with
+        several, replace the one loaded from the same directory or with the same card name.
+        Neither: re-read every current bundle (e.g. after ``fringelive calibrate``). New bundles
+        are loaded, validated and smoke-tested first; drift CUSUMs start afresh."""
+        from fringelive.export.bundle import BundleError
+
         with self._reload_lock:
-            old = self._model
-            path = Path(bundle) if bundle is not None else (old.bundle.path if old else self.config.model.bundle_path())
+            old = self._models
+            old_names = [m.bundle.name for m in old.models] if old else []
             try:
-                new = self._load_model(path)
-            except Exception as e:  # noqa: BLE001 - any failure leaves the old bundle in place
+                if bundles is not None:
+                    if bundle is not None:
+                        raise ValueError("reload takes 'bundle' or 'bundles', not both")
+                    if not bundles:
+                        raise ValueError("reload: bundles must list at least one bundle directory")
+                    new = self._load_models([Path(b) for b in bundles])
+                    replaced = 0
+                elif bundle is None:
+                    paths = [m.bundle.path for m in old.models] if old else self.config.model.bundle_paths()
+                    new = self._load_models(paths)
+                    replaced = 0
+                else:
+                    one = self._load_model(Path(bundle))
+                    if old is None or len(old.models) == 1:
+                        new, replaced = _ModelSet([one]), 0
+                    else:
+                        target = Path(bundle).resolve()
+                        idx = next((i for i, m in enumerate(old.models) if Path(m.bundle.path).resolve() == target), None)
+                        if idx is None:
+                            idx = next((i for i, m in enumerate(old.models) if m.bundle.name == one.bundle.name), None)
+                        if idx is None:
+                            one.close()
+                            raise BundleError(f"bundle {bundle} ({one.bundle.name}) matches none of the served bundles "
+                                              f"{old_names} by directory or name; pass 'bundles' to replace the set")
+                        # the others are re-read too, so every CUSUM starts afresh on the new set
+                        others = [m.bundle.path for i, m in enumerate(old.models) if i != idx]
+                        try:
+                            rest = self._load_models(others)
+                        except BaseException:
+                            one.close()
+                            raise
+                        models = list(rest.models)
+                        models.insert(idx, one)
+                        new, replaced = _ModelSet(models), idx
+            except Exception as e:  # noqa: BLE001 - any failure leaves the old bundles in place
                 self.metrics.reloads.labels(outcome="failed").inc()
                 msg = f"{type(e).__name__}: {e}"
-                log.warning("reload of %s failed, keeping bundle %s: %s", path, old.bundle.name if old else None, msg)
-                return {"ok": False, "error": msg, "bundle": old.bundle.name if old else None}
+                log.warning("reload of %s failed, keeping bundle(s) %s: %s", bundles or bundle or "the current bundles",
+                            old_names, msg)
+                return {"ok": False, "error": msg, "bundle": old_names[0] if old_names else None}
             worker = self._threads.get("worker")
             with self._swapped:
                 if worker is not None and worker.is_alive():
-                    self._pending_model = new
-                    done = self._swapped.wait_for(lambda: self._pending_model is None, timeout_s)
+                    self._pending_models = new
+                    done = self._swapped.wait_for(lambda: self._pending_models is None, timeout_s)
                     if not done:
-                        self._pending_model = None
+                        self._pending_models = None
                         new.close()
                         self.metrics.reloads.labels(outcome="failed").inc()
                         return {"ok": False, "error": f"the worker did not reach a frame boundary within {timeout_s} s",
-                                "bundle": old.bundle.name if old else None}
+                                "bundle": old_names[0] if old_names else None}
                 else:
-                    self._model = new
+                    self._models = new
             if old is not None:
-                old.close()
+                old.close()  # the finisher may still finish a frame of the old set: it needs no backend
             self._publish_bundle_info(new)
             self.metrics.reloads.labels(outcome="ok").inc()
-            log.info("reloaded: bundle %s (%s, %d member(s)) replaces %s", new.bundle.name, new.bundle.path,
-                     len(new.backends), old.bundle.name if old else None)
-            return {"ok": True, "bundle": new.bundle.name, "path": str(new.bundle.path),
-                    "members": len(new.backends), "previous": old.bundle.name if old else None}
+            chosen = new.models[replaced]
+            log.info("reloaded: bundle(s) %s replace %s", [m.bundle.name for m in new.models], old_names)
+            return {"ok": True, "bundle": chosen.bundle.name, "path": str(chosen.bundle.path),
+                    "members": len(chosen.backends), "previous": old_names[replaced] if replaced < len(old_names) else None,
+                    "bundles": [m.bundle.name for m in new.models], "previous_bundles": old_names}
 
     def _maybe_swap(self) -> None:
-        if self._pending_model is None:
+        if self._pending_models is None:
             return
         with self._swapped:
-            if self._pending_model is not None:
-                self._model = self._pending_model
-                self._pending_model = None
+            if self._pending_models is not None:
+                self._models = self._pending_models
+                self._pending_models = None
                 self._swapped.notify_all()
 
     # -- introspection ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """State, bundle, endpoints, queue and frame counts (control ``status``)."""
-        m = self._model
+        """State, bundles, endpoints, queue and frame counts (control ``status``). ``bundle`` is
+        the first (default-route) bundle, ``bundles`` all of them with envelope and drift state."""
+        ms = self._models
         counts = self.metrics.counts()
+
+        def describe(m: _Model) -> dict[str, Any]:
+            env = m.bundle.card.envelope
+            return {"name": m.bundle.name, "path": str(m.bundle.path), "schema": m.bundle.card.schema_version,
+                    "members": len(m.backends), "backend": self.config.model.backend, "device": _device_of(m.backends),
+                    "envelope": {"material": list(env.material),
+                                 "pixel_size_nm": None if env.pixel_size_nm is None else [env.pixel_size_nm.min, env.pixel_size_nm.max],
+                                 "dose_e_per_A2": None if env.dose_e_per_A2 is None else [env.dose_e_per_A2.min, env.dose_e_per_A2.max]},
+                    "drift": m.drift.describe()}
+
         return {
             "state": self.state,
             "pid": os.getpid(),
             "uptime_s": (time.monotonic() - self._started_at) if self._started_at else 0.0,
-            "bundle": None if m is None else {
-                "name": m.bundle.name, "path": str(m.bundle.path), "schema": m.bundle.card.schema_version,
-                "members": len(m.backends), "backend": self.config.model.backend, "device": _device_of(m.backends)},
+            "bundle": None if ms is None else describe(ms.primary),
+            "bundles": [] if ms is None else [describe(m) for m in ms.models],
             "endpoints": dict(self.endpoints),
             "queue": {"depth": len(self._queue), "size": self.config.queue.size, "policy": self.config.queue.policy},
             "frames": counts,
@@ -656,15 +773,16 @@ class Daemon:
         """The worker's part of one frame: the backend half of the pipeline, then the hand-off
         to the finisher. True when handed over (the finisher then owns its accounting)."""
         t0 = time.perf_counter()
-        model = self._model
-        assert model is not None
+        models = self._models
+        assert models is not None
         h = work.frame.header
         try:
+            model, route = models.route(h.to_dict())
             inference = model.pipeline.infer(work.frame.pixels, h.to_dict())
         except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
             self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
             return False
-        self._hand_over(_Inferred(work, model, inference, t0, time.perf_counter()))
+        self._hand_over(_Inferred(work, model, inference, t0, time.perf_counter(), route))
         return True
 
     def _hand_over(self, item: Any) -> None:
@@ -707,15 +825,28 @@ class Daemon:
         meta = h.to_dict()
         try:
             result = model.pipeline.finish(item.inference)
+            t_drift = time.perf_counter()
+            try:
+                drift = model.drift.assess(work.frame.pixels, meta, result, threshold=model.pipeline.config.threshold)
+            except Exception as e:  # noqa: BLE001 - a drift failure must not cost the frame its result
+                self._rlog.warning("drift_error", "drift checks failed on %s/%s: %s: %s", h.series, h.frame,
+                                   type(e).__name__, e)
+                drift = {"status": "unknown", "reasons": ["drift_error"], "signals": {}, "p_values": {},
+                         "estimates": {}, "conditions": {}, "cusum": {}, "alarm": False, "calibrated": False}
+            route = item.route
+            if route is not None and len(self._models.models if self._models else ()) > 1:
+                drift["route"] = {"fits": bool(route.fits), "candidates": len(route.candidates),
+                                  "distance": round(float(route.distance), 4)}
             timings = {"queue": (item.t_started - work.t_received) * 1e3,
                        **{k: float(v) for k, v in result.timings_ms.items()},
+                       "drift": (time.perf_counter() - t_drift) * 1e3,
                        "handoff": (t_begin - item.t_inferred) * 1e3}
             particles = list(result.particles)
             header = {
                 "series": h.series, "frame": h.frame, "model": model.bundle.name,
                 "particle_count": len(particles), "particles": particles,
                 "area_fraction": float(result.area_fraction),
-                "drift": _drift_of(result),
+                "drift": _plain(drift),
                 "timings_ms": timings,
                 "queue_depth": len(self._queue),
                 "meta": meta,
@@ -730,6 +861,7 @@ class Daemon:
         except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
             self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
             return
+        self.metrics.observe_drift(model.bundle.name, header["drift"])
         self._outbox.put(_Outgoing(parts, work.t_received, timings, len(particles), time.perf_counter()))
 
     def _publisher_loop(self, sock: Any) -> None:
@@ -810,13 +942,15 @@ def _device_of(backends: Sequence[Any]) -> str:
     return ",".join(devices) if devices else "?"
 
 
-def _drift_of(result: Any) -> dict[str, Any]:
-    drift = getattr(result, "drift", None)
-    if drift is None:
-        return {"status": "unknown", "reasons": [], "signals": {}}
-    if dataclasses.is_dataclass(drift):
-        return dataclasses.asdict(drift)
-    return dict(drift)
+def _plain(obj: Any) -> Any:
+    """Plain msgpack-able data: numpy scalars to Python numbers, tuples to lists."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def _warm_up(bundle: Any, pipeline: Any) -> None:

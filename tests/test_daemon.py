@@ -184,8 +184,13 @@ def test_frame_to_result_header_mask_and_probabilities(served: Daemon, client: C
     assert header["model"] == tiny_bundle.name
     assert header["particle_count"] == len(header["particles"])
     assert 0.0 <= header["area_fraction"] <= 1.0
-    assert header["drift"] == {"status": "unknown", "reasons": [], "signals": {}}
-    for stage in ("queue", "preprocess", "inference", "postprocess", "particles", "publish"):
+    drift = header["drift"]  # Poisson noise of 100 counts/px: 2500 e/Å² at 0.02 nm/px, not the 420 claimed
+    assert drift["status"] == "ood" and drift["alarm"] is False and drift["calibrated"] is False
+    assert drift["reasons"] == ["dose_metadata_mismatch", "dose_above_envelope"]
+    assert drift["estimates"]["dose_e_per_A2"] == pytest.approx(2500.0, rel=0.05)
+    assert drift["conditions"]["dose_e_per_A2"] == 420.0 and drift["conditions"]["pixel_size_nm"] == 0.02
+    assert 0.0 <= drift["signals"]["entropy_mean"] <= 1.0 and drift["p_values"] == {} and drift["cusum"] == {}
+    for stage in ("queue", "preprocess", "inference", "postprocess", "particles", "drift", "handoff", "publish"):
         assert header["timings_ms"][stage] >= 0.0, stage
     assert isinstance(header["queue_depth"], int)
     assert header["mask"]["shape"] == [SIDE, SIDE] and header["mask"]["encoding"] == "packbits"

@@ -51,16 +51,18 @@ def random_rotation(images: torch.Tensor, labels: torch.Tensor, generator: torch
     theta = torch.zeros(len(idx), 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     grid = F.affine_grid(theta.to(images.device), list(images[idx].shape), align_corners=False)
-    ones = torch.ones_like(images[idx])
-    rot = F.grid_sample(images[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    cover = F.grid_sample(ones, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    fills = []
+    for i in idx.tolist():
+        bg = images[i, 0][labels[i] == 0]
+        fills.append((bg if bg.numel() else images[i, 0]).median())
+    fill = torch.stack(fills).view(-1, 1, 1, 1)
+    # rotate (x - fill) with zero padding, then add fill back: corners that rotate in are the
+    # background median and the edge blends into it (no darkening by the zero padding)
+    rot = F.grid_sample(images[idx] - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
     lab = F.grid_sample(labels[idx].unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros",
                         align_corners=False).squeeze(1).round().long()
-    for j, i in enumerate(idx.tolist()):
-        bg = images[i, 0][labels[i] == 0]
-        fill = (bg if bg.numel() else images[i, 0]).median()
-        images[i] = torch.where(cover[j] > 0.5, rot[j], fill)
-        labels[i] = lab[j]
+    images[idx] = rot
+    labels[idx] = lab
     return images, labels
 
 

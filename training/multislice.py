@@ -10,7 +10,8 @@ One sample (:func:`simulate_hrtem`):
 2. the objective lens: defocus (nm; abTEM's convention, positive = underfocus, i.e.
    ``C10 = -defocus``), spherical aberration ``Cs`` (µm; ``C30``) and the focal spread (nm;
    temporal-coherence envelope), then ``|ψ|²``;
-3. resampling to the target pixel size by averaging ``k × k`` blocks (pixel integration);
+3. transposed from abTEM's ``[x, y]`` indexing to ``[row = y, column = x]`` and resampled
+   to the target pixel size by averaging ``k × k`` blocks (pixel integration);
    vacuum intensity is 1, ready for the camera model (:func:`fringelive.training.fastsim.apply_camera`);
 4. the mask: the particles alone are simulated on the same grid; the pixels whose exit-wave
    phase ``|arg ψ|`` exceeds π/16 are particle (the published rule; ``|·|`` keeps a phase that
@@ -169,10 +170,11 @@ def simulate_hrtem(atoms, particles_only, *, size_px: int, pixel_size_nm: float,
         aberration_coefficients={"C10": -optics.defocus_nm * 10.0, "C30": optics.cs_um * 1e4},
         focal_spread=optics.focal_spread_nm * 10.0,
     )
-    intensity = np.asarray(wave.apply_ctf(ctf).intensity().array, dtype=np.float32)
+    # abTEM arrays are indexed [x, y]; images here are [row = y, column = x]
+    intensity = np.ascontiguousarray(np.asarray(wave.apply_ctf(ctf).intensity().array, dtype=np.float32).T)
     image = block_mean(intensity, k)
     if len(particles_only):
-        pw = np.asarray(_exit_wave(particles_only, gpts, slice_thickness_A, energy).array)
+        pw = np.asarray(_exit_wave(particles_only, gpts, slice_thickness_A, energy).array).T
         fine = close_mask(phase_mask(pw, threshold_rad), closing_A / (extent / gpts))
     else:
         fine = np.zeros((gpts, gpts), bool)

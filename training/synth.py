@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .fastsim import D_SPACINGS_NM, CameraModel, FastSimConfig, apply_camera, simulate_intensity
+from .progress import progress_bar
 from .samples import DATA_FILE, PartStore
 
 __all__ = [
@@ -355,7 +356,7 @@ def synthesize(cfg: SynthConfig, out: str | os.PathLike[str], *, workers: int = 
         skipped = cfg.count - len(todo)
         if skipped:
             log.info("resuming %s: %d of %d samples already done", out, skipped, cfg.count)
-        bar = _progress(progress, cfg.count, skipped, f"synth ({cfg.engine})")
+        bar = progress_bar(progress, cfg.count, initial=skipped, desc=f"synth ({cfg.engine})", unit="sample")
         simulated = 0
         try:
             def finish(index: int, raw: np.ndarray, mask: np.ndarray, row: dict[str, Any]) -> None:
@@ -395,21 +396,3 @@ def synthesize(cfg: SynthConfig, out: str | os.PathLike[str], *, workers: int = 
         path = store.assemble(cfg.count, content="raw", source=f"synth-{cfg.engine}", command=command, attrs=attrs)
     seconds = time.perf_counter() - t0
     return SynthReport(path, cfg.count, simulated, skipped, seconds)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, initial=initial, desc=desc, unit="sample", dynamic_ncols=True)

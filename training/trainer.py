@@ -3,19 +3,40 @@ checkpoint, dihedral + random-rotation augmentation, optional Gaussian-noise aug
 
 Works on in-memory patch arrays: images ``(N, H, W)`` float32 already preprocessed by the shared
 engine (``fringelive.daemon.preprocess``), labels ``(N, H, W)`` {0, 1}. Device-agnostic torch:
-CPU here, CUDA (with AMP) where present.
+CPU here, CUDA (with AMP: float16 autocast + gradient scaling) where present.
+
+Epochs and randomness. Each epoch's sample order comes from ``DistributedSampler(seed=cfg.seed)``
+with ``set_epoch(epoch)`` and the augmentation generator is re-seeded from
+``(seed, epoch, rank)``, so an epoch is the same whether the run was resumed or not.
+
+Checkpoints (``checkpoint_dir``): ``last.pt`` after every epoch (model, optimiser, gradient
+scaler, torch/CUDA/numpy RNG states, best weights, history, step counts, the config) and
+``best.pt`` whenever the validation Dice improves (weights only, plus epoch and score). With
+``resume=True`` a run continues after the epoch in ``last.pt``; recipe settings that would change
+the result (batch size, learning rate, augmentation, seed, freeze) must match.
+
+Several GPUs (or CPU processes): launched by ``torchrun`` (env ``RANK``/``WORLD_SIZE``/
+``LOCAL_RANK``), :func:`init_distributed` joins the process group (NCCL on CUDA, gloo on CPU), the
+model is wrapped in ``DistributedDataParallel``, each rank takes its ``DistributedSampler`` shard
+with ``ceil(batch_size / world_size)`` samples per step (``batch_size`` is the global batch),
+validation is sharded and its sums all-reduced, and only rank 0 writes checkpoints and logs.
+
+Logs: a CSV row per epoch (``log_csv``) and/or TensorBoard scalars (``tensorboard_dir``; needs the
+``tensorboard`` package); a tqdm bar per epoch with ``progress=True``.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -23,21 +44,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import gaussian_noise, random_dihedral, random_rotation
-from .metrics import error_rates, hard_dice
+from .progress import progress_bar
+from .transfer import FREEZE_CHOICES, freeze, set_frozen_eval
 
-__all__ = ["TrainConfig", "TrainResult", "train_model", "evaluate_model", "resolve_device"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "DistInfo",
+    "init_distributed",
+    "train_model",
+    "evaluate_model",
+    "resolve_device",
+    "config_dict",
+    "CHECKPOINT_FORMAT",
+]
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "fringelive-train-checkpoint"
+#: Settings that must match when resuming (others, e.g. epochs or logs, may change).
+RESUME_KEYS = ("batch_size", "lr", "weight_decay", "dihedral", "rotation_p", "noise_rho", "noise_rho_max",
+               "seed", "amp", "freeze")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Recipe parameters; defaults are the published ones.
 
-    epochs: passes over the training set; lr: Adam learning rate; rotation_p: probability of a
-    random rotation per sample; noise_rho / noise_rho_max: fixed or uniform-random ρ of the
-    Gaussian-noise augmentation (None = off); max_steps: stop after this many optimiser steps
-    (None = no limit); device: "auto" | "cpu" | "cuda" | "cuda:N".
+    epochs: passes over the training set; batch_size: patches per optimiser step (global, over
+    all ranks); lr: Adam learning rate; rotation_p: probability of a random rotation per
+    sample; noise_rho / noise_rho_max: fixed or uniform-random ρ of the Gaussian-noise
+    augmentation (None = off); max_steps: stop after this many optimiser steps (None = no
+    limit); device: "auto" | "cpu" | "cuda" | "cuda:N"; amp: float16 autocast on CUDA;
+    freeze: "none" | "encoder" | "decoder" (see :mod:`fringelive.training.transfer`);
+    checkpoint_dir: where ``last.pt``/``best.pt`` go (None = none); resume: continue from
+    ``checkpoint_dir/last.pt`` when it exists; eval_batch_size: patches per validation call.
     """
 
     epochs: int = 50
@@ -53,16 +94,36 @@ class TrainConfig:
     amp: bool = True
     max_steps: int | None = None
     log_csv: str | None = None
+    tensorboard_dir: str | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    progress: bool = False
+    freeze: str = "none"
+    eval_batch_size: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.rotation_p <= 1.0:
+            raise ValueError(f"rotation_p must be in [0, 1], got {self.rotation_p!r}")
         if self.noise_rho is not None and self.noise_rho_max is not None:
             raise ValueError("give noise_rho or noise_rho_max, not both")
+        for name in ("noise_rho", "noise_rho_max"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise ValueError(f"{name} must be >= 0, got {v!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        if self.freeze not in FREEZE_CHOICES:
+            raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
+        if self.resume and not self.checkpoint_dir:
+            raise ValueError("resume=True needs checkpoint_dir")
 
 
 @dataclass
@@ -73,44 +134,242 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
-    patches_per_second: float = 0.0
+    patches_per_second: float = 0.0  # training steps only (no evaluation), all ranks
+    train_seconds: float = 0.0
+    resumed_from_epoch: int | None = None
+    frozen: list[str] = field(default_factory=list)
 
 
-def resolve_device(device: str) -> torch.device:
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a distributed run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def current(cls) -> "DistInfo":
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+        return cls()
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the
+    environment): NCCL when CUDA is available, else gloo. A no-op otherwise."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return DistInfo.current()
+
+
+def resolve_device(device: str, dist_info: DistInfo | None = None) -> torch.device:
+    """"auto" → CUDA when available (this rank's ``cuda:LOCAL_RANK`` in a distributed run)."""
+    info = dist_info or DistInfo()
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank if info.distributed else torch.cuda.current_device())
+        return torch.device("cpu")
     d = torch.device(device)
     if d.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    if d.type == "cuda" and d.index is None and info.distributed:
+        d = torch.device("cuda", info.local_rank)
     return d
 
 
-def _batches(n: int, batch: int, rng: np.random.Generator | None):
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    for i in range(0, n, batch):
-        yield order[i:i + batch]
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    h = hashlib.blake2b(f"{seed}:{epoch}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def _to_batch(images: np.ndarray, labels: np.ndarray, idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(np.ascontiguousarray(images[idx], dtype=np.float32)).unsqueeze(1)
+    y = torch.from_numpy(np.ascontiguousarray(labels[idx])).long()
+    return x, y
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+_SUM_KEYS = ("loss", "dice", "n", "fp", "fn", "tn", "tp")
 
 
 @torch.no_grad()
+def _eval_sums(model: nn.Module, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, batch_size: int,
+               device: torch.device) -> torch.Tensor:
+    """float64 sums (loss per sample, Dice per sample, samples, FP, FN, TN, TP pixels)."""
+    from .metrics import hard_dice
+
+    sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64)
+    for i in range(0, len(indices), batch_size):
+        idx = indices[i:i + batch_size]
+        x, y = _to_batch(images, labels, idx)
+        x, y = x.to(device), y.to(device)
+        logits = model(x).float()
+        per = F.cross_entropy(logits, y, reduction="none").flatten(1).mean(1)
+        pred = torch.softmax(logits, 1)[:, 1] > 0.5
+        t = y > 0
+        sums += torch.tensor([
+            float(per.sum()), float(hard_dice(logits, y).sum()), float(len(idx)),
+            float((pred & ~t).sum()), float((~pred & t).sum()), float((~pred & ~t).sum()), float((pred & t).sum()),
+        ], dtype=torch.float64)
+    return sums
+
+
+def _finish(sums: torch.Tensor) -> dict[str, float]:
+    s = dict(zip(_SUM_KEYS, sums.tolist()))
+    n = s["n"]
+    if n == 0:
+        return {"loss": float("nan"), "dice": float("nan")}
+    return {
+        "loss": s["loss"] / n,
+        "dice": s["dice"] / n,
+        "false_positive_rate": s["fp"] / max(s["fp"] + s["tn"], 1.0),
+        "false_negative_rate": s["fn"] / max(s["fn"] + s["tp"], 1.0),
+        "oversegment_fraction": s["fp"] / max(s["fp"] + s["fn"], 1.0),
+    }
+
+
 def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 8,
-                   device: torch.device | str = "cpu") -> dict[str, float]:
-    """Mean cross-entropy, hard Dice (class 1, threshold 0.5) and error rates on a patch set."""
+                   device: torch.device | str = "cpu", dist_info: DistInfo | None = None) -> dict[str, float]:
+    """Mean cross-entropy and hard Dice (class 1, threshold 0.5) per patch, and pixel error
+    rates, on a patch set. In a distributed run each rank evaluates its shard and the sums are
+    all-reduced, so every rank returns the same numbers. Leaves the model in eval mode."""
+    info = dist_info or DistInfo()
     device = torch.device(device)
     model.eval()
-    losses, dices, preds, labs = [], [], [], []
-    for idx in _batches(len(images), batch_size, None):
-        x = torch.from_numpy(np.ascontiguousarray(images[idx], dtype=np.float32)).unsqueeze(1).to(device)
-        y = torch.from_numpy(np.ascontiguousarray(labels[idx])).long().to(device)
-        logits = model(x).float()
-        losses.append(F.cross_entropy(logits, y, reduction="sum").item() / y[0].numel())
-        dices.append(hard_dice(logits, y).cpu())
-        preds.append((torch.softmax(logits, 1)[:, 1] > 0.5).cpu())
-        labs.append(y.cpu())
-    n = max(len(images), 1)
-    out = {"loss": float(sum(losses) / n), "dice": float(torch.cat(dices).mean()) if dices else float("nan")}
-    if preds:
-        out.update(error_rates(torch.cat(preds).float(), torch.cat(labs)))
-    return out
+    indices = np.arange(info.rank, len(images), info.world_size)
+    sums = _eval_sums(model, images, labels, indices, batch_size, device)
+    if info.distributed:
+        import torch.distributed as dist
+
+        t = sums.to(device) if dist.get_backend() == "nccl" else sums
+        dist.all_reduce(t)
+        sums = t.cpu()
+    return _finish(sums)
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):  # a different GPU count than when it was saved
+            log.warning("could not restore the CUDA RNG states (different GPUs); continuing")
+
+
+def _arch_of(model: nn.Module) -> dict[str, Any]:
+    spec = getattr(model, "spec", None)
+    if spec is None or not hasattr(spec, "to_dict"):
+        return {}
+    from .models import UNetSpec
+
+    return {"arch": "resunet-seed" if spec == UNetSpec() else "resunet", "spec": spec.to_dict()}
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a fringelive training checkpoint")
+    old = ckpt.get("config", {})
+    new = asdict(cfg)
+    diff = [k for k in RESUME_KEYS if old.get(k) != new.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diff)
+        raise ValueError(f"{path}: cannot resume with a different recipe ({detail})")
+    return ckpt
+
+
+# --- training --------------------------------------------------------------------------------
+
+class _Logs:
+    """CSV and TensorBoard epoch logs (rank 0 only); appends when resuming."""
+
+    def __init__(self, cfg: TrainConfig, enabled: bool, resuming: bool) -> None:
+        self.csv_path = Path(cfg.log_csv) if (enabled and cfg.log_csv) else None
+        self._fh: Any = None
+        self._writer: Any = None
+        self._tb: Any = None
+        if self.csv_path is not None:
+            self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+            append = resuming and self.csv_path.is_file() and self.csv_path.stat().st_size > 0
+            if append:
+                with open(self.csv_path, newline="") as fh:
+                    header = next(csv.reader(fh), None)
+                self._fh = open(self.csv_path, "a", newline="")
+                if header:
+                    self._writer = csv.DictWriter(self._fh, fieldnames=header, extrasaction="ignore")
+            else:
+                self._fh = open(self.csv_path, "w", newline="")
+        if enabled and cfg.tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                self.close()
+                raise RuntimeError(f"TensorBoard logs need the tensorboard package (pip install tensorboard): {e}") from None
+            self._tb = SummaryWriter(log_dir=cfg.tensorboard_dir)
+
+    def write(self, row: Mapping[str, float]) -> None:
+        if self._fh is not None:
+            if self._writer is None:
+                self._writer = csv.DictWriter(self._fh, fieldnames=list(row), extrasaction="ignore")
+                self._writer.writeheader()
+            self._writer.writerow({k: row.get(k) for k in self._writer.fieldnames})
+            self._fh.flush()
+        if self._tb is not None:
+            step = int(row["epoch"])
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k.replace("_", "/", 1) if k.startswith(("train_", "val_")) else k, v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
 
 def train_model(
@@ -121,84 +380,157 @@ def train_model(
     benchmarks: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; returns the best-validation-Dice weights and the history."""
+    """Train ``model`` in place; returns the best-validation-Dice weights and the history, and
+    leaves the best weights loaded. benchmarks: named patch sets evaluated every epoch (their
+    metrics appear in the history as ``<name>_dice`` etc.)."""
+    from torch.utils.data.distributed import DistributedSampler
+
     x_tr, y_tr = train
     if len(x_tr) == 0:
         raise ValueError("training set is empty")
     if x_tr.shape != y_tr.shape:
         raise ValueError(f"images {x_tr.shape} and labels {y_tr.shape} differ in shape")
-    device = resolve_device(cfg.device)
+    info = DistInfo.current()
+    device = resolve_device(cfg.device, info)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    frozen = freeze(model, cfg.freeze)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net: nn.Module = model
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"freeze={cfg.freeze!r} leaves no parameter to train")
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    best = TrainResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=-1, best_val_dice=-math.inf)
-    writer = None
-    if cfg.log_csv:
-        Path(cfg.log_csv).parent.mkdir(parents=True, exist_ok=True)
-        fh = open(cfg.log_csv, "w", newline="")
-    steps, seen, t0 = 0, 0, time.perf_counter()
+    result = TrainResult(best_state=copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+                         best_epoch=-1, best_val_dice=-math.inf, frozen=frozen)
+    start_epoch, steps, seen, seconds_before, train_seconds = 0, 0, 0, 0.0, 0.0
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
+    if cfg.resume and last_path is not None and last_path.is_file():
+        ckpt = _load_checkpoint(last_path, cfg)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt.get("rng", {}))
+        result.best_state = ckpt["best_state"]
+        result.best_epoch = int(ckpt["best_epoch"])
+        result.best_val_dice = float(ckpt["best_score"])
+        result.history = list(ckpt["history"])
+        steps, seen, seconds_before = int(ckpt["steps"]), int(ckpt["seen"]), float(ckpt["seconds"])
+        train_seconds = float(ckpt.get("train_seconds", 0.0))
+        start_epoch = int(ckpt["epoch"]) + 1
+        result.resumed_from_epoch = int(ckpt["epoch"])
+        log.info("resumed from %s after epoch %d (%d steps)", last_path, ckpt["epoch"], steps)
+    if ckpt_dir is not None and info.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    logs = _Logs(cfg, info.is_main, resuming=start_epoch > 0)
+    sampler = DistributedSampler(range(len(x_tr)), num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
+    per_rank = -(-cfg.batch_size // info.world_size)
+    noise = cfg.noise_rho is not None or cfg.noise_rho_max is not None
+    t0 = time.perf_counter()
+    done = cfg.max_steps is not None and steps >= cfg.max_steps
     try:
-        for epoch in range(cfg.epochs):
-            model.train()
-            total, count = 0.0, 0
-            for idx in _batches(len(x_tr), cfg.batch_size, rng):
-                x = torch.from_numpy(np.ascontiguousarray(x_tr[idx], dtype=np.float32)).unsqueeze(1)
-                y = torch.from_numpy(np.ascontiguousarray(y_tr[idx])).long()
-                if cfg.dihedral:
-                    x, y = random_dihedral(x, y, gen)
-                if cfg.rotation_p > 0:
-                    x, y = random_rotation(x, y, gen, cfg.rotation_p)
-                if cfg.noise_rho is not None or cfg.noise_rho_max is not None:
-                    x = gaussian_noise(x, gen, rho=cfg.noise_rho, rho_max=cfg.noise_rho_max)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, enabled=use_amp):
-                    loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                total += loss.item() * len(idx)
-                count += len(idx)
-                steps += 1
-                seen += len(idx)
-                if cfg.max_steps is not None and steps >= cfg.max_steps:
-                    break
-            row: dict[str, float] = {"epoch": epoch, "train_loss": total / max(count, 1), "steps": steps}
-            v = evaluate_model(model, *val, device=device) if len(val[0]) else {"dice": float("nan"), "loss": float("nan")}
+        for epoch in range(start_epoch, cfg.epochs):
+            if done:
+                break
+            sampler.set_epoch(epoch)
+            order = np.fromiter(iter(sampler), dtype=np.int64)
+            gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))
+            net.train()
+            set_frozen_eval(model, cfg.freeze)
+            total = torch.zeros(2, dtype=torch.float64)
+            t_epoch = time.perf_counter()
+            bar = progress_bar(cfg.progress and info.is_main, -(-len(order) // per_rank), desc=f"epoch {epoch}",
+                               unit="step")
+            try:
+                for i in range(0, len(order), per_rank):
+                    idx = order[i:i + per_rank]
+                    x, y = _to_batch(x_tr, y_tr, idx)
+                    if cfg.dihedral:
+                        x, y = random_dihedral(x, y, gen)
+                    if cfg.rotation_p > 0:
+                        x, y = random_rotation(x, y, gen, cfg.rotation_p)
+                    if noise:
+                        x = gaussian_noise(x, gen, rho=cfg.noise_rho, rho_max=cfg.noise_rho_max)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=torch.float16 if use_amp else torch.bfloat16,
+                                        enabled=use_amp):
+                        loss = F.cross_entropy(net(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    total += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64)
+                    steps += 1
+                    seen += len(idx) * info.world_size
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                    if cfg.max_steps is not None and steps >= cfg.max_steps:
+                        done = True
+                        break
+            finally:
+                bar.close()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_seconds += time.perf_counter() - t_epoch
+            if info.distributed:
+                import torch.distributed as dist
+
+                t = total.to(device) if dist.get_backend() == "nccl" else total
+                dist.all_reduce(t)
+                total = t.cpu()
+            row: dict[str, float] = {"epoch": epoch, "train_loss": float(total[0] / max(total[1], 1)),
+                                     "steps": steps}
+            if len(val[0]):
+                v = evaluate_model(model, *val, batch_size=cfg.eval_batch_size, device=device, dist_info=info)
+            else:
+                v = {"dice": float("nan"), "loss": float("nan")}
             row.update({f"val_{k}": x for k, x in v.items()})
             for name, (bx, by) in (benchmarks or {}).items():
-                b = evaluate_model(model, bx, by, device=device)
+                b = evaluate_model(model, bx, by, batch_size=cfg.eval_batch_size, device=device, dist_info=info)
                 row.update({f"{name}_{k}": x for k, x in b.items()})
-            row["seconds"] = time.perf_counter() - t0
-            best.history.append(row)
+            row["seconds"] = seconds_before + time.perf_counter() - t0
+            result.history.append(row)
             score = v["dice"] if not math.isnan(v["dice"]) else -row["train_loss"]
-            if score > best.best_val_dice:
-                best.best_val_dice, best.best_epoch = score, epoch
-                best.best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
-            if cfg.log_csv:
-                if writer is None:
-                    writer = csv.DictWriter(fh, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow({k: row.get(k) for k in writer.fieldnames})
-                fh.flush()
+            improved = score > result.best_val_dice
+            if improved:
+                result.best_val_dice, result.best_epoch = score, epoch
+                result.best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+            if info.is_main:
+                logs.write(row)
+                if ckpt_dir is not None:
+                    arch = _arch_of(model)
+                    if improved:
+                        _atomic_save({"format": CHECKPOINT_FORMAT + "-weights", "model": result.best_state,
+                                      "epoch": epoch, "val_dice": score, **arch}, ckpt_dir / "best.pt")
+                    _atomic_save({
+                        "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch, "steps": steps, "seen": seen,
+                        "seconds": row["seconds"], "train_seconds": train_seconds,
+                        "model": {k: t.detach().cpu() for k, t in model.state_dict().items()},
+                        "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
+                        "best_state": result.best_state, "best_epoch": result.best_epoch,
+                        "best_score": result.best_val_dice, "history": result.history,
+                        "config": asdict(cfg), "world_size": info.world_size, **arch,
+                    }, last_path)  # type: ignore[arg-type]
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={x:.4g}" for k, x in row.items() if k != "epoch"))
             if on_epoch:
                 on_epoch(row)
-            if cfg.max_steps is not None and steps >= cfg.max_steps:
-                break
+            if info.distributed:
+                import torch.distributed as dist
+
+                dist.barrier()
     finally:
-        if cfg.log_csv:
-            fh.close()
-    best.steps = steps
-    best.seconds = time.perf_counter() - t0
-    best.patches_per_second = seen / best.seconds if best.seconds > 0 else 0.0
-    model.load_state_dict(best.best_state)
-    return best
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
+        logs.close()
+    result.steps = steps
+    result.seconds = seconds_before + time.perf_counter() - t0
+    result.train_seconds = train_seconds
+    result.patches_per_second = seen / train_seconds if train_seconds > 0 else 0.0
+    model.load_state_dict(result.best_state)
+    return result

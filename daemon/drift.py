@@ -1,0 +1,341 @@
+"""Drift checks of one frame and of the stream: envelope, image estimates, confidence, CUSUM.
+
+Per frame (:func:`measure_frame`, pure):
+
+* the metadata's conditions (``envelope.conditions_from_meta``),
+* image estimates that do not trust the metadata (``image_estimates``): dose from shot noise
+  on background blocks, pixel size from the lattice fringes of the largest particles,
+* model-confidence signals (``confidence``): predictive entropy on foreground and boundary
+  pixels, mean pairwise Dice between ensemble members.
+
+Then :func:`evaluate` compares them with the card's envelope (``envelope.check_envelope``) and
+flags metadata that disagrees with the image (``pixel_size_metadata_mismatch``,
+``dose_metadata_mismatch``; the image's value is then the one checked against the envelope).
+
+Over the stream, :class:`DriftMonitor` (one per bundle in the daemon, reset on reload)
+standardizes the signals with the card's ``drift_reference`` and runs the CUSUM alarm
+(``cusum``). Its :meth:`DriftMonitor.assess` returns the result header's ``drift`` map::
+
+    {"status": "ok"|"warn"|"ood"|"unknown", "reasons": [...], "signals": {name: value},
+     "p_values": {name: p}, "estimates": {...}, "conditions": {...},
+     "cusum": {"statistics": {...}, "h": h, "k": k, "alarm_signals": [...]}, "alarm": bool,
+     "calibrated": bool}
+
+Everything here is arrays + card → numbers: no sockets, no threads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fringelive.export.card import Card, Tolerances
+
+from . import confidence, envelope, image_estimates
+from .cusum import CusumState, calibrate_threshold
+from .drift_reference import (SIGNAL_DIRECTIONS, DriftReference, parse_drift_reference, tail_p_value)
+from .materials import spacings_for
+
+__all__ = [
+    "DriftSettings",
+    "FrameMeasurement",
+    "camera_of",
+    "measure_frame",
+    "evaluate",
+    "DriftMonitor",
+]
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """How drift is checked (the daemon's ``[drift]`` config section).
+
+    enabled: compute drift at all (else the header says ``unknown``, reason ``drift_disabled``).
+    image_estimates: estimate dose and pixel size from the image. member_agreement: mean
+    pairwise Dice between members (needs a bundle with several members, all run).
+    tolerances: overrides of the card's envelope tolerances. pixel_size_mismatch_rel /
+    dose_mismatch_rel: how far (relative) metadata and image may disagree (None: the envelope
+    tolerances). target_arl / cusum_k: override the card's CUSUM calibration (frames between
+    false alarms; allowance in standard deviations); with a new target the threshold is
+    re-simulated from the reference values at load. fringe_windows: particle windows for the
+    pixel-size estimate; min_fringe_snr: peak significance (robust sigmas);
+    max_background_blocks: blocks for the dose estimate; pixel_size_search: the pixel-size
+    search band reaches this factor beyond the envelope and the metadata.
+    """
+
+    enabled: bool = True
+    image_estimates: bool = True
+    member_agreement: bool = True
+    tolerances: envelope.ToleranceOverrides = field(default_factory=envelope.ToleranceOverrides)
+    pixel_size_mismatch_rel: float | None = None
+    dose_mismatch_rel: float | None = None
+    target_arl: float | None = None
+    cusum_k: float | None = None
+    fringe_windows: int = 6
+    min_fringe_snr: float = 6.0
+    max_background_blocks: int = 400
+    pixel_size_search: float = 2.5
+
+    def __post_init__(self) -> None:
+        for name in ("pixel_size_mismatch_rel", "dose_mismatch_rel", "cusum_k"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be >= 0 or None, got {v!r}")
+        if self.target_arl is not None and not (math.isfinite(self.target_arl) and self.target_arl >= 10):
+            raise ValueError(f"target_arl must be >= 10 frames or None, got {self.target_arl!r}")
+        if self.fringe_windows < 1:
+            raise ValueError(f"fringe_windows must be >= 1, got {self.fringe_windows!r}")
+        if not self.min_fringe_snr > 0:
+            raise ValueError(f"min_fringe_snr must be > 0, got {self.min_fringe_snr!r}")
+        if self.max_background_blocks < 6:
+            raise ValueError(f"max_background_blocks must be >= 6, got {self.max_background_blocks!r}")
+        if not self.pixel_size_search > 1:
+            raise ValueError(f"pixel_size_search must be > 1, got {self.pixel_size_search!r}")
+
+
+def camera_of(reference: DriftReference) -> image_estimates.CameraCalibration:
+    return image_estimates.CameraCalibration(
+        gain_counts_per_e=reference.camera_gain_counts_per_e, offset_counts=reference.camera_offset_counts,
+        read_noise_counts=reference.read_noise_counts, noise_factor=reference.dose_noise_factor)
+
+
+@dataclass(frozen=True)
+class FrameMeasurement:
+    """What one frame shows, before any judgement. conditions: from the metadata; estimates:
+    from the image (None where not measurable); signals: drift signals by name (None = not
+    available for this frame); dose_measurement: the raw background statistics (calibration
+    uses them)."""
+
+    conditions: envelope.Conditions
+    estimates: dict[str, Any]
+    signals: dict[str, float | None]
+    dose_measurement: image_estimates.DoseMeasurement | None = None
+
+
+def _search_range(card: Card, px_meta: float | None, factor: float) -> tuple[float, float] | None:
+    bounds = []
+    rng = card.envelope.pixel_size_nm
+    if rng is not None and rng.min > 0:
+        bounds += [rng.min / factor, rng.max * factor]
+    if px_meta is not None:
+        bounds += [px_meta / factor, px_meta * factor]
+    return (min(bounds), max(bounds)) if bounds else None
+
+
+def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabilities: np.ndarray,
+                  mask: np.ndarray, member_masks: Sequence[np.ndarray], particles: Sequence[Mapping[str, Any]],
+                  card: Card, reference: DriftReference | None = None, settings: DriftSettings | None = None,
+                  threshold: float = 0.5) -> FrameMeasurement:
+    """Measure one frame: ``pixels (H, W)`` raw counts, the pipeline's ``probabilities``
+    (H, W) float32, ``mask`` (H, W) bool, ``member_masks`` and ``particles``."""
+    settings = settings or DriftSettings()
+    reference = reference or DriftReference()
+    cond = envelope.conditions_from_meta(meta)
+    signals: dict[str, float | None] = dict(confidence.entropy_signals(probabilities, threshold))
+    if settings.member_agreement and len(member_masks) >= 2:
+        signals["member_dice"] = confidence.mean_pairwise_dice(member_masks)
+    estimates: dict[str, Any] = {}
+    measurement = None
+    if settings.image_estimates:
+        camera = camera_of(reference)
+        # pixel size from fringes
+        materials = (cond.material,) if cond.material and spacings_for((cond.material,)) else card.envelope.material
+        spacings = spacings_for(tuple(materials))
+        search = _search_range(card, cond.pixel_size_nm, settings.pixel_size_search)
+        px_est = None
+        if spacings and search is not None and particles:
+            ranked = sorted(particles, key=lambda p: -float(p.get("area_px") or 0.0))[: settings.fringe_windows]
+            radius = 0.5 * float(np.median([float(p.get("diameter_px") or 0.0) for p in ranked]))
+            hint = cond.pixel_size_nm
+            if hint is None and card.envelope.pixel_size_nm is not None and card.envelope.pixel_size_nm.min > 0:
+                hint = math.sqrt(card.envelope.pixel_size_nm.min * card.envelope.pixel_size_nm.max)
+            px_est = image_estimates.estimate_pixel_size(
+                pixels, image_estimates.particle_window_centres(ranked, settings.fringe_windows), spacings,
+                pixel_size_range=search, particle_radius_px=radius, hint_nm=hint, windows=settings.fringe_windows,
+                min_snr=settings.min_fringe_snr)
+        estimates["pixel_size_nm"] = None if px_est is None else float(px_est.pixel_size_nm)
+        estimates["pixel_size_confidence"] = None if px_est is None else px_est.confidence
+        estimates["pixel_size_snr"] = None if px_est is None else round(float(px_est.snr), 2)
+        estimates["pixel_size_spacing_nm"] = None if px_est is None else px_est.spacing_nm
+        # dose from shot noise; the pixel size the image supports when the metadata's is absent or wrong
+        measurement = image_estimates.measure_background_noise(pixels, mask, camera=camera,
+                                                               max_blocks=settings.max_background_blocks)
+        px_for_dose = cond.pixel_size_nm
+        if px_est is not None and (px_for_dose is None or _disagree(px_est.pixel_size_nm, px_for_dose,
+                                                                    _px_tol(card, settings))):
+            px_for_dose = float(px_est.pixel_size_nm)
+        dose = image_estimates.estimate_dose(measurement, camera, px_for_dose)
+        estimates.update({k: (None if v is None else float(v)) for k, v in dose.items()})
+        estimates["background_blocks"] = 0 if measurement is None else measurement.blocks
+        estimates["dose_basis"] = None if measurement is None else measurement.basis
+        d = estimates.get("dose_e_per_A2")
+        signals["log_dose_estimate"] = math.log(d) if d else None
+        signals["log_pixel_size_estimate"] = (math.log(estimates["pixel_size_nm"])
+                                              if estimates.get("pixel_size_nm") else None)
+    return FrameMeasurement(cond, estimates, signals, measurement)
+
+
+def _px_tol(card: Card, settings: DriftSettings) -> float:
+    if settings.pixel_size_mismatch_rel is not None:
+        return settings.pixel_size_mismatch_rel
+    return envelope.effective_tolerances(card.envelope.tolerances, settings.tolerances).pixel_size_rel
+
+
+def _dose_tol(card: Card, settings: DriftSettings) -> float:
+    if settings.dose_mismatch_rel is not None:
+        return settings.dose_mismatch_rel
+    return envelope.effective_tolerances(card.envelope.tolerances, settings.tolerances).dose_rel
+
+
+def _disagree(a: float, b: float, rel: float) -> bool:
+    """``a`` and ``b`` differ by more than the factor ``1 + rel`` (either way)."""
+    return abs(math.log(a / b)) > math.log1p(rel)
+
+
+def evaluate(m: FrameMeasurement, card: Card, settings: DriftSettings | None = None
+             ) -> tuple[str, list[str], list[envelope.Finding]]:
+    """``(status, reasons, findings)`` of one measured frame against the card's envelope."""
+    settings = settings or DriftSettings()
+    tol: Tolerances = envelope.effective_tolerances(card.envelope.tolerances, settings.tolerances)
+    c = m.conditions
+    reasons: list[str] = []
+    statuses: list[str] = []
+    px, dose = c.pixel_size_nm, c.dose_e_per_A2
+    px_src = dose_src = "metadata"
+    px_img, dose_img = m.estimates.get("pixel_size_nm"), m.estimates.get("dose_e_per_A2")
+    if px_img is not None:
+        if px is None:
+            px, px_src = px_img, "image"
+        elif _disagree(px_img, px, _px_tol(card, settings)):
+            reasons.append("pixel_size_metadata_mismatch")
+            statuses.append("warn")
+            px, px_src = px_img, "image"
+    if dose_img is not None:
+        if dose is None:
+            dose, dose_src = dose_img, "image"
+        elif _disagree(dose_img, dose, _dose_tol(card, settings)):
+            reasons.append("dose_metadata_mismatch")
+            statuses.append("warn")
+            dose, dose_src = dose_img, "image"
+    findings = envelope.check_envelope(replace(c, pixel_size_nm=px, dose_e_per_A2=dose), card.envelope, tol)
+    findings = [replace(f, source={"pixel_size": px_src, "dose": dose_src}.get(f.quantity, "metadata"))
+                for f in findings]
+    for f in findings:
+        statuses.append(f.status)
+        if f.reason is not None and f.reason not in reasons:
+            reasons.append(f.reason)
+    return envelope.worst_status(statuses), reasons, findings
+
+
+def _finite(v: Any) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+class DriftMonitor:
+    """Drift of one bundle's stream: the card's envelope and reference, the settings, and the
+    CUSUM state (frames in the order they were assessed). Not thread-safe: one thread assesses."""
+
+    def __init__(self, card: Card, settings: DriftSettings | None = None) -> None:
+        self.card = card
+        self.settings = settings or DriftSettings()
+        self.reference = parse_drift_reference(card.drift_reference)
+        ref = self.reference
+        self.directions = {name: s.direction for name, s in ref.signals.items()}
+        self.cusum: CusumState | None = None
+        self.cusum_record: dict[str, Any] = {}
+        if ref.cusum is not None and self.directions:
+            k = self.settings.cusum_k if self.settings.cusum_k is not None else ref.cusum.k
+            h = ref.cusum.h
+            record: dict[str, Any] = {"source": "card", "target_arl": ref.cusum.target_arl}
+            target = self.settings.target_arl
+            resimulate = (target is not None and target != ref.cusum.target_arl) or k != ref.cusum.k
+            if resimulate:
+                h, record = self._resimulate(k, target or ref.cusum.target_arl or 10_000)
+            self.cusum = CusumState(self.directions, k=k, h=h)
+            self.cusum_record = record
+
+    def _resimulate(self, k: float, target: float) -> tuple[float, dict[str, Any]]:
+        names = list(self.directions)
+        refs = [self.reference.signals[n] for n in names]
+        n = max(len(r.values) for r in refs)
+        if n < 2 or any(r.values and len(r.values) != n for r in refs):
+            raise ValueError(f"drift_reference: cannot re-calibrate the CUSUM for target_arl {target:g}: the card "
+                             "holds no reference values (run fringelive calibrate)")
+        z = np.full((n, len(names)), np.nan)
+        for j, r in enumerate(refs):
+            if r.values:
+                z[:, j] = [(v - r.centre) / r.scale for v in r.values]
+        result = calibrate_threshold(z, [self.directions[x] for x in names], k=k, target_arl=target)
+        return result.h, {"source": "config", **result.to_dict()}
+
+    def reset(self) -> None:
+        if self.cusum is not None:
+            self.cusum.reset()
+
+    def assess(self, pixels: np.ndarray, meta: Mapping[str, Any] | None, result: Any, *, threshold: float = 0.5
+               ) -> dict[str, Any]:
+        """The ``drift`` header of one frame; updates the CUSUM. ``result``: a
+        :class:`fringelive.daemon.pipeline.PipelineResult`."""
+        if not self.settings.enabled:
+            return {"status": "unknown", "reasons": ["drift_disabled"], "signals": {}, "p_values": {}, "estimates": {},
+                    "conditions": {}, "cusum": {}, "alarm": False, "calibrated": False}
+        m = measure_frame(pixels, meta, probabilities=result.probabilities, mask=result.mask,
+                          member_masks=result.member_masks, particles=result.particles, card=self.card,
+                          reference=self.reference, settings=self.settings, threshold=threshold)
+        status, reasons, _ = evaluate(m, self.card, self.settings)
+        signals = {k: _finite(v) for k, v in m.signals.items()}
+        z: dict[str, float | None] = {}
+        p_values: dict[str, float] = {}
+        for name, ref in self.reference.signals.items():
+            v = signals.get(name)
+            if v is None:
+                z[name] = None
+                continue
+            z[name] = ref.z(v)
+            p_values[name] = tail_p_value(z[name], ref.direction)  # type: ignore[arg-type]
+        cusum: dict[str, Any] = {}
+        alarm = False
+        if self.cusum is not None:
+            snap = self.cusum.update(z)
+            alarm = snap["alarm"]
+            cusum = {"statistics": snap["statistics"], "h": self.cusum.h, "k": self.cusum.k,
+                     "alarm_signals": snap["alarm_signals"], "frames": self.cusum.frames}
+            if alarm:
+                reasons.append("stream_alarm")
+                status = envelope.worst_status([status, "warn"])
+        c = m.conditions
+        return {
+            "status": status,
+            "reasons": reasons,
+            "signals": signals,
+            "p_values": p_values,
+            "estimates": dict(m.estimates),
+            "conditions": {"pixel_size_nm": c.pixel_size_nm, "dose_e_per_A2": c.dose_e_per_A2,
+                           "voltage_kv": c.voltage_kv, "material": c.material},
+            "cusum": cusum,
+            "alarm": alarm,
+            "calibrated": self.reference.calibrated,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """For control ``status``: calibration state and CUSUM parameters."""
+        ref = self.reference
+        return {
+            "calibrated": ref.calibrated,
+            "signals": sorted(ref.signals),
+            "camera_gain_counts_per_e": ref.camera_gain_counts_per_e,
+            "dose_noise_factor": ref.dose_noise_factor,
+            "cusum": None if self.cusum is None else {"k": self.cusum.k, "h": self.cusum.h, "frames": self.cusum.frames,
+                                                      **{k: v for k, v in self.cusum_record.items() if k != "channels"}},
+        }
+
+
+def signal_directions() -> dict[str, str]:
+    """Every signal the monitor can standardize and its alarm direction."""
+    return dict(SIGNAL_DIRECTIONS)

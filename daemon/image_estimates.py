@@ -1,0 +1,454 @@
+"""Acquisition conditions estimated from the image itself, without trusting the metadata.
+
+Dose from shot noise
+    A counting camera with gain g (counts/e) records ``mean = g·N`` and ``var = g²·N`` (+ read
+    noise) in a region of constant intensity, so ``N = mean² / var`` electrons per pixel whatever
+    the gain. The estimate uses background blocks (predicted background, one block away from any
+    predicted particle) of the raw frame; the variance is that of the 4-neighbour Laplacian
+    divided by 20 (its gain for white noise), which the slow illumination gradient and most of
+    the support's structure do not reach. ``N`` is the median over blocks; the dose is
+    ``N / (pixel size in Å)²`` (e/Å²). Correlated noise (the detector MTF) lowers the
+    neighbour-difference variance: ``noise_factor`` (calibrated from frames of known dose by
+    ``fringelive calibrate``) corrects for it, ``N = noise_factor · mean² / var``. With a known gain
+    the mean alone gives a second, more precise estimate ``N = (mean - offset) / gain``.
+
+Pixel size from lattice fringes
+    Windows (Hann-tapered, x-ray hits clipped) centred on the largest predicted particles are
+    Fourier transformed and their power spectra averaged and radially binned. Divided by the same
+    profile of background windows (which removes the support's spectrum, Thon rings included) and
+    by its running median, the profile shows the lattice reflections as narrow peaks. A peak more
+    than ``min_snr`` robust standard deviations high, in the band where the material's spacings
+    can lie for plausible pixel sizes, gives ``pixel size = d_hkl × f_peak`` (nm/px with f in
+    cycles/px). Two peaks whose frequency ratio matches two spacings (Au: d111/d200 = 1.155) fix
+    the assignment (confidence ``high``); one peak is assigned to the spacing that puts the pixel
+    size nearest the hint (metadata, else the envelope centre; confidence ``medium``, or ``low``
+    when another spacing would also give a plausible pixel size). No peak: no estimate (never a
+    guess).
+
+Pure numpy on (H, W) arrays; the cost is bounded by ``max_blocks`` and ``windows`` × ``window``²
+(a few FFTs), independent of the frame size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "CameraCalibration",
+    "DoseMeasurement",
+    "PixelSizeEstimate",
+    "measure_background_noise",
+    "estimate_dose",
+    "radial_power_profile",
+    "find_profile_peaks",
+    "estimate_pixel_size",
+    "background_block_grid",
+    "particle_window_centres",
+    "background_window_centres",
+]
+
+
+@dataclass(frozen=True)
+class CameraCalibration:
+    """Camera constants for the dose estimate. gain_counts_per_e: counts per electron (None =
+    unknown); offset_counts: counts added to every pixel; read_noise_counts: rms read noise,
+    counts; noise_factor: true/apparent electrons of the shot-noise estimate (1 for white noise,
+    < 1 when the MTF correlates neighbouring pixels)."""
+
+    gain_counts_per_e: float | None = None
+    offset_counts: float = 0.0
+    read_noise_counts: float = 0.0
+    noise_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        g = self.gain_counts_per_e
+        if g is not None and not (math.isfinite(g) and g > 0):
+            raise ValueError(f"gain_counts_per_e must be > 0 (counts/e) or None, got {g!r}")
+        if not math.isfinite(self.offset_counts):
+            raise ValueError(f"offset_counts must be finite (counts), got {self.offset_counts!r}")
+        if not (math.isfinite(self.read_noise_counts) and self.read_noise_counts >= 0):
+            raise ValueError(f"read_noise_counts must be >= 0 (counts), got {self.read_noise_counts!r}")
+        if not (math.isfinite(self.noise_factor) and self.noise_factor > 0):
+            raise ValueError(f"noise_factor must be > 0, got {self.noise_factor!r}")
+
+
+@dataclass(frozen=True)
+class DoseMeasurement:
+    """Background statistics of one frame (before any calibration).
+
+    mean_counts: median block mean minus the offset (counts); variance_counts2: median
+    shot-noise variance (Laplacian variance / 20) minus the read noise² (counts²); raw_electrons_per_px: median
+    over blocks of mean²/variance; blocks: blocks used; block_px: block side (px); spread:
+    robust relative spread of the per-block values (MAD/median), a precision hint; basis:
+    ``background`` (predicted background only) or ``all_blocks`` (too little background was
+    predicted, so every block was used).
+    """
+
+    mean_counts: float
+    variance_counts2: float
+    raw_electrons_per_px: float
+    blocks: int
+    block_px: int
+    spread: float
+    basis: str = "background"
+
+    def electrons_per_px(self, camera: CameraCalibration) -> float:
+        """Shot-noise estimate of electrons per pixel (calibrated by ``camera.noise_factor``)."""
+        return camera.noise_factor * self.raw_electrons_per_px
+
+    def electrons_per_px_from_gain(self, camera: CameraCalibration) -> float | None:
+        """``mean / gain`` electrons per pixel, None without a gain."""
+        g = camera.gain_counts_per_e
+        return None if g is None else self.mean_counts / g
+
+    def gain_counts_per_e(self, camera: CameraCalibration) -> float | None:
+        """The gain this frame implies: mean / shot-noise electrons (counts/e)."""
+        n = self.electrons_per_px(camera)
+        return self.mean_counts / n if n > 0 else None
+
+
+def background_block_grid(mask: np.ndarray | None, shape: tuple[int, int], block: int,
+                          margin_blocks: int = 1) -> np.ndarray:
+    """Boolean (H // block, W // block) map of blocks that hold no predicted particle pixel and
+    have none within ``margin_blocks`` blocks. ``mask`` None: every block."""
+    from scipy import ndimage
+
+    hb, wb = shape[0] // block, shape[1] // block
+    if mask is None:
+        return np.ones((hb, wb), dtype=bool)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"mask shape {mask.shape} does not match the frame {shape}")
+    step = max(1, block // 8)  # a particle of a few px is still seen on this subsample
+    sub = mask[: hb * block: step, : wb * block: step]
+    per = block // step
+    occupied = sub[: hb * per, : wb * per].reshape(hb, per, wb, per).any(axis=(1, 3))
+    if margin_blocks > 0 and occupied.any():
+        occupied = ndimage.binary_dilation(occupied, iterations=margin_blocks)
+    return ~occupied
+
+
+def _pick(n_available: int, n_max: int) -> np.ndarray:
+    """Up to ``n_max`` indices spread evenly over ``range(n_available)``."""
+    if n_available <= n_max:
+        return np.arange(n_available)
+    return np.unique(np.linspace(0, n_available - 1, n_max).round().astype(np.int64))
+
+
+def measure_background_noise(pixels: np.ndarray, mask: np.ndarray | None, *, camera: CameraCalibration | None = None,
+                             block: int | None = None, max_blocks: int = 400, min_blocks: int = 6
+                             ) -> DoseMeasurement | None:
+    """Mean and shot-noise variance of the background of ``pixels (H, W)`` (raw counts, x-ray
+    hits are outvoted by the median over blocks). ``mask (H, W)`` bool: predicted particles.
+    block: side in px (default 32, 16 for frames under 512 px). With fewer than ``min_blocks``
+    background blocks every block is used (``basis="all_blocks"``); None when even that is too
+    few."""
+    camera = camera or CameraCalibration()
+    if pixels.ndim != 2:
+        raise ValueError(f"pixels must have shape (H, W), got {pixels.shape}")
+    h, w = pixels.shape
+    if block is None:
+        block = 32 if min(h, w) >= 512 else 16
+    if block < 4:
+        raise ValueError(f"block must be >= 4 px, got {block!r}")
+    grid = background_block_grid(mask, (h, w), block)
+    basis = "background"
+    if int(grid.sum()) < min_blocks and mask is not None:
+        # The model sees (almost) no background, e.g. out of distribution: every block, the
+        # median over them still follows the background where particles cover under half.
+        grid = background_block_grid(None, (h, w), block)
+        basis = "all_blocks"
+    by, bx = np.nonzero(grid)
+    if by.size < min_blocks:
+        return None
+    sel = _pick(by.size, max_blocks)
+    ys, xs = by[sel] * block, bx[sel] * block
+    ar = np.arange(block)
+    blocks = pixels[ys[:, None, None] + ar[None, :, None], xs[:, None, None] + ar[None, None, :]]
+    blocks = blocks.astype(np.float64) - camera.offset_counts
+    means = blocks.mean(axis=(1, 2))
+    # 4-neighbour Laplacian: for white noise of variance v its variance is 20·v, while smooth
+    # structure (illumination, most of the support's texture) cancels to second order.
+    lap = 4.0 * blocks[:, 1:-1, 1:-1]
+    lap -= blocks[:, :-2, 1:-1]
+    lap -= blocks[:, 2:, 1:-1]
+    lap -= blocks[:, 1:-1, :-2]
+    lap -= blocks[:, 1:-1, 2:]
+    var = (lap * lap).mean(axis=(1, 2)) / 20.0 - camera.read_noise_counts ** 2
+    good = (means > 0) & (var > 0)
+    if int(good.sum()) < min_blocks:
+        return None
+    ratio = means[good] ** 2 / var[good]
+    med = float(np.median(ratio))
+    spread = float(np.median(np.abs(ratio - med)) / med) if med > 0 else math.inf
+    return DoseMeasurement(mean_counts=float(np.median(means[good])), variance_counts2=float(np.median(var[good])),
+                           raw_electrons_per_px=med, blocks=int(good.sum()), block_px=int(block), spread=spread,
+                           basis=basis)
+
+
+def estimate_dose(measurement: DoseMeasurement | None, camera: CameraCalibration, pixel_size_nm: float | None
+                  ) -> dict[str, float | None]:
+    """``{electrons_per_px, dose_e_per_A2, dose_e_per_A2_from_gain, camera_gain_counts_per_e}``
+    from a background measurement; doses need the pixel size (nm/px; 1 nm = 10 Å)."""
+    if measurement is None:
+        return {"electrons_per_px": None, "dose_e_per_A2": None, "dose_e_per_A2_from_gain": None,
+                "camera_gain_counts_per_e": None}
+    n = measurement.electrons_per_px(camera)
+    n_gain = measurement.electrons_per_px_from_gain(camera)
+    area = None if pixel_size_nm is None else (10.0 * pixel_size_nm) ** 2
+    return {
+        "electrons_per_px": n,
+        "dose_e_per_A2": None if area is None else n / area,
+        "dose_e_per_A2_from_gain": None if area is None or n_gain is None else n_gain / area,
+        "camera_gain_counts_per_e": measurement.gain_counts_per_e(camera),
+    }
+
+
+# --- pixel size from lattice fringes -----------------------------------------------------------
+
+@lru_cache(maxsize=8)
+def _radial_bins(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer radius (cycles per window) of every rfft2 coefficient of a size² window, and the
+    half-plane weights (coefficients standing for two)."""
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    r = np.rint(np.sqrt(fy * fy + fx * fx) * size).astype(np.int64)
+    weight = np.full(r.shape, 2.0)
+    weight[:, 0] = 1.0
+    if size % 2 == 0:
+        weight[:, -1] = 1.0
+    return r.ravel(), weight.ravel()
+
+
+@lru_cache(maxsize=8)
+def _hann2(size: int) -> np.ndarray:
+    w = np.hanning(size).astype(np.float32)
+    return np.outer(w, w)
+
+
+def _window_origin(c: float, size: int, length: int) -> int:
+    return int(min(max(round(c) - size // 2, 0), length - size))
+
+
+def radial_power_profile(pixels: np.ndarray, centres: Sequence[tuple[float, float]], size: int,
+                         radius_px: float | None = None) -> np.ndarray:
+    """Mean radially binned power spectrum ``(size // 2,)`` of regions of ``pixels`` centred on
+    ``centres`` ((row, column) px). Each region is divided by its median (contrast), x-ray hits
+    are clipped at median + 10 robust sigma, and it is tapered: with ``radius_px`` by a disc of
+    that radius with a cos² edge (the inside of a particle, without the particle's outline, whose
+    ring-shaped spectrum would look like peaks), else by a Hann window over the whole ``size``²
+    window. Bin r holds frequencies r/size cycles/px."""
+    h, w = pixels.shape
+    rbin, weight = _radial_bins(size)
+    taper = _hann2(size) if radius_px is None else _disc_taper(size, float(radius_px))
+    n = size // 2
+    total = np.zeros(n)
+    counts = np.bincount(rbin, weight, minlength=n + 1)[:n]
+    used = 0
+    for cy, cx in centres:
+        y0, x0 = _window_origin(cy, size, h), _window_origin(cx, size, w)
+        win = pixels[y0:y0 + size, x0:x0 + size].astype(np.float32)
+        if radius_px is not None:  # keep the disc on the particle when the window was shifted
+            dy, dx = int(round(cy)) - (y0 + size // 2), int(round(cx)) - (x0 + size // 2)
+            t = np.roll(taper, (dy, dx), axis=(0, 1)) if (dy or dx) else taper
+        else:
+            t = taper
+        inside = win[t > 0.5]
+        if inside.size < 16:
+            continue
+        med = float(np.median(inside))
+        if not med > 0:
+            continue
+        mad = float(np.median(np.abs(inside - med)))
+        np.minimum(win, med + 10.0 * 1.4826 * max(mad, math.sqrt(med)), out=win)
+        win /= np.float32(med)
+        win -= np.float32(float((win * t).sum() / t.sum()))  # zero weighted mean: no DC leakage
+        win *= t
+        power = np.abs(np.fft.rfft2(win)) ** 2
+        total += np.bincount(rbin, power.ravel() * weight, minlength=n + 1)[:n]
+        used += 1
+    if not used:
+        raise ValueError("no usable window (all windows empty or non-positive)")
+    return total / np.maximum(counts, 1.0) / used
+
+
+@lru_cache(maxsize=16)
+def _disc_taper(size: int, radius: float) -> np.ndarray:
+    """1 inside 0.6·radius, cos² down to 0 at radius, centred in a size² window."""
+    c = size // 2
+    yy, xx = np.ogrid[-c: size - c, -c: size - c]
+    rho = np.sqrt(yy * yy + xx * xx) / max(radius, 1.0)
+    t = np.where(rho <= 0.6, 1.0, np.cos(0.5 * np.pi * np.clip((rho - 0.6) / 0.4, 0.0, 1.0)) ** 2)
+    return t.astype(np.float32)
+
+
+def _running_median(x: np.ndarray, lo: int, hi: int, extra: int = 0) -> np.ndarray:
+    """Median of ``x`` over a window whose half-width grows with the index (max(3, 15 %) + extra)."""
+    out = np.empty(hi - lo)
+    for i in range(lo, hi):
+        half = max(3, int(0.15 * i)) + extra
+        out[i - lo] = np.median(x[max(0, i - half): i + half + 1])
+    return out
+
+
+def find_profile_peaks(profile: np.ndarray, lo: int, hi: int, *, min_snr: float = 6.0,
+                       half_width: float = 2.0) -> list[tuple[float, float]]:
+    """Significant narrow peaks of ``profile`` between bins ``lo`` and ``hi`` (exclusive):
+    ``[(position in bins, sub-bin by a parabola through the top three), snr]``, strongest first.
+
+    The profile is divided by its running median (window ±max(3, 15 %) + ``half_width``). The
+    relative excess of a radial bin r fluctuates ∝ 1/sqrt(r) (a ring of r coefficients), so it is
+    scaled by sqrt(r) before the robust standard deviation (1.4826·MAD over the band) is taken.
+    A peak is a local maximum whose prominence over its flanks (mean of the medians of the bins
+    ``half_width + 1`` to ``2·half_width + 4`` away on each side: a step has one high flank) is
+    at least ``min_snr`` of those sigmas; snr is that prominence."""
+    lo, hi = max(2, int(lo)), min(len(profile) - 1, int(hi))
+    if hi - lo < 5:
+        return []
+    x = profile.astype(np.float64)
+    near = max(2, int(math.ceil(half_width)) + 1)
+    far = near + max(3, int(math.ceil(half_width)) + 3)
+    pad = max(3, int(0.15 * hi), far) + 1
+    a, b = max(1, lo - pad), min(len(x) - 1, hi + pad)
+    base = _running_median(x, a, b, extra=int(math.ceil(half_width)))
+    rel = (x[a:b] / np.maximum(base, 1e-30) - 1.0) * np.sqrt(np.arange(a, b) / float(hi))
+    band = rel[lo - a: hi - a]
+    sigma = 1.4826 * float(np.median(np.abs(band - np.median(band))))
+    if not sigma > 0:
+        return []
+    peaks = []
+    for i in range(lo, hi):
+        j = i - a
+        v = rel[j]
+        if v / sigma < min_snr or v < rel[j - 1] or v < rel[j + 1]:
+            continue
+        left = rel[max(0, j - far): max(0, j - near + 1)]
+        right = rel[j + near: j + far + 1]
+        flanks = [float(np.median(f)) for f in (left, right) if f.size]
+        prominence = v - (sum(flanks) / len(flanks) if flanks else 0.0)
+        if prominence / sigma < min_snr:
+            continue
+        y0, y1, y2 = rel[j - 1], v, rel[j + 1]
+        denom = y0 - 2 * y1 + y2
+        offset = 0.5 * (y0 - y2) / denom if denom < 0 else 0.0
+        peaks.append((i + max(-0.5, min(0.5, offset)), prominence / sigma))
+    peaks.sort(key=lambda p: -p[1])
+    return peaks
+
+
+@dataclass(frozen=True)
+class PixelSizeEstimate:
+    """pixel_size_nm: nm/px; spacing_nm: the d-spacing the main peak was assigned to;
+    frequency: its position (cycles/px); snr: its height (robust sigma); confidence: ``high``
+    (two consistent peaks), ``medium`` (one peak, one plausible assignment), ``low`` (one peak,
+    several plausible assignments: the one nearest the hint was taken); windows: particle
+    windows used."""
+
+    pixel_size_nm: float
+    spacing_nm: float
+    frequency: float
+    snr: float
+    confidence: str
+    windows: int
+
+
+def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[float, float]], spacings_nm: Sequence[float],
+                        *, pixel_size_range: tuple[float, float], particle_radius_px: float,
+                        hint_nm: float | None = None, window: int | None = None, windows: int = 6,
+                        min_snr: float = 6.0, ratio_tolerance: float = 0.02) -> PixelSizeEstimate | None:
+    """Pixel size (nm/px) from the lattice fringes inside the particles at ``particle_centres``
+    ((row, column) px, most important first; at most ``windows`` are used).
+
+    spacings_nm: the material's d-spacings, strongest first; pixel_size_range: (lo, hi) nm/px
+    that are plausible at all (the search band); particle_radius_px: typical particle radius
+    (px), the radius of the tapered disc each window keeps; hint_nm: breaks ties between
+    assignments (default: the band's geometric centre); window: FFT side (px, default the
+    power of two >= 4 × radius, 128 to 512, and <= the frame side). None when no significant
+    peak is found.
+    """
+    if not spacings_nm or not particle_centres:
+        return None
+    lo_px, hi_px = pixel_size_range
+    if not 0 < lo_px < hi_px:
+        raise ValueError(f"pixel_size_range must be (lo, hi) with 0 < lo < hi nm/px, got {pixel_size_range!r}")
+    if not particle_radius_px >= 4:
+        return None  # too small to hold a few fringes
+    h, w = pixels.shape
+    radius = float(particle_radius_px)
+    if window is None:
+        window = max(128, min(512, 1 << int(math.ceil(math.log2(4 * radius)))))
+        while window > min(h, w) and window > 32:
+            window //= 2
+    if window < 32 or window > min(h, w):
+        return None
+    radius = min(radius, window / 2.0)
+    centres = list(particle_centres)[:windows]
+    try:
+        profile = radial_power_profile(pixels, centres, window, radius_px=radius)
+    except ValueError:
+        return None
+    d_max, d_min = max(spacings_nm), min(spacings_nm)
+    r_lo = math.floor(lo_px / d_max * window)
+    r_hi = math.ceil(min(hi_px / d_min, 0.45) * window) + 1
+    # a spot's width in bins: the disc's transform (~window / diameter), at least 2
+    peaks = find_profile_peaks(profile, r_lo, r_hi, min_snr=min_snr, half_width=max(2.0, window / (2 * radius)))
+    if not peaks:
+        return None
+
+    def plausible(px: float) -> bool:
+        return lo_px <= px <= hi_px
+
+    hint = hint_nm if hint_nm is not None else math.sqrt(lo_px * hi_px)
+    # Two peaks in the ratio of two spacings fix the assignment.
+    best_pair = None
+    for i, (ri, si) in enumerate(peaks[:4]):
+        for rj, sj in peaks[i + 1:4]:
+            r_low, r_high = min(ri, rj), max(ri, rj)
+            for da in spacings_nm:
+                for db in spacings_nm:
+                    if da <= db:
+                        continue
+                    if abs((r_high / r_low) / (da / db) - 1.0) <= ratio_tolerance:
+                        px = 0.5 * (r_low / window * da + r_high / window * db)
+                        if plausible(px) and (best_pair is None or si + sj > best_pair[0]):
+                            main_r, main_d = (ri, da) if ri == r_low else (ri, db)
+                            best_pair = (si + sj, px, main_d, main_r / window, max(si, sj))
+    if best_pair is not None:
+        _, px, d, f, snr = best_pair
+        return PixelSizeEstimate(px, d, f, snr, "high", len(centres))
+    r, snr = peaks[0]
+    f = r / window
+    options = [(abs(math.log(f * d / hint)), f * d, d) for d in spacings_nm if plausible(f * d)]
+    if not options:
+        return None
+    options.sort()
+    _, px, d = options[0]
+    return PixelSizeEstimate(px, d, f, snr, "medium" if len(options) == 1 else "low", len(centres))
+
+
+def particle_window_centres(particles: Sequence[dict[str, Any]], limit: int) -> list[tuple[float, float]]:
+    """Centroids ((row, column) px) of the largest particles, largest first."""
+    ranked = sorted((p for p in particles if p.get("centroid_px") is not None),
+                    key=lambda p: -float(p.get("area_px") or 0.0))
+    return [(float(p["centroid_px"][0]), float(p["centroid_px"][1])) for p in ranked[:limit]]
+
+
+def background_window_centres(grid: np.ndarray, block: int, size: int, limit: int) -> list[tuple[float, float]]:
+    """Centres of up to ``limit`` windows of side ``size`` px lying on background blocks
+    (``grid`` from :func:`background_block_grid`), spread over the frame."""
+    from scipy import ndimage
+
+    need = max(1, math.ceil(size / block))
+    if grid.shape[0] < need or grid.shape[1] < need:
+        return []
+    # A window fits where a need×need square of blocks is all background.
+    clear = ndimage.minimum_filter(grid.astype(np.uint8), size=need, mode="constant", cval=0) > 0
+    ys, xs = np.nonzero(clear)
+    if not ys.size:
+        return []
+    sel = _pick(ys.size, limit)
+    return [((ys[i] + 0.5) * block, (xs[i] + 0.5) * block) for i in sel]

@@ -1,0 +1,194 @@
+"""``fringelive train``: contiguous folds, the trainer (loss decreases, best checkpoint kept,
+bit-exact resume, logs) and a whole run on a tiny simulated set ending in a loadable bundle
+whose envelope derives from the samples' metadata."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fringelive.training.models import build_model
+from fringelive.training.run import RunConfig, RunError, default_bundle_name, fold_split, index_ranges, patchify, \
+    run_training
+from fringelive.training.samples import envelope_from_metadata, load_sampleset
+from fringelive.training.synth import SynthConfig, synthesize
+from fringelive.training.trainer import TrainConfig, train_model
+
+TINY = {"widths": (4, 8), "bottleneck": 8}
+
+
+def _discs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bright discs on noise: a problem a tiny network learns in a few steps."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    xs, ys = [], []
+    for _ in range(n):
+        lab = np.zeros((size, size), bool)
+        for _ in range(2):
+            cy, cx, r = rng.uniform(4, size - 4, 2).tolist() + [rng.uniform(3, 6)]
+            lab |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        xs.append((rng.standard_normal((size, size)) * 0.5 + 2.0 * lab).astype(np.float32))
+        ys.append(lab.astype(np.uint8))
+    return np.stack(xs), np.stack(ys)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 raw 64² frames from the fast engine with several 2–3 nm particles each."""
+    out = tmp_path_factory.mktemp("train") / "syn"
+    cfg = SynthConfig(engine="fast", count=10, size_px=64, pixel_size_nm=(0.05, 0.05), diameter_nm=(2.0, 3.0),
+                      particles_per_100nm2=6.0, dose_e_per_A2=(400.0, 450.0), seed=0)
+    synthesize(cfg, out, progress=False)
+    return out
+
+
+def test_fold_split_is_contiguous_and_tiles_the_test_sets() -> None:
+    n = 50
+    tests = []
+    for k in range(5):
+        tr, va, te = fold_split(n, k)
+        assert (len(tr), len(va), len(te)) == (35, 5, 10)
+        assert sorted(np.concatenate([tr, va, te]).tolist()) == list(range(n))
+        assert len(index_ranges(te)) == 1 and len(index_ranges(va)) == 1  # contiguous blocks
+        tests.extend(te.tolist())
+    assert sorted(tests) == list(range(n))
+    tr, va, te = fold_split(10, 4, 5)
+    assert te.tolist() == [8, 9] and va.tolist() == [0] and tr.tolist() == list(range(1, 8))
+    with pytest.raises(ValueError, match="leave no training sample"):
+        fold_split(2, 0, 5, (0.0, 0.5, 0.5))
+    assert index_ranges([5, 1, 2, 3, 9]) == [[1, 4], [5, 6], [9, 10]]
+
+
+def test_patchify_tiles_from_the_corner() -> None:
+    img = np.arange(70 * 100, dtype=np.float32).reshape(70, 100)
+    lab = (img % 2).astype(np.uint8)
+    x, y = patchify(img, lab, 32)
+    assert x.shape == (2 * 3, 32, 32) and np.array_equal(x[4], img[32:64, 32:64]) and np.array_equal(y[1], lab[:32, 32:64])
+    with pytest.raises(RunError, match="smaller than the patch size 128 px"):
+        patchify(img, lab, 128)
+
+
+def test_trainer_learns_keeps_best_and_resumes_bit_exactly(tmp_path: Path) -> None:
+    x, y = _discs(12, 32, 0)
+    tr, va = (x[:9], y[:9]), (x[9:], y[9:])
+
+    def run(epochs: int, ckpt: Path, **kw) -> tuple[torch.nn.Module, object]:
+        torch.manual_seed(0)
+        model = build_model("resunet", **TINY)
+        cfg = TrainConfig(epochs=epochs, batch_size=3, lr=1e-2, device="cpu", checkpoint_dir=str(ckpt), resume=True,
+                          log_csv=str(ckpt / "log.csv"), **kw)
+        return model, train_model(model, tr, va, cfg)
+
+    m_full, r_full = run(4, tmp_path / "full")
+    losses = [h["train_loss"] for h in r_full.history]
+    assert losses[-1] < losses[0]
+    dices = [h["val_dice"] for h in r_full.history]
+    assert r_full.best_epoch == int(np.argmax(dices)) and r_full.best_val_dice == max(dices)
+    best = torch.load(tmp_path / "full" / "best.pt", weights_only=False)
+    assert best["epoch"] == r_full.best_epoch and best["spec"]["widths"] == [4, 8]
+    assert all(torch.equal(best["model"][k], v) for k, v in m_full.state_dict().items())  # best weights loaded
+    with open(tmp_path / "full" / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3] and "val_false_negative_rate" in rows[0]
+    # 2 epochs, then resume to 4: same weights, optimiser state, history and log as 4 in one go
+    run(2, tmp_path / "split")
+    _, r_resumed = run(4, tmp_path / "split")
+    assert r_resumed.resumed_from_epoch == 1
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [h["train_loss"] for h in r_resumed.history] == losses
+    with open(tmp_path / "split" / "log.csv", newline="") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"cannot resume with a different recipe \(lr: 0.01 → 0.001\)"):
+        torch.manual_seed(0)
+        train_model(build_model("resunet", **TINY), tr, va,
+                    TrainConfig(epochs=5, batch_size=3, lr=1e-3, device="cpu", checkpoint_dir=str(tmp_path / "full"),
+                                resume=True))
+
+
+def test_trainer_noise_max_steps_and_tensorboard(tmp_path: Path) -> None:
+    x, y = _discs(6, 32, 1)
+    torch.manual_seed(0)
+    model = build_model("resunet", **TINY)
+    cfg = TrainConfig(epochs=3, batch_size=2, lr=1e-3, device="cpu", noise_rho_max=0.5, max_steps=4,
+                      tensorboard_dir=str(tmp_path / "tb"))
+    import importlib.util
+
+    has_tb = importlib.util.find_spec("tensorboard") is not None
+    if not has_tb:
+        with pytest.raises(RuntimeError, match="pip install tensorboard"):
+            train_model(model, (x[:4], y[:4]), (x[4:], y[4:]), cfg)
+        return
+    r = train_model(model, (x[:4], y[:4]), (x[4:], y[4:]), cfg)
+    assert r.steps == 4 and len(r.history) == 2  # 2 steps per epoch
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    with pytest.raises(ValueError, match="give noise_rho or noise_rho_max, not both"):
+        TrainConfig(noise_rho=0.1, noise_rho_max=0.2)
+    with pytest.raises(ValueError, match="freeze must be one of"):
+        TrainConfig(freeze="middle")
+
+
+def test_run_training_ends_in_a_bundle_with_the_data_envelope(tiny_set: Path, tmp_path: Path) -> None:
+    from fringelive.export.bundle import load_bundle
+
+    cfg = RunConfig(data=(str(tiny_set),), out=str(tmp_path / "run"),
+                    train=TrainConfig(epochs=2, batch_size=8, lr=1e-2, device="cpu"),
+                    arch="resunet", arch_overrides=dict(TINY), patch_px=32, folds=5, run_folds=(0, 3),
+                    benchmarks=(("again", str(tiny_set)),), command="fringelive train --data syn",
+                    export_check_sizes=(32,))
+    result = run_training(cfg)
+    bundle = load_bundle(result.bundle)
+    card = bundle.card
+    assert len(card.members) == 2 and [m.source for m in card.members] == ["fold0", "fold3"]
+    assert all(m.weights for m in card.members)
+    ss = load_sampleset(tiny_set)
+    used = sorted(set(range(10)) - {0, 1} | (set(range(10)) - {6, 7}))  # union of train+val of folds 0 and 3
+    assert card.envelope == envelope_from_metadata([ss.metadata[i] for i in used])
+    assert card.envelope.dose_e_per_A2.min >= 400 and card.envelope.voltage_kv.min == 300.0
+    assert card.envelope.support == ("amorphous carbon",)
+    assert card.name == default_bundle_name(card.envelope)
+    assert card.provenance.command == "fringelive train --data syn"
+    t = card.metrics["training"]
+    assert t["recipe"]["loss"] == "cross-entropy" and t["recipe"]["batch_size"] == 8 and t["patch_px"] == 32
+    assert t["seeds"] == {"fold0": 0, "fold3": 3} and t["data"][0]["samples"] == 10
+    assert [r["test_samples"] for r in t["fold_runs"]] == [[[0, 2]], [[6, 8]]]
+    test = card.metrics["test"]
+    assert test["dice_mean"] == pytest.approx(np.mean([r["dice"] for r in test["per_fold"]]))
+    assert "false_negative_rate_mean" in test and "again" in card.metrics["benchmarks"]
+    assert card.drift_reference is None or isinstance(card.drift_reference, dict)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "evaluation.csv", newline="")))
+    assert {(r["fold"], r["set"]) for r in rows} >= {("0", "test"), ("3", "again"), ("mean", "test"), ("std", "test")}
+    # a rerun skips the finished folds and gives the same members
+    done = json.loads((tmp_path / "run" / "fold0" / "done.json").read_text())
+    again = run_training(cfg)
+    assert again.folds[0]["best_epoch"] == done["best_epoch"]
+    w0 = torch.load(Path(result.bundle) / "member0.pt", weights_only=True)
+    w1 = torch.load(Path(again.bundle) / "member0.pt", weights_only=True)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    with pytest.raises(RunError, match="different settings \\(recipe\\)"):
+        run_training(replace(cfg, train=replace(cfg.train, lr=1e-3)))
+
+
+def test_cli_train(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fringelive.daemon.cli import main
+    from fringelive.export.bundle import load_bundle
+
+    argv = ["train", "--data", str(tiny_set), "--out", str(tmp_path / "cli"), "--arch", "resunet", "--spec",
+            '{"widths": [4, 8], "bottleneck": 8}', "--patch", "32", "--epochs", "1", "--batch-size", "8",
+            "--folds", "5", "--fold", "1", "--check-size", "32", "--no-progress", "--xray-threshold", "1000",
+            "--bundle-name", "tiny-cli"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fold 1: best epoch 0" in out and "test Dice" in out
+    card = load_bundle(tmp_path / "cli" / "bundle").card
+    assert card.name == "tiny-cli" and card.preprocessing.xray_threshold_counts == 1000.0
+    assert card.provenance.command.startswith("fringelive train --data")
+    assert main(["train", "--data", str(tiny_set), "--out", str(tmp_path / "bad"), "--split", "0.5", "0.1", "0.1"]) == 2
+    assert main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "bad2")]) == 1
