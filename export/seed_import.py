@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 
 #: Acceleration voltage of the TEAM 0.5 microscope the training data were recorded on (kV).
 SEED_VOLTAGE_KV = 300.0
+#: The published datasets state one nominal pixel size and dose each. Real frames scatter around
+#: the nominal values (magnification calibration ~2 %, beam current and exposure ~10 %), so the
+#: imported envelope is the nominal value ± these fractions; the card's tolerances apply beyond.
+SEED_PIXEL_SIZE_SPREAD = 0.02
+SEED_DOSE_SPREAD = 0.10
 #: The published preprocessing recipe: x-ray removal at 1500 counts, flat-field, standardize.
 SEED_PREPROCESSING = Preprocessing(xray_removal=True, xray_threshold_counts=1500.0, flatfield=True,
                                    rescale="standardize")
@@ -329,13 +334,16 @@ def bundle_name(details: DatasetDetails) -> str:
 
 
 def envelope_for(details: DatasetDetails, support: tuple[str, ...] = ()) -> Envelope:
-    """A single-condition envelope (min = max) at 300 kV; tolerances are the card defaults."""
+    """The envelope of a single-condition dataset at 300 kV: nominal pixel size ± 2 % and dose
+    ± 10 % (:data:`SEED_PIXEL_SIZE_SPREAD`, :data:`SEED_DOSE_SPREAD`), particle diameter as
+    stated; tolerances are the card defaults."""
     point = lambda v: Range(float(v), float(v))  # noqa: E731
+    spread = lambda v, f: Range(round(float(v) * (1 - f), 6), round(float(v) * (1 + f), 6))  # noqa: E731
     return Envelope(
         material=(details.material,),
         particle_diameter_nm=point(details.particle_diameter_nm),
-        pixel_size_nm=point(details.pixel_size_nm),
-        dose_e_per_A2=point(details.dose_e_per_A2),
+        pixel_size_nm=spread(details.pixel_size_nm, SEED_PIXEL_SIZE_SPREAD),
+        dose_e_per_A2=spread(details.dose_e_per_A2, SEED_DOSE_SPREAD),
         voltage_kv=point(SEED_VOLTAGE_KV),
         support=support,
     )
