@@ -538,7 +538,7 @@ def _convert(cls: type, name: str, tp: Any, value: Any, key: str, base_dir: Path
     if cls is ModelConfig and name == "bundles":
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{key} must be a list of bundle directory paths, got {value!r}")
-        return tuple(_convert(cls, name, Path, v, f"{key}[{i}]", base_dir) for i, v in enumerate(value))
+        return tuple(_convert(cls, "bundles[]", Path, v, f"{key}[{i}]", base_dir) for i, v in enumerate(value))
     if cls is ModelConfig and name == "device" and value == "auto":
         return None
     if cls is ModelConfig and name == "intra_op_threads" and value == 0 and not isinstance(value, bool):

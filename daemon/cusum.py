@@ -15,7 +15,11 @@ Statistics are capped at ``cap × h`` so that, once a shift ends, the alarm clea
 frames) meets a target: :func:`calibrate_threshold` simulates the whole multi-signal CUSUM on
 standardized reference frames (``bootstrap``: rows of reference z-vectors drawn with replacement,
 which keeps their joint distribution and tails; ``gaussian``: independent N(0, 1)) and reads the
-first-passage times of every candidate ``h`` from one set of paths. :func:`siegmund_arl` is
+first-passage times of every candidate ``h`` from one set of paths. The centre and scale the
+daemon standardizes with are themselves estimated from the n reference frames; a CUSUM is very
+sensitive to the small offset that leaves (0.15 sigma for n = 80), so each simulated chain
+standardizes with the median and MAD of its own resample of the reference (the estimation
+error of a Phase I sample, Jones, Champ & Rigdon 2004), which raises ``h`` for small n. :func:`siegmund_arl` is
 Siegmund's approximation for one Gaussian one-sided CUSUM, a cross-check.
 """
 
@@ -138,12 +142,15 @@ def siegmund_threshold(k: float, target_arl: float, channels: int = 1) -> float:
 
 
 def simulate_first_passage(draw: Any, signs: np.ndarray, k: float, *, chains: int, steps: int,
-                           cap_value: float | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                           cap_value: float | None = None, centre: np.ndarray | None = None,
+                           scale: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Run ``chains`` independent multi-channel CUSUMs for ``steps`` frames.
 
     draw(n) -> (n, channels) increments before the sign (NaN = missing); signs: (channels,)
-    ±1. Returns per chain the *record* times and values of ``max_channel S`` (its running
-    maximum's jumps): the first passage over any ``h`` is the first record time with value > h.
+    ±1; centre / scale: optional (chains, channels) per-chain standardization applied to the
+    draws, ``(z - centre) / scale``. Returns per chain the *record* times and values of
+    ``max_channel S`` (its running maximum's jumps): the first passage over any ``h`` is the
+    first record time with value > h.
     """
     m = len(signs)
     s = np.zeros((chains, m))
@@ -151,7 +158,10 @@ def simulate_first_passage(draw: Any, signs: np.ndarray, k: float, *, chains: in
     times: list[list[int]] = [[] for _ in range(chains)]
     values: list[list[float]] = [[] for _ in range(chains)]
     for t in range(1, steps + 1):
-        z = draw(chains) * signs
+        z = draw(chains)
+        if centre is not None:
+            z = (z - centre) / scale
+        z *= signs
         np.subtract(z, k, out=z)
         missing = np.isnan(z)
         z[missing] = 0.0
@@ -209,14 +219,33 @@ class CalibrationResult:
                 "channels": list(self.channels)}
 
 
+def _resampled_centre_scale(sample: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per chain and column: median and 1.4826·MAD (at least ``floors``) of ``sample``
+    (chains, n, columns), NaN ignored."""
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            c = np.nanmedian(sample, axis=1)
+            s = 1.4826 * np.nanmedian(np.abs(sample - c[:, None, :]), axis=1)
+    c = np.nan_to_num(c, nan=0.0)
+    s = np.maximum(np.nan_to_num(s, nan=1.0), floors[None, :])
+    return c, s
+
+
 def calibrate_threshold(z: np.ndarray, directions: Sequence[str], *, k: float = 0.5, target_arl: float = 10_000,
                         method: str = "bootstrap", chains: int | None = None, steps: int | None = None,
-                        cap: float = 2.0, seed: int = 0) -> CalibrationResult:
+                        cap: float = 2.0, seed: int = 0, estimation_error: bool = True,
+                        scale_floors: Sequence[float] | None = None) -> CalibrationResult:
     """Smallest ``h`` whose simulated ARL0 reaches ``target_arl`` frames.
 
     z: (n_frames, n_signals) standardized reference values (NaN = missing); directions: per
     column ``up`` | ``down`` | ``both``. ``chains``/``steps`` default to about 40·target_arl
     simulated frames (≥ ~40 alarms at the chosen h) in 4·target_arl/10 steps per chain.
+    estimation_error: each chain standardizes with the robust centre/scale of its own
+    resample of the n reference frames (see the module docstring); scale_floors: per column,
+    the smallest scale in z units (the signal's floor / its reference scale; default 0).
     """
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 2 or z.shape[0] < 2 or z.shape[1] != len(directions) or z.shape[1] == 0:
@@ -250,9 +279,23 @@ def calibrate_threshold(z: np.ndarray, directions: Sequence[str], *, k: float = 
             out[rng.random((c, z.shape[1])) < missing_rate] = np.nan
             return out[:, col_idx]
 
-    # A generous cap for the simulation (the first passage does not depend on the cap while
-    # cap·h exceeds h, so simulate uncapped).
-    times, values = simulate_first_passage(draw, sign_arr, k, chains=chains, steps=steps)
+    centre = scale = None
+    if estimation_error:
+        floors = np.zeros(z.shape[1]) if scale_floors is None else np.asarray(scale_floors, dtype=np.float64)
+        cs, ss = [], []
+        for start in range(0, chains, 256):  # (chunk, n, columns) at a time
+            c = min(256, chains - start)
+            if method == "bootstrap":
+                sample = z[rng.integers(0, n, (c, n))]
+            else:
+                sample = rng.standard_normal((c, n, z.shape[1]))
+                sample[rng.random(sample.shape) < missing_rate] = np.nan
+            a, b = _resampled_centre_scale(sample, floors)
+            cs.append(a)
+            ss.append(b)
+        centre, scale = np.concatenate(cs)[:, col_idx], np.concatenate(ss)[:, col_idx]
+    # The first passage does not depend on the daemon's cap (cap·h > h): simulate uncapped.
+    times, values = simulate_first_passage(draw, sign_arr, k, chains=chains, steps=steps, centre=centre, scale=scale)
     candidates = np.unique(np.concatenate([v for v in values if v.size] or [np.zeros(1)]))
     lo, hi = 0, len(candidates) - 1
     if arl_from_passage(times, values, float(candidates[hi]), steps) < target_arl:

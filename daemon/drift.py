@@ -142,11 +142,13 @@ def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabi
     if settings.image_estimates:
         camera = camera_of(reference)
         # pixel size from fringes
-        materials = (cond.material,) if cond.material and spacings_for((cond.material,)) else card.envelope.material
-        spacings = spacings_for(tuple(materials))
+        # The stated material's spacings and the envelope's: the fringes tell which one is there.
+        materials = ((cond.material,) if cond.material else ()) + tuple(card.envelope.material)
+        spacings = spacings_for(materials)
         search = _search_range(card, cond.pixel_size_nm, settings.pixel_size_search)
         px_est = None
-        if spacings and search is not None and particles:
+        # A model that calls most of the frame particle is lost: its "particles" are no windows on fringes.
+        if spacings and search is not None and particles and float(mask.mean()) <= 0.6:
             ranked = sorted(particles, key=lambda p: -float(p.get("area_px") or 0.0))[: settings.fringe_windows]
             radius = 0.5 * float(np.median([float(p.get("diameter_px") or 0.0) for p in ranked]))
             hint = cond.pixel_size_nm
@@ -271,7 +273,10 @@ class DriftMonitor:
         for j, r in enumerate(refs):
             if r.values:
                 z[:, j] = [(v - r.centre) / r.scale for v in r.values]
-        result = calibrate_threshold(z, [self.directions[x] for x in names], k=k, target_arl=target)
+        from .drift_reference import SCALE_FLOORS
+
+        floors = [SCALE_FLOORS.get(x, 0.0) / r.scale for x, r in zip(names, refs)]
+        result = calibrate_threshold(z, [self.directions[x] for x in names], k=k, target_arl=target, scale_floors=floors)
         return result.h, {"source": "config", **result.to_dict()}
 
     def reset(self) -> None:

@@ -296,16 +296,19 @@ def _running_median(x: np.ndarray, lo: int, hi: int, extra: int = 0) -> np.ndarr
 
 
 def find_profile_peaks(profile: np.ndarray, lo: int, hi: int, *, min_snr: float = 6.0,
-                       half_width: float = 2.0) -> list[tuple[float, float]]:
+                       half_width: float = 2.0) -> list[tuple[float, float, float]]:
     """Significant narrow peaks of ``profile`` between bins ``lo`` and ``hi`` (exclusive):
-    ``[(position in bins, sub-bin by a parabola through the top three), snr]``, strongest first.
+    ``[(position in bins, sub-bin by a parabola through the top three), snr, strict snr]``,
+    strongest first.
 
     The profile is divided by its running median (window ±max(3, 15 %) + ``half_width``). The
     relative excess of a radial bin r fluctuates ∝ 1/sqrt(r) (a ring of r coefficients), so it is
     scaled by sqrt(r) before the robust standard deviation (1.4826·MAD over the band) is taken.
-    A peak is a local maximum whose prominence over its flanks (mean of the medians of the bins
-    ``half_width + 1`` to ``2·half_width + 4`` away on each side: a step has one high flank) is
-    at least ``min_snr`` of those sigmas; snr is that prominence."""
+    A peak is a local maximum whose prominence over its flanks (the mean of the medians of the
+    bins ``half_width + 1`` to ``2·half_width + 4`` away on each side) is at least ``min_snr``
+    of those sigmas; snr is that prominence. The strict snr is the prominence over the *higher*
+    flank: a step in the profile (e.g. where the support's texture ends) has one high flank and
+    little strict prominence, but so has a peak next to another peak."""
     lo, hi = max(2, int(lo)), min(len(profile) - 1, int(hi))
     if hi - lo < 5:
         return []
@@ -332,10 +335,11 @@ def find_profile_peaks(profile: np.ndarray, lo: int, hi: int, *, min_snr: float 
         prominence = v - (sum(flanks) / len(flanks) if flanks else 0.0)
         if prominence / sigma < min_snr:
             continue
+        strict = v - (max(flanks) if flanks else 0.0)
         y0, y1, y2 = rel[j - 1], v, rel[j + 1]
         denom = y0 - 2 * y1 + y2
         offset = 0.5 * (y0 - y2) / denom if denom < 0 else 0.0
-        peaks.append((i + max(-0.5, min(0.5, offset)), prominence / sigma))
+        peaks.append((i + max(-0.5, min(0.5, offset)), prominence / sigma, strict / sigma))
     peaks.sort(key=lambda p: -p[1])
     return peaks
 
@@ -359,7 +363,8 @@ class PixelSizeEstimate:
 def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[float, float]], spacings_nm: Sequence[float],
                         *, pixel_size_range: tuple[float, float], particle_radius_px: float,
                         hint_nm: float | None = None, window: int | None = None, windows: int = 6,
-                        min_snr: float = 6.0, ratio_tolerance: float = 0.02) -> PixelSizeEstimate | None:
+                        min_snr: float = 6.0, single_peak_snr: float | None = None, min_window: int = 256,
+                        ratio_tolerance: float = 0.02) -> PixelSizeEstimate | None:
     """Pixel size (nm/px) from the lattice fringes inside the particles at ``particle_centres``
     ((row, column) px, most important first; at most ``windows`` are used).
 
@@ -367,8 +372,10 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
     that are plausible at all (the search band); particle_radius_px: typical particle radius
     (px), the radius of the tapered disc each window keeps; hint_nm: breaks ties between
     assignments (default: the band's geometric centre); window: FFT side (px, default the
-    power of two >= 4 × radius, 128 to 512, and <= the frame side). None when no significant
-    peak is found.
+    power of two >= 4 × radius, 128 to 512, and <= the frame side; below ``min_window`` there
+    is no estimate: the few coefficients per radial bin make noise peaks too likely). Two peaks
+    in a ratio of spacings need ``min_snr`` each; a lone peak needs ``single_peak_snr``
+    (default ``min_snr + 4``) over its higher flank. None when no significant peak is found.
     """
     if not spacings_nm or not particle_centres:
         return None
@@ -383,7 +390,7 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
         window = max(128, min(512, 1 << int(math.ceil(math.log2(4 * radius)))))
         while window > min(h, w) and window > 32:
             window //= 2
-    if window < 32 or window > min(h, w):
+    if window < max(32, min_window) or window > min(h, w):
         return None
     radius = min(radius, window / 2.0)
     centres = list(particle_centres)[:windows]
@@ -405,8 +412,8 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
     hint = hint_nm if hint_nm is not None else math.sqrt(lo_px * hi_px)
     # Two peaks in the ratio of two spacings fix the assignment.
     best_pair = None
-    for i, (ri, si) in enumerate(peaks[:4]):
-        for rj, sj in peaks[i + 1:4]:
+    for i, (ri, si, _) in enumerate(peaks[:4]):
+        for rj, sj, _ in peaks[i + 1:4]:
             r_low, r_high = min(ri, rj), max(ri, rj)
             for da in spacings_nm:
                 for db in spacings_nm:
@@ -420,7 +427,11 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
     if best_pair is not None:
         _, px, d, f, snr = best_pair
         return PixelSizeEstimate(px, d, f, snr, "high", len(centres))
-    r, snr = peaks[0]
+    # A lone peak must stand clear of both flanks (a step is no peak) and clear a higher bar.
+    singles = [(strict, r) for r, _, strict in peaks]
+    snr, r = max(singles)
+    if snr < (min_snr + 4.0 if single_peak_snr is None else single_peak_snr):
+        return None
     f = r / window
     options = [(abs(math.log(f * d / hint)), f * d, d) for d in spacings_nm if plausible(f * d)]
     if not options:

@@ -474,7 +474,7 @@ class SegmentationPipeline:
         timings = dict(inference.timings_ms)
         timings["postprocess"] = timings.get("postprocess", 0.0) + (t1 - t0) * 1e3
         timings["particles"] = (t2 - t1) * 1e3
-        timings["total"] = sum(timings[k] for k in ("preprocess", "inference", "postprocess", "particles"))
+        timings["total"] = sum(timings.get(k, 0.0) for k in ("preprocess", "inference", "postprocess", "particles"))
         return PipelineResult(
             probabilities=probabilities,
             mask=mask,

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import shlex
-from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["register"]
@@ -293,6 +292,10 @@ def _register_train(sub: Any, finetune: bool) -> None:
     p.add_argument("--lr", type=float, default=1e-5 if finetune else 1e-4, metavar="RATE",
                    help=f"Adam learning rate (1/step, default: {1e-5 if finetune else 1e-4:g})")
     p.add_argument("--weight-decay", type=float, default=0.0, metavar="RATE", help="Adam weight decay (default: 0)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="constant (published) or cosine decay per step from --lr to --lr-min (default: constant)")
+    p.add_argument("--lr-min", type=float, default=0.0, metavar="RATE",
+                   help="final learning rate of --lr-schedule cosine (1/step, default: 0)")
     p.add_argument("--no-dihedral", action="store_true", help="no random dihedral (flip/rot90) augmentation")
     p.add_argument("--rotation-p", type=float, default=0.5, metavar="P",
                    help="probability of a random-angle rotation per patch (fraction, default: 0.5)")
@@ -301,6 +304,9 @@ def _register_train(sub: Any, finetune: bool) -> None:
                        help="Gaussian-noise augmentation x'=(x+N(0,ρ²))/√(1+ρ²) with fixed ρ (std units of the "
                             "standardized input)")
     noise.add_argument("--noise-rho-max", type=float, metavar="RHO", help="same with ρ ~ U(0, RHO) per patch")
+    p.add_argument("--select-metric", choices=["dice", "pooled_dice", "loss"], default="dice",
+                   help="validation score that picks the kept checkpoint: mean per-patch Dice (published), one Dice "
+                        "over all validation pixels, or lowest loss (default: dice)")
     p.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (count, default: 5)")
     p.add_argument("--fold", type=int, action="append", metavar="K",
                    help="train only this fold (0-based; repeat; default: all folds)")
@@ -361,7 +367,8 @@ def _train(args: argparse.Namespace) -> int:
                            dihedral=not args.no_dihedral, rotation_p=args.rotation_p, noise_rho=args.noise_rho,
                            noise_rho_max=args.noise_rho_max, seed=args.seed, device=args.device, amp=not args.no_amp,
                            max_steps=args.max_steps, progress=not args.no_progress,
-                           freeze=getattr(args, "freeze", "none"), eval_batch_size=args.eval_batch_size)
+                           freeze=getattr(args, "freeze", "none"), eval_batch_size=args.eval_batch_size,
+                           lr_schedule=args.lr_schedule, lr_min=args.lr_min, select_metric=args.select_metric)
         cfg = RunConfig(data=tuple(args.data), out=args.out, train=tcfg,
                         arch=init.arch if init is not None else args.arch,
                         arch_overrides=overrides if init is None else None, patch_px=args.patch, folds=args.folds,
@@ -423,6 +430,7 @@ def _named(items: Sequence[str], what: str, default_name: Any) -> list[tuple[str
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from fringelive.daemon.backends import BackendUnavailable
     from fringelive.export.bundle import BundleError, load_bundle
     from fringelive.training.evaluate import generalization_matrix, write_results
     from fringelive.training.samples import SampleSetError, resolve_sampleset_path
@@ -446,6 +454,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                                         own_split=not args.all_samples)
     except (SampleSetError, BundleError) as e:
         raise _error(str(e), 1) from None
+    except (BackendUnavailable, ValueError) as e:
+        raise _error(str(e), 2) from None
     paths = write_results(results, args.out)
     for r in results:
         print(f"{r.model} on {r.test_set}: Dice {r.dice_mean:.4f} ± {r.dice_std:.4f} ({r.members} members, "

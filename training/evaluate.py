@@ -34,6 +34,8 @@ import numpy as np
 __all__ = [
     "PairResult",
     "evaluate_bundle",
+    "score_members",
+    "torch_member",
     "generalization_matrix",
     "write_results",
     "plot_heatmap",
@@ -101,7 +103,6 @@ def evaluate_bundle(bundle: Any, samples: Any, *, backend: str = "onnxruntime", 
     between bundles with equal preprocessing."""
     from fringelive.daemon.backends import create_backend
     from fringelive.daemon.preprocess import preprocess
-    from fringelive.daemon.tiling import infer_tiled
     from fringelive.export.bundle import Bundle, load_bundle
 
     from .samples import SampleSet, load_sampleset, preprocessing_to_json
@@ -129,48 +130,88 @@ def evaluate_bundle(bundle: Any, samples: Any, *, backend: str = "onnxruntime", 
     split = "own-test-folds" if per_member is not None else "all"
     if per_member is not None:
         log.info("%s was trained on %s: each member is scored on its own test fold", card.name, samples.path)
-    n = len(samples)
-    member_dice, fprs, fnrs = [], [], []
-    prob_sum = np.zeros((n, *samples.shape), np.float32) if per_member is None else None
-    scored: set[int] = set()
-    for m in range(n_members):
-        indices = per_member[m] if per_member is not None else list(range(n))
-        scored.update(indices)
-        be = create_backend(backend, bundle, member=m)
-        try:
-            dices, fp, fn, tn, tp = [], 0, 0, 0, 0
-            for i in indices:
-                logits = np.asarray(infer_tiled(be, inputs[i], tile_size=tile_size, halo=card.tile.halo_px,
-                                                multiple_of=card.tile.multiple_of))
-                prob = _softmax1(logits)
-                if prob_sum is not None:
-                    prob_sum[i] += prob
-                pred = prob > 0.5
-                truth = samples.labels[i] > 0
-                inter = int(np.count_nonzero(pred & truth))
-                dices.append((2 * inter + 1.0) / (pred.sum() + truth.sum() + 1.0))
-                fp += int(np.count_nonzero(pred & ~truth))
-                fn += int(np.count_nonzero(~pred & truth))
-                tp += inter
-                tn += int(pred.size) - inter - int(np.count_nonzero(pred & ~truth)) - int(np.count_nonzero(~pred & truth))
-        finally:
+    backends = []
+    try:
+        for m in range(n_members):
+            backends.append(create_backend(backend, bundle, member=m))
+        scores = score_members(backends, inputs, samples.labels, tile_size=tile_size, halo=card.tile.halo_px,
+                               multiple_of=card.tile.multiple_of, per_member=per_member)
+    finally:
+        for be in backends:
             be.close()
-        member_dice.append(float(np.mean(dices)) if dices else float("nan"))
-        fprs.append(fp / max(fp + tn, 1))
-        fnrs.append(fn / max(fn + tp, 1))
-    if prob_sum is not None and n:
-        ens = [(2 * np.count_nonzero((p / n_members > 0.5) & (t > 0)) + 1.0)
-               / (np.count_nonzero(p / n_members > 0.5) + np.count_nonzero(t) + 1.0)
-               for p, t in zip(prob_sum, samples.labels)]
-        ensemble = float(np.mean(ens))
-    else:
-        ensemble = float("nan")
+    md, fprs, fnrs = scores["member_dice"], scores["false_positive_rate"], scores["false_negative_rate"]
     return PairResult(
-        model=name or card.name, test_set=test_name or samples.name, members=n_members, samples=len(scored),
-        split=split, dice_mean=float(np.mean(member_dice)), dice_std=float(np.std(member_dice)),
+        model=name or card.name, test_set=test_name or samples.name, members=n_members, samples=scores["samples"],
+        split=split, dice_mean=float(np.mean(md)), dice_std=float(np.std(md)),
         false_positive_rate_mean=float(np.mean(fprs)), false_positive_rate_std=float(np.std(fprs)),
         false_negative_rate_mean=float(np.mean(fnrs)), false_negative_rate_std=float(np.std(fnrs)),
-        ensemble_dice=ensemble, member_dice=member_dice)
+        ensemble_dice=scores["ensemble_dice"], member_dice=md)
+
+
+def score_members(members: Sequence[Any], inputs: np.ndarray, labels: np.ndarray, *, tile_size: int | None,
+                  halo: int, multiple_of: int, per_member: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+    """Whole-sample scores of ensemble members on preprocessed ``inputs`` ``(N, H, W)`` with
+    ``labels`` ``(N, H, W)``. A member is any callable ``batch (n, 1, h, w) -> logits (n, C, h, w)``
+    (a backend, or a wrapped torch module), run through the halo tiler. per_member: the sample
+    indices each member is scored on (None = all; then the ensemble is scored too).
+
+    Returns ``member_dice`` (mean per-sample hard Dice per member), ``false_positive_rate``,
+    ``false_negative_rate`` (pixel rates per member), ``ensemble_dice`` (NaN with per_member),
+    ``samples`` (how many distinct samples were scored), ``member_sample_dice`` (per member,
+    the per-sample Dice list) and ``ensemble_sample_dice``.
+    """
+    from fringelive.daemon.tiling import infer_tiled
+
+    n = len(inputs)
+    member_dice, fprs, fnrs, per_sample = [], [], [], []
+    prob_sum = np.zeros(inputs.shape, np.float32) if per_member is None else None
+    scored: set[int] = set()
+    for m, model in enumerate(members):
+        indices = list(per_member[m]) if per_member is not None else list(range(n))
+        scored.update(indices)
+        dices, fp, fn, tn, tp = [], 0, 0, 0, 0
+        for i in indices:
+            logits = np.asarray(infer_tiled(model, inputs[i], tile_size=tile_size, halo=halo, multiple_of=multiple_of))
+            prob = _softmax1(logits)
+            if prob_sum is not None:
+                prob_sum[i] += prob
+            pred = prob > 0.5
+            truth = labels[i] > 0
+            inter = int(np.count_nonzero(pred & truth))
+            false_pos = int(np.count_nonzero(pred)) - inter
+            false_neg = int(np.count_nonzero(truth)) - inter
+            dices.append((2 * inter + 1.0) / (inter + false_pos + inter + false_neg + 1.0))
+            fp += false_pos
+            fn += false_neg
+            tp += inter
+            tn += int(pred.size) - inter - false_pos - false_neg
+        member_dice.append(float(np.mean(dices)) if dices else float("nan"))
+        per_sample.append([float(d) for d in dices])
+        fprs.append(fp / max(fp + tn, 1))
+        fnrs.append(fn / max(fn + tp, 1))
+    ensemble, ensemble_per_sample = float("nan"), []
+    if prob_sum is not None and n and members:
+        k = len(members)
+        ens = [(2 * np.count_nonzero((p / k > 0.5) & (t > 0)) + 1.0)
+               / (np.count_nonzero(p / k > 0.5) + np.count_nonzero(t) + 1.0) for p, t in zip(prob_sum, labels)]
+        ensemble, ensemble_per_sample = float(np.mean(ens)), [float(d) for d in ens]
+    return {"member_dice": member_dice, "false_positive_rate": fprs, "false_negative_rate": fnrs,
+            "ensemble_dice": ensemble, "samples": len(scored), "member_sample_dice": per_sample,
+            "ensemble_sample_dice": ensemble_per_sample}
+
+
+def torch_member(model: Any) -> Any:
+    """A torch module as a tiler callable: numpy batch in, numpy logits out (eval, no grad)."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def run(batch: np.ndarray) -> np.ndarray:
+        return model(torch.as_tensor(np.asarray(batch, dtype=np.float32), device=device)).float().cpu().numpy()
+
+    return run
 
 
 def generalization_matrix(bundles: Sequence[tuple[str, Any]], sets: Sequence[tuple[str, Any]], **kwargs: Any

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,6 +55,7 @@ __all__ = [
     "index_ranges",
     "patchify",
     "prepare_patches",
+    "network_input",
     "default_bundle_name",
     "run_training",
 ]
@@ -82,7 +82,9 @@ class RunConfig:
     defaults, or the initial bundle's when fine-tuning); benchmarks: (name, path) sample sets
     evaluated every epoch and at the end; bundle_name: None = derived from the envelope;
     log: csv | tensorboard | both | none; init: starting weights (fine-tuning);
-    export_check_sizes: ONNX-vs-torch check inputs (px) of the export.
+    export_check_sizes: ONNX-vs-torch check inputs (px) of the export; eval_tile_px: largest
+    tile core (px) of the final whole-sample benchmark scoring (None = whole samples);
+    extra_metrics: more entries for ``card.metrics`` (e.g. how the data were made).
     """
 
     data: tuple[str, ...]
@@ -103,6 +105,8 @@ class RunConfig:
     command: str | None = None
     export_check_sizes: tuple[int, ...] = (512, 1024)
     calibrate: bool = True
+    eval_tile_px: int | None = 1024
+    extra_metrics: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -184,22 +188,29 @@ def patchify(image: np.ndarray, label: np.ndarray, patch: int) -> tuple[np.ndarr
     return np.ascontiguousarray(cut(image)), np.ascontiguousarray(cut(label))
 
 
-def prepare_patches(ss: SampleSet, indices: Sequence[int], params: Preprocessing, patch_px: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def prepare_patches(ss: SampleSet, indices: Sequence[int], params: Preprocessing, patch_px: int,
+                    inputs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Network-input patches ``(M, p, p)`` float32 and labels ``(M, p, p)`` uint8 of the
-    samples ``indices`` (raw samples preprocessed with ``params`` first)."""
-    from fringelive.daemon.preprocess import preprocess
-
+    samples ``indices`` (raw samples preprocessed with ``params`` first, unless ``inputs``, the
+    set's preprocessed images, are given)."""
     xs, ys = [], []
     for i in indices:
-        img = ss.images[i]
-        x = preprocess(img, params).numpy() if ss.content == "raw" else np.asarray(img, dtype=np.float32)
-        px, py = patchify(x, ss.labels[i], patch_px)
+        px, py = patchify(network_input(ss, i, params) if inputs is None else inputs[i], ss.labels[i], patch_px)
         xs.append(px)
         ys.append(py)
     if not xs:
         return (np.zeros((0, patch_px, patch_px), np.float32), np.zeros((0, patch_px, patch_px), np.uint8))
     return np.concatenate(xs), np.concatenate(ys).astype(np.uint8)
+
+
+def network_input(ss: SampleSet, i: int, params: Preprocessing) -> np.ndarray:
+    """Sample ``i`` as the network sees it ``(H, W)`` float32: raw counts go through the shared
+    preprocessing engine with ``params``; preprocessed samples are taken as they are."""
+    if ss.content == "raw":
+        from fringelive.daemon.preprocess import preprocess
+
+        return preprocess(ss.images[i], params).numpy()
+    return np.asarray(ss.images[i], dtype=np.float32)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -253,6 +264,16 @@ class _Data:
         self.contents = contents
         self.shapes = shapes
         self.recorded_preprocessing = next((s.preprocessing for s in self.sets if s.preprocessing), None)
+        self._inputs: dict[tuple[int, str], np.ndarray] = {}
+
+    def inputs(self, j: int, params: Preprocessing) -> np.ndarray:
+        """Set ``j``'s samples as network inputs ``(N, H, W)`` float32, preprocessed once."""
+        key = (j, preprocessing_to_json(params))
+        if key not in self._inputs:
+            ss = self.sets[j]
+            self._inputs[key] = np.stack([network_input(ss, i, params) for i in range(len(ss))]) if len(ss) else \
+                np.zeros((0, *ss.images.shape[1:]), np.float32)
+        return self._inputs[key]
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -269,7 +290,7 @@ class _Data:
     def patches(self, indices: Sequence[int], params: Preprocessing, patch_px: int) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for j, local in self.locate(indices):
-            x, y = prepare_patches(self.sets[j], local, params, patch_px)
+            x, y = prepare_patches(self.sets[j], local, params, patch_px, self.inputs(j, params))
             xs.append(x)
             ys.append(y)
         if not xs:
@@ -311,6 +332,7 @@ def _fingerprint(cfg: RunConfig, data_info: list[dict[str, Any]], params: Prepro
 
 
 def _check_run_file(out: Path, fp: dict[str, Any]) -> None:
+    fp = json.loads(json.dumps(fp))  # tuples → lists, as read back
     path = out / RUN_FILE
     if path.is_file():
         old = json.loads(path.read_text()).get("fingerprint")
@@ -362,7 +384,8 @@ def run_training(cfg: RunConfig) -> RunResult:
     n = len(data)
     params = _resolve_preprocessing(cfg, data)
     data_info = [{"path": str(s.path), "sha256": _sha256(s.path), "samples": len(s), "content": s.content,
-                  "source": str(s.attrs.get("source", ""))} for s in data.sets]
+                  "source": str(s.attrs.get("source", "")), "command": str(s.attrs.get("command", "")) or None}
+                 for s in data.sets]
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _check_run_file(out, _fingerprint(cfg, data_info, params))
@@ -391,7 +414,7 @@ def run_training(cfg: RunConfig) -> RunResult:
         x_te, y_te = data.patches(te, params, cfg.patch_px)
         if done_file.is_file() and (fold_dir / "best.pt").is_file():
             record = json.loads(done_file.read_text())
-            state = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=False)["model"]
+            state = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)["model"]
             model.load_state_dict(state)
             log.info("fold %d is finished already (%s); skipping its training", k, done_file)
         else:
@@ -434,6 +457,12 @@ def run_training(cfg: RunConfig) -> RunResult:
     envelope = envelope_from_metadata(data.rows(sorted(used)))
     name = cfg.bundle_name or default_bundle_name(envelope, "finetuned-" if cfg.init is not None else "")
     metrics = _card_metrics(cfg, data_info, fold_rows, mean, std, list(bench_patches))
+    for bname, bdata in bench.items():
+        metrics["benchmarks"][bname]["command"] = str(bdata.sets[0].attrs.get("command", "")) or None
+        metrics["benchmarks"][bname]["sha256"] = _sha256(bdata.sets[0].path)
+        metrics["benchmarks"][bname]["whole_sample"] = _whole_sample_scores(models, bdata, params, cfg.eval_tile_px)
+        log.info("benchmark %s, whole samples: %s", bname, metrics["benchmarks"][bname]["whole_sample"])
+    metrics.update(cfg.extra_metrics or {})
     from fringelive.export.onnx_export import export_bundle
 
     bundle = export_bundle(models, out / "bundle", name=name, arch=cfg.arch if cfg.init is None else cfg.init.arch,
@@ -448,6 +477,27 @@ def run_training(cfg: RunConfig) -> RunResult:
             log.warning("drift calibration failed (%s: %s); drift_reference stays empty", type(e).__name__, e)
     _barrier(info)
     return result
+
+
+def _whole_sample_scores(models: list[Any], data: _Data, params: Preprocessing, tile_px: int | None) -> dict[str, Any]:
+    """Members (torch) on whole benchmark samples, through the halo tiler as the daemon runs them:
+    Dice (class 1, 0.5) mean ± std over members, the ensemble's Dice mean ± std over samples,
+    and pixel error rates."""
+    from fringelive.export.bundle import tile_constraints_for
+
+    from .evaluate import score_members, torch_member
+
+    xs = np.concatenate([data.inputs(j, params) for j in range(len(data.sets))])
+    ys = np.concatenate([ss.labels for ss in data.sets])
+    tile = tile_constraints_for(models[0].spec)
+    s = score_members([torch_member(m) for m in models], xs, ys, tile_size=tile_px,
+                      halo=tile.halo_px, multiple_of=tile.multiple_of)
+    ens = s["ensemble_sample_dice"]
+    return {"samples": s["samples"], "sample_px": list(xs.shape[1:]),
+            "member_dice_mean": float(np.mean(s["member_dice"])), "member_dice_std": float(np.std(s["member_dice"])),
+            "ensemble_dice_mean": float(np.mean(ens)), "ensemble_dice_std_over_samples": float(np.std(ens)),
+            "false_positive_rate_mean": float(np.mean(s["false_positive_rate"])),
+            "false_negative_rate_mean": float(np.mean(s["false_negative_rate"]))}
 
 
 def _barrier(info: Any) -> None:
@@ -477,15 +527,17 @@ def _card_metrics(cfg: RunConfig, data_info: list[dict[str, Any]], folds: list[d
     benchmarks = {}
     for name in bench_names:
         vals = [r["benchmarks"][name]["dice"] for r in folds]
-        benchmarks[name] = {"path": dict(cfg.benchmarks)[name], "dice_mean": float(np.mean(vals)),
-                            "dice_std": float(np.std(vals)), "per_fold": vals}
+        benchmarks[name] = {"path": dict(cfg.benchmarks)[name], "per_patch": {
+            "patch_px": cfg.patch_px, "dice_mean": float(np.mean(vals)), "dice_std": float(np.std(vals)),
+            "per_fold": vals}}
     return {
         "training": {
             "recipe": {"loss": "cross-entropy", "optimizer": "Adam", "lr": t.lr, "weight_decay": t.weight_decay,
                        "batch_size": t.batch_size, "epochs": t.epochs, "max_steps": t.max_steps,
                        "dihedral": t.dihedral, "rotation_p": t.rotation_p, "noise_rho": t.noise_rho,
                        "noise_rho_max": t.noise_rho_max, "amp": t.amp, "freeze": t.freeze,
-                       "checkpoint": "best validation Dice"},
+                       "lr_schedule": t.lr_schedule, "lr_min": t.lr_min, "select_metric": t.select_metric,
+                       "checkpoint": f"best validation {t.select_metric}"},
             "arch": cfg.arch if cfg.init is None else cfg.init.arch, "patch_px": cfg.patch_px,
             "data": data_info, "folds": cfg.folds, "split": list(cfg.split),
             "assignment": "contiguous: order rotated by round(k*N/K), then test, val, train",

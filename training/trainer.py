@@ -19,7 +19,8 @@ Several GPUs (or CPU processes): launched by ``torchrun`` (env ``RANK``/``WORLD_
 ``LOCAL_RANK``), :func:`init_distributed` joins the process group (NCCL on CUDA, gloo on CPU), the
 model is wrapped in ``DistributedDataParallel``, each rank takes its ``DistributedSampler`` shard
 with ``ceil(batch_size / world_size)`` samples per step (``batch_size`` is the global batch),
-validation is sharded and its sums all-reduced, and only rank 0 writes checkpoints and logs.
+BatchNorm running statistics are averaged over the ranks after every epoch, validation is
+sharded and its sums all-reduced, and only rank 0 writes checkpoints and logs.
 
 Logs: a CSV row per epoch (``log_csv``) and/or TensorBoard scalars (``tensorboard_dir``; needs the
 ``tensorboard`` package); a tqdm bar per epoch with ``progress=True``.
@@ -57,6 +58,7 @@ __all__ = [
     "resolve_device",
     "config_dict",
     "CHECKPOINT_FORMAT",
+    "LR_SCHEDULES",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "fringelive-train-checkpoint"
 #: Settings that must match when resuming (others, e.g. epochs or logs, may change).
 RESUME_KEYS = ("batch_size", "lr", "weight_decay", "dihedral", "rotation_p", "noise_rho", "noise_rho_max",
-               "seed", "amp", "freeze")
+               "seed", "amp", "freeze", "lr_schedule", "lr_min", "select_metric")
+LR_SCHEDULES = ("constant", "cosine")
+SELECT_METRICS = ("dice", "pooled_dice", "loss")
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,12 @@ class TrainConfig:
     limit); device: "auto" | "cpu" | "cuda" | "cuda:N"; amp: float16 autocast on CUDA;
     freeze: "none" | "encoder" | "decoder" (see :mod:`fringelive.training.transfer`);
     checkpoint_dir: where ``last.pt``/``best.pt`` go (None = none); resume: continue from
-    ``checkpoint_dir/last.pt`` when it exists; eval_batch_size: patches per validation call.
+    ``checkpoint_dir/last.pt`` when it exists; eval_batch_size: patches per validation call;
+    lr_schedule: "constant" (published) | "cosine" (per step from ``lr`` down to ``lr_min``
+    over ``epochs`` or ``max_steps``, whichever ends first); select_metric: validation score
+    that picks the best checkpoint: "dice" (mean per-patch hard Dice, published),
+    "pooled_dice" (one Dice over all validation pixels; steadier when many patches hold no
+    particle) or "loss" (lowest cross-entropy).
     """
 
     epochs: int = 50
@@ -100,6 +109,9 @@ class TrainConfig:
     progress: bool = False
     freeze: str = "none"
     eval_batch_size: int = 8
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    select_metric: str = "dice"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -122,6 +134,12 @@ class TrainConfig:
             raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
         if self.freeze not in FREEZE_CHOICES:
             raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.lr_min <= self.lr:
+            raise ValueError(f"lr_min must be in [0, lr={self.lr}], got {self.lr_min!r}")
+        if self.select_metric not in SELECT_METRICS:
+            raise ValueError(f"select_metric must be one of {SELECT_METRICS}, got {self.select_metric!r}")
         if self.resume and not self.checkpoint_dir:
             raise ValueError("resume=True needs checkpoint_dir")
 
@@ -201,6 +219,14 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
+def _lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based)."""
+    if cfg.lr_schedule == "constant" or total_steps <= 1:
+        return cfg.lr
+    t = min(step / (total_steps - 1), 1.0)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
+
+
 def _to_batch(images: np.ndarray, labels: np.ndarray, idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.ascontiguousarray(images[idx], dtype=np.float32)).unsqueeze(1)
     y = torch.from_numpy(np.ascontiguousarray(labels[idx])).long()
@@ -245,6 +271,7 @@ def _finish(sums: torch.Tensor) -> dict[str, float]:
         "false_positive_rate": s["fp"] / max(s["fp"] + s["tn"], 1.0),
         "false_negative_rate": s["fn"] / max(s["fn"] + s["tp"], 1.0),
         "oversegment_fraction": s["fp"] / max(s["fp"] + s["fn"], 1.0),
+        "pooled_dice": (2 * s["tp"] + 1.0) / (2 * s["tp"] + s["fp"] + s["fn"] + 1.0),
     }
 
 
@@ -267,6 +294,18 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, bat
     return _finish(sums)
 
 
+def _average_buffers(model: nn.Module, world_size: int) -> None:
+    """Average the floating-point buffers (BatchNorm running statistics) over the ranks, so every
+    rank evaluates and saves the same network (DDP syncs parameters, and buffers only from rank 0
+    at the start of each forward)."""
+    import torch.distributed as dist
+
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf.div_(world_size)
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -276,7 +315,11 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    """RNG states as tensors and plain values only, so checkpoints load with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                                       float(cached)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -286,7 +329,8 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     if "torch" in state:
         torch.set_rng_state(state["torch"])
     if "numpy" in state:
-        np.random.set_state(state["numpy"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         try:
             torch.cuda.set_rng_state_all(state["cuda"])
@@ -308,12 +352,13 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a fringelive training checkpoint")
-    old = ckpt.get("config", {})
+    old = {"lr_schedule": "constant", "lr_min": 0.0, "select_metric": "dice", **ckpt.get("config", {})}
     new = asdict(cfg)
-    diff = [k for k in RESUME_KEYS if old.get(k) != new.get(k)]
+    keys = RESUME_KEYS + (("epochs", "max_steps") if cfg.lr_schedule == "cosine" else ())
+    diff = [k for k in keys if old.get(k) != new.get(k)]
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diff)
         raise ValueError(f"{path}: cannot resume with a different recipe ({detail})")
@@ -433,6 +478,10 @@ def train_model(
     sampler = DistributedSampler(range(len(x_tr)), num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=False)
     per_rank = -(-cfg.batch_size // info.world_size)
+    steps_per_epoch = -(-sampler.num_samples // per_rank)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
     noise = cfg.noise_rho is not None or cfg.noise_rho_max is not None
     t0 = time.perf_counter()
     done = cfg.max_steps is not None and steps >= cfg.max_steps
@@ -460,6 +509,8 @@ def train_model(
                     if noise:
                         x = gaussian_noise(x, gen, rho=cfg.noise_rho, rho_max=cfg.noise_rho_max)
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    for group in opt.param_groups:
+                        group["lr"] = _lr_at(cfg, steps, total_steps)
                     with torch.autocast(device.type, dtype=torch.float16 if use_amp else torch.bfloat16,
                                         enabled=use_amp):
                         loss = F.cross_entropy(net(x), y)
@@ -486,6 +537,7 @@ def train_model(
                 t = total.to(device) if dist.get_backend() == "nccl" else total
                 dist.all_reduce(t)
                 total = t.cpu()
+                _average_buffers(model, info.world_size)
             row: dict[str, float] = {"epoch": epoch, "train_loss": float(total[0] / max(total[1], 1)),
                                      "steps": steps}
             if len(val[0]):
@@ -498,7 +550,12 @@ def train_model(
                 row.update({f"{name}_{k}": x for k, x in b.items()})
             row["seconds"] = seconds_before + time.perf_counter() - t0
             result.history.append(row)
-            score = v["dice"] if not math.isnan(v["dice"]) else -row["train_loss"]
+            if math.isnan(v["dice"]):
+                score = -row["train_loss"]
+            elif cfg.select_metric == "loss":
+                score = -v["loss"]
+            else:
+                score = v[cfg.select_metric]
             improved = score > result.best_val_dice
             if improved:
                 result.best_val_dice, result.best_epoch = score, epoch

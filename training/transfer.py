@@ -128,7 +128,7 @@ def load_initial_weights(source: str | os.PathLike[str], *, arch: str = "resunet
     if not p.is_file():
         raise ValueError(f"{source}: neither a bundle directory nor a weights file")
     obj = _torch_load(p)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):  # last.pt / best.pt
         return InitialWeights(obj.get("arch", arch), obj.get("spec", spec), [obj["model"]], f"checkpoint {p}")
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return InitialWeights(arch, spec, [obj], f"state dict {p}")

@@ -1,0 +1,178 @@
+"""Calibration of a bundle's drift reference from in-distribution frames (``fringelive calibrate``).
+
+1. Every frame runs through the bundle's pipeline and :func:`fringelive.daemon.drift.measure_frame`
+   (:func:`measure_frames`).
+2. Frames whose metadata give dose and pixel size calibrate the dose estimate
+   (:func:`calibrate_camera`): ``dose_noise_factor = median(N_true / N_shot-noise)`` (the MTF
+   correction, 1 for white noise) and ``camera_gain_counts_per_e = median(mean counts / N_true)``
+   on background blocks, where ``N_true = dose · (10 · pixel size)²`` electrons per pixel.
+3. Per signal, robust reference statistics (median, 1.4826·MAD floored by
+   ``drift_reference.SCALE_FLOORS``) and the values themselves.
+4. The CUSUM threshold ``h`` for the target ARL0, simulated on the standardized reference
+   frames (:func:`fringelive.daemon.cusum.calibrate_threshold`).
+
+:func:`build_reference` returns the ``drift_reference`` map the card stores and a report.
+Pure apart from :func:`measure_frames`, which runs the pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from fringelive.export.card import Card, utc_now_iso
+
+from .cusum import calibrate_threshold
+from .drift import DriftSettings, FrameMeasurement, evaluate, measure_frame
+from .drift_reference import SCALE_FLOORS, SCHEMA, SIGNAL_DIRECTIONS, DriftReference, robust_centre_scale
+
+__all__ = ["measure_frames", "calibrate_camera", "build_reference", "MIN_SIGNAL_FRAMES"]
+
+#: A signal enters the reference only when this many frames (and half of them) gave a value.
+MIN_SIGNAL_FRAMES = 10
+
+
+def measure_frames(pipeline: Any, frames: Iterable[tuple[np.ndarray, Mapping[str, Any]]], *,
+                   reference: DriftReference | None = None, settings: DriftSettings | None = None
+                   ) -> Iterator[FrameMeasurement]:
+    """Run each ``(pixels (H, W), metadata)`` through ``pipeline``
+    (:class:`~fringelive.daemon.pipeline.SegmentationPipeline`) and measure it. The camera
+    calibration is taken from ``reference`` (the card's current one by default) with the
+    noise factor reset to 1, so the dose measurements are raw."""
+    card: Card = pipeline.bundle.card
+    from .drift_reference import parse_drift_reference
+
+    reference = reference if reference is not None else parse_drift_reference(card.drift_reference)
+    raw = replace(reference, dose_noise_factor=1.0)
+    for pixels, meta in frames:
+        result = pipeline.run(pixels, meta)
+        yield measure_frame(pixels, meta, probabilities=result.probabilities, mask=result.mask,
+                            member_masks=result.member_masks, particles=result.particles, card=card, reference=raw,
+                            settings=settings, threshold=pipeline.config.threshold)
+
+
+def calibrate_camera(measurements: Sequence[FrameMeasurement]) -> dict[str, Any]:
+    """Noise factor and gain from the frames whose metadata give dose and pixel size:
+    ``{frames, dose_noise_factor, camera_gain_counts_per_e, spread_noise_factor}`` (None when no
+    frame qualifies). Assumes the raw measurements used noise factor 1."""
+    factors, gains = [], []
+    for m in measurements:
+        c, d = m.conditions, m.dose_measurement
+        if d is None or c.dose_e_per_A2 is None or c.pixel_size_nm is None:
+            continue
+        n_true = c.dose_e_per_A2 * (10.0 * c.pixel_size_nm) ** 2
+        if n_true > 0 and d.raw_electrons_per_px > 0:
+            factors.append(n_true / d.raw_electrons_per_px)
+            gains.append(d.mean_counts / n_true)
+    if not factors:
+        return {"frames": 0, "dose_noise_factor": None, "camera_gain_counts_per_e": None, "spread_noise_factor": None}
+    f = float(np.median(factors))
+    return {"frames": len(factors), "dose_noise_factor": f, "camera_gain_counts_per_e": float(np.median(gains)),
+            "spread_noise_factor": float(1.4826 * np.median(np.abs(np.asarray(factors) - f)) / f)}
+
+
+def build_reference(measurements: Sequence[FrameMeasurement], card: Card, *, base: DriftReference | None = None,
+                    settings: DriftSettings | None = None, target_arl: float = 10_000, k: float = 0.5,
+                    method: str = "bootstrap", calibrate_dose: bool = True, gain: float | None = None,
+                    offset: float | None = None, read_noise: float | None = None, sources: Sequence[str] = (),
+                    min_frames: int = MIN_SIGNAL_FRAMES, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``drift_reference`` map for ``card`` from measured in-distribution frames, and a
+    report ``{frames, camera, signals, cusum, statuses, estimate_checks}``.
+
+    base: the card's current reference (camera constants kept unless overridden or
+    calibrated). gain / offset / read_noise: camera constants to set (counts/e, counts,
+    counts); an explicit gain is not re-calibrated. calibrate_dose: derive the noise factor
+    (and gain) from frames of known dose. Raises ``ValueError`` with fewer than
+    ``min_frames`` frames or when no signal has enough values.
+    """
+    if len(measurements) < max(2, min_frames):
+        raise ValueError(f"calibration needs at least {max(2, min_frames)} frames, got {len(measurements)}")
+    base = base or DriftReference()
+    settings = settings or DriftSettings()
+    camera = {"camera_gain_counts_per_e": base.camera_gain_counts_per_e if gain is None else float(gain),
+              "camera_offset_counts": base.camera_offset_counts if offset is None else float(offset),
+              "read_noise_counts": base.read_noise_counts if read_noise is None else float(read_noise),
+              "dose_noise_factor": base.dose_noise_factor}
+    cam_report = calibrate_camera(measurements) if calibrate_dose else {"frames": 0}
+    if calibrate_dose and cam_report.get("dose_noise_factor"):
+        camera["dose_noise_factor"] = cam_report["dose_noise_factor"]
+        if gain is None:
+            camera["camera_gain_counts_per_e"] = cam_report["camera_gain_counts_per_e"]
+    # The measurements are raw (noise factor 1): scale the dose estimates by the factor in force.
+    log_factor = math.log(camera["dose_noise_factor"])
+    rows: list[dict[str, float | None]] = []
+    for m in measurements:
+        row = dict(m.signals)
+        if row.get("log_dose_estimate") is not None:
+            row["log_dose_estimate"] = float(row["log_dose_estimate"]) + log_factor
+        rows.append(row)
+    signals: dict[str, Any] = {}
+    skipped: dict[str, int] = {}
+    for name, direction in SIGNAL_DIRECTIONS.items():
+        values = [r.get(name) for r in rows]
+        finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+        if len(finite) < max(min_frames, len(rows) // 2):
+            if finite or any(name in r for r in rows):
+                skipped[name] = len(finite)
+            continue
+        centre, scale = robust_centre_scale(finite, SCALE_FLOORS.get(name, 0.0))
+        signals[name] = {"centre": centre, "scale": scale, "direction": direction, "n": len(finite),
+                         "values": [round(v, 6) for v in finite]}
+    if not signals:
+        raise ValueError(f"no drift signal had values on enough frames (need {max(min_frames, len(rows) // 2)}; "
+                         f"got {skipped})")
+    names = list(signals)
+    z = np.full((len(rows), len(names)), np.nan)
+    for j, name in enumerate(names):
+        ref = signals[name]
+        for i, r in enumerate(rows):
+            v = r.get(name)
+            if v is not None and math.isfinite(v):
+                z[i, j] = (float(v) - ref["centre"]) / ref["scale"]
+    floors = [SCALE_FLOORS.get(n, 0.0) / signals[n]["scale"] for n in names]
+    cal = calibrate_threshold(z, [signals[n]["direction"] for n in names], k=k, target_arl=target_arl, method=method,
+                              seed=seed, scale_floors=floors)
+    cusum = cal.to_dict()
+    cusum["signals"] = names
+    cusum["channels"] = [f"{names[int(c.split(':')[0])]}:{c.split(':')[1]}" for c in cal.channels]
+    # diagnostics: how the frames look to the checks (with the new camera calibration)
+    statuses: dict[str, int] = {}
+    dose_ratios, px_ratios = [], []
+    for m in measurements:
+        est = dict(m.estimates)
+        if est.get("dose_e_per_A2") is not None:
+            est["dose_e_per_A2"] = est["dose_e_per_A2"] * camera["dose_noise_factor"]
+        status, _, _ = evaluate(replace(m, estimates=est), card, settings)
+        statuses[status] = statuses.get(status, 0) + 1
+        c = m.conditions
+        if est.get("dose_e_per_A2") and c.dose_e_per_A2:
+            dose_ratios.append(est["dose_e_per_A2"] / c.dose_e_per_A2)
+        if est.get("pixel_size_nm") and c.pixel_size_nm:
+            px_ratios.append(est["pixel_size_nm"] / c.pixel_size_nm)
+
+    def summary(r: list[float]) -> dict[str, Any] | None:
+        if not r:
+            return None
+        a = np.asarray(r)
+        return {"frames": len(r), "median_ratio": round(float(np.median(a)), 4),
+                "p05": round(float(np.percentile(a, 5)), 4), "p95": round(float(np.percentile(a, 95)), 4)}
+
+    checks = {"dose_estimate_vs_metadata": summary(dose_ratios), "pixel_size_estimate_vs_metadata": summary(px_ratios),
+              "statuses": statuses, "dose_calibration": cam_report}
+    reference = {
+        "schema": SCHEMA,
+        "created": utc_now_iso(),
+        "frames": len(measurements),
+        "sources": list(sources),
+        **camera,
+        "signals": signals,
+        "cusum": cusum,
+        "checks": checks,
+    }
+    report = {"frames": len(measurements), "camera": camera, "dose_calibration": cam_report,
+              "signals": {n: {k2: v for k2, v in s.items() if k2 != "values"} for n, s in signals.items()},
+              "skipped_signals": skipped, "cusum": cusum, "checks": checks}
+    return reference, report
