@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,io]"
+	$(BIN)/pip install -q -e ".[dev,io,train,sim]"
 	touch $@
 
 install: $(VENV)/.installed
