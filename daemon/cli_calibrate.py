@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .cli import CLIError
 
@@ -94,14 +94,72 @@ def _frames(files: list[Path], extra: dict[str, Any], limit: int | None) -> Iter
             raise CLIError(str(e), 2) from None
 
 
-def run_calibrate(args: argparse.Namespace) -> int:
-    from fringelive.export.bundle import BundleError, load_bundle
+def calibrate_bundle(bundle_path: str | Path, frames: Iterable[Any], metadata: Iterable[Mapping[str, Any]] | None = None,
+                     *, target_arl: float = 10_000.0, k: float = 0.5, method: str = "bootstrap",
+                     calibrate_dose: bool = True, gain: float | None = None, offset: float | None = None,
+                     read_noise: float | None = None, sources: Sequence[str] = (), min_frames: int | None = None,
+                     seed: int = 0, threads: int | None = None, dry_run: bool = False,
+                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Measure the drift signals of ``bundle_path``'s model on in-distribution ``frames`` (each
+    ``(H, W)`` raw counts, or ``(pixels, metadata)`` pairs when ``metadata`` is None) and write
+    the resulting ``drift_reference`` into its card (unless ``dry_run``).
 
-    from .cli_stream import parse_meta
+    metadata: one map per frame (``pixel_size_nm`` nm/px, ``dose_e_per_A2`` e/Å², ...); frames
+    with dose and pixel size also calibrate the dose estimate. target_arl: in-distribution frames
+    between false stream alarms; k: CUSUM allowance (reference standard deviations).
+    Returns the report of :func:`~fringelive.daemon.drift_calibration.build_reference` plus
+    ``written`` (the card path or None). Raises ``BundleError``/``DriftReferenceError`` for a bad
+    bundle and ``ValueError`` when too few frames or signals were measured. Training
+    (``fringelive.training.run``) calls this on its validation frames.
+    """
+    from fringelive.export.bundle import load_bundle
+
     from .drift import DriftSettings
     from .drift_calibration import MIN_SIGNAL_FRAMES, build_reference, measure_frames
-    from .drift_reference import DriftReferenceError, parse_drift_reference
+    from .drift_reference import parse_drift_reference
     from .pipeline import PipelineConfig, SegmentationPipeline
+
+    if not target_arl >= 10:
+        raise ValueError(f"target_arl must be >= 10 frames, got {target_arl!r}")
+    if not k >= 0:
+        raise ValueError(f"k must be >= 0 standard deviations, got {k!r}")
+    if gain is not None and not gain > 0:
+        raise ValueError(f"gain must be > 0 counts per electron, got {gain!r}")
+    pairs: Iterable[tuple[Any, Mapping[str, Any]]]
+    if metadata is None:
+        pairs = frames
+    else:
+        pairs = zip(frames, metadata, strict=True)
+    bundle = load_bundle(bundle_path)
+    base = parse_drift_reference(bundle.card.drift_reference)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    settings = DriftSettings()
+    measurements = []
+    with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
+        for m in measure_frames(pipe, ((f, dict(meta)) for f, meta in pairs), reference=base, settings=settings):
+            measurements.append(m)
+            if progress is not None:
+                progress(len(measurements))
+    reference, report = build_reference(
+        measurements, bundle.card, base=base, settings=settings, target_arl=target_arl, k=k, method=method,
+        calibrate_dose=calibrate_dose, gain=gain, offset=offset, read_noise=read_noise, sources=list(sources),
+        min_frames=min_frames if min_frames is not None else MIN_SIGNAL_FRAMES, seed=seed)
+    written = None
+    if not dry_run:
+        written = bundle.write_card(bundle.card.replace(drift_reference=reference)).path / "card.json"
+    report["written"] = None if written is None else str(written)
+    report.setdefault("bundle", bundle.name)
+    return report
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from fringelive.export.bundle import BundleError
+
+    from .cli_stream import parse_meta
+    from .drift_reference import DriftReferenceError
 
     if args.max_frames is not None and args.max_frames < 2:
         raise CLIError(f"--max-frames must be >= 2, got {args.max_frames}", 2)
@@ -115,39 +173,26 @@ def run_calibrate(args: argparse.Namespace) -> int:
         extra = parse_meta(args.meta)
     except ValueError as e:
         raise CLIError(str(e), 2) from None
+    files = _files(list(args.data))
+
+    def progress(n: int) -> None:
+        if not args.json and n % 50 == 0:
+            print(f"  {n} frames measured", file=sys.stderr, flush=True)
+
     try:
-        bundle = load_bundle(args.bundle)
-        base = parse_drift_reference(bundle.card.drift_reference)
+        report = calibrate_bundle(
+            args.bundle, _frames(files, extra, args.max_frames), target_arl=args.target_arl, k=args.k,
+            method=args.method, calibrate_dose=not args.no_dose_calibration, gain=args.gain, offset=args.offset,
+            read_noise=args.read_noise, sources=[str(d) for d in args.data], min_frames=args.min_frames,
+            seed=args.seed, threads=args.threads, dry_run=args.dry_run, progress=progress)
     except (BundleError, DriftReferenceError) as e:
         raise CLIError(str(e), 2) from None
-    files = _files(list(args.data))
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    settings = DriftSettings()
-    measurements = []
-    with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=args.threads) as pipe:
-        for m in measure_frames(pipe, _frames(files, extra, args.max_frames), reference=base, settings=settings):
-            measurements.append(m)
-            if not args.json and len(measurements) % 50 == 0:
-                print(f"  {len(measurements)} frames measured", file=sys.stderr, flush=True)
-    try:
-        reference, report = build_reference(
-            measurements, bundle.card, base=base, settings=settings, target_arl=args.target_arl, k=args.k,
-            method=args.method, calibrate_dose=not args.no_dose_calibration, gain=args.gain, offset=args.offset,
-            read_noise=args.read_noise, sources=[str(d) for d in args.data],
-            min_frames=args.min_frames if args.min_frames is not None else MIN_SIGNAL_FRAMES, seed=args.seed)
     except ValueError as e:
         raise CLIError(f"calibration failed: {e}", 1) from None
-    written = None
-    if not args.dry_run:
-        written = bundle.write_card(bundle.card.replace(drift_reference=reference)).path / "card.json"
-    report["written"] = None if written is None else str(written)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        _print_report(bundle.name, report)
+        _print_report(report["bundle"], report)
     return 0
 
 

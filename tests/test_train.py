@@ -198,7 +198,7 @@ def test_run_training_ends_in_a_bundle_with_the_data_envelope(tiny_set: Path, tm
     assert bench["whole_sample"]["samples"] == 10 and bench["whole_sample"]["sample_px"] == [64, 64]
     assert 0.0 <= bench["whole_sample"]["ensemble_dice_mean"] <= 1.0 and len(bench["per_patch"]["per_fold"]) == 2
     assert t["data"][0]["command"] is None  # made by the API, not a command line
-    assert card.drift_reference is None or isinstance(card.drift_reference, dict)
+    assert result.drift_reference and card.drift_reference["cusum"]["h"] > 0  # calibrated on held-out frames
     rows = list(csv.DictReader(open(tmp_path / "run" / "evaluation.csv", newline="")))
     assert {(r["fold"], r["set"]) for r in rows} >= {("0", "test"), ("3", "again"), ("mean", "test"), ("std", "test")}
     # a rerun skips the finished folds and gives the same members

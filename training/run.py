@@ -346,6 +346,18 @@ def _check_run_file(out: Path, fp: dict[str, Any]) -> None:
         os.replace(tmp, path)
 
 
+def _calibration_frames(data: Any, splits: dict[int, tuple[Any, Any, Any]], folds: Sequence[int],
+                        minimum: int = 10) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    """Raw in-distribution frames for the drift reference: the validation and test frames of the
+    trained folds (frames the members were not fitted on), or every raw frame of the data when
+    those are fewer than ``minimum`` (the calibration's least number of frames)."""
+    held = sorted({int(i) for k in folds for i in (*splits[k][1], *splits[k][2])})
+    frames = data.raw_frames(held)
+    if len(frames) < minimum:
+        frames = data.raw_frames(list(range(len(data))))
+    return frames
+
+
 def _calibrate(bundle_path: Path, frames: list[tuple[np.ndarray, dict[str, Any]]]) -> bool:
     """Drift reference statistics through the drift module, when it offers
     ``calibrate_bundle(bundle_path, frames, ...)``; False when it does not (or no raw frames)."""
@@ -394,12 +406,10 @@ def run_training(cfg: RunConfig) -> RunResult:
     splits = {k: fold_split(n, k, cfg.folds, cfg.split) for k in cfg.fold_list}
     models, fold_rows = [], []
     used: set[int] = set()
-    val_union: list[int] = []
     for k in cfg.fold_list:
         tr, va, te = splits[k]
         used.update(int(i) for i in tr)
         used.update(int(i) for i in va)
-        val_union.extend(int(i) for i in va)
         fold_dir = out / f"fold{k}"
         seed = cfg.train.seed + k
         if cfg.init is not None:
@@ -472,7 +482,7 @@ def run_training(cfg: RunConfig) -> RunResult:
     result.bundle = bundle.path
     if cfg.calibrate:
         try:
-            result.drift_reference = _calibrate(bundle.path, data.raw_frames(sorted(set(val_union))))
+            result.drift_reference = _calibrate(bundle.path, _calibration_frames(data, splits, cfg.fold_list))
         except Exception as e:  # noqa: BLE001 - calibration is an extra; the bundle stands without it
             log.warning("drift calibration failed (%s: %s); drift_reference stays empty", type(e).__name__, e)
     _barrier(info)
@@ -530,7 +540,7 @@ def _card_metrics(cfg: RunConfig, data_info: list[dict[str, Any]], folds: list[d
         benchmarks[name] = {"path": dict(cfg.benchmarks)[name], "per_patch": {
             "patch_px": cfg.patch_px, "dice_mean": float(np.mean(vals)), "dice_std": float(np.std(vals)),
             "per_fold": vals}}
-    return {
+    return _finite_or_null({
         "training": {
             "recipe": {"loss": "cross-entropy", "optimizer": "Adam", "lr": t.lr, "weight_decay": t.weight_decay,
                        "batch_size": t.batch_size, "epochs": t.epochs, "max_steps": t.max_steps,
@@ -549,7 +559,19 @@ def _card_metrics(cfg: RunConfig, data_info: list[dict[str, Any]], folds: list[d
         },
         "test": test,
         **({"benchmarks": benchmarks} if benchmarks else {}),
-    }
+    })
+
+
+def _finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN/±inf float replaced by None: JSON (the card) has no NaN, and a run
+    without a test or validation split has no Dice to report."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def _write_evaluation(path: Path, folds: list[dict[str, Any]], bench_names: list[str]) -> None:
