@@ -3,15 +3,31 @@
 ``tiny_bundle``: a session-wide 1-member bundle of a randomly initialised ``resunet-seed``
 (``torch.manual_seed(0)``), exported to ONNX with its torch weights (``member0.pt``).
 ``seed_models_dir``: ``../shared/seed_models`` (the 50 published checkpoints); skips when absent.
+``one_torch_thread``: torch single-threaded for a module (``pytestmark =
+pytest.mark.usefixtures("one_torch_thread")``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 SEED_MODELS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "seed_models"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch with one intra-op thread for the module, restored afterwards: on a shared,
+    oversubscribed CI box every parallel region waits for descheduled peer threads (10-40x
+    slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,17 +17,8 @@ from fringelive.daemon.control import control_request
 from fringelive.daemon.protocol import configure_curve_client, decode_result, encode_frame
 from fringelive.daemon.server import Daemon
 
-pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE"),
+              pytest.mark.usefixtures("one_torch_thread")]  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -32,16 +32,7 @@ SIDE = 128  # px: small frames keep the suite fast
 
 # --- helpers ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Preprocessing in torch with one thread: on a shared CI box thread oversubscription costs
-    10-40x; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def make_config(bundle: Any, **sections: dict[str, Any]) -> DaemonConfig:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,15 +19,7 @@ from fringelive.daemon.metrics import DaemonMetrics, MetricsServer, RollingStats
 from fringelive.daemon.protocol import decode_result, encode_frame
 from fringelive.daemon.server import Daemon
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def scrape(url: str) -> str:

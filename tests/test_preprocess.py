@@ -41,6 +41,8 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 # -- helpers ----------------------------------------------------------------------------------
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
 
 def poisson_frame(shape, counts=1000.0, seed=0, gradient=None, dtype=np.float64):
     """Poisson counts, optionally times an illumination ``gradient(u, v)`` (u rows, v cols)."""
@@ -72,16 +74,6 @@ def plant_xrays(img, seed=1):
     x[neg] = -50.0
     hot[neg] = False
     return x, hot
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Correctness tests run torch single-threaded: on a shared, oversubscribed CPU every
-    intra-op parallel region waits for a descheduled peer thread (25x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(params=[True, False], ids=["numpy-scans", "torch-scans"])

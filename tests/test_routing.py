@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -28,6 +28,8 @@ from fringelive.export.card import Envelope, Range, Tolerances
 
 SEED_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "seed_models"
 TOL = Tolerances()
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def point(px: float, dose: float, material: str = "Au") -> Envelope:
@@ -97,16 +99,6 @@ def variant(tiny_bundle: Any, root: Path, name: str, px: float, dose: float) -> 
     b = load_bundle(path)
     b.write_card(b.card.replace(name=name, envelope=point(px, dose)))
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

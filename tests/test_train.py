@@ -20,22 +20,13 @@ from fringelive.training.samples import envelope_from_metadata, load_sampleset
 from fringelive.training.synth import SynthConfig, synthesize
 from fringelive.training.trainer import TrainConfig, train_model
 
+from disc_data import discs  # tests/disc_data.py
+
 TINY = {"widths": (4, 8), "bottleneck": 8}
 
 
 def _discs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bright discs on noise: a problem a tiny network learns in a few steps."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    xs, ys = [], []
-    for _ in range(n):
-        lab = np.zeros((size, size), bool)
-        for _ in range(2):
-            cy, cx, r = rng.uniform(4, size - 4, 2).tolist() + [rng.uniform(3, 6)]
-            lab |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        xs.append((rng.standard_normal((size, size)) * 0.5 + 2.0 * lab).astype(np.float32))
-        ys.append(lab.astype(np.uint8))
-    return np.stack(xs), np.stack(ys)
+    return discs(n, size, seed, per_image=2, margin=4)
 
 
 @pytest.fixture(scope="module")

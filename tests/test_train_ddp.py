@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+
+from disc_data import discs  # tests/disc_data.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,18 +22,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _discs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    xs, ys = [], []
-    for _ in range(n):
-        cy, cx, r = rng.uniform(6, size - 6, 2).tolist() + [rng.uniform(3, 6)]
-        lab = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        xs.append((rng.standard_normal((size, size)) * 0.5 + 2.0 * lab).astype(np.float32))
-        ys.append(lab.astype(np.uint8))
-    return np.stack(xs), np.stack(ys)
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -46,7 +35,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     info = init_distributed()
     assert info == DistInfo(rank, world, rank) and dist.get_backend() == "gloo"
-    x, y = _discs(11, 32, 0)
+    x, y = discs(11, 32, 0)
     torch.manual_seed(0)
     model = build_model("resunet", widths=(4, 8), bottleneck=8)
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, device="cpu", checkpoint_dir=os.path.join(out, "ckpt"),

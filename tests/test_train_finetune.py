@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,17 +13,7 @@ from fringelive.training.models import build_model
 from fringelive.training.trainer import TrainConfig, train_model
 from fringelive.training.transfer import FREEZE_PARTS, freeze, load_initial_weights
 
-
-def _discs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    xs, ys = [], []
-    for _ in range(n):
-        cy, cx, r = rng.uniform(6, size - 6, 2).tolist() + [rng.uniform(3, 6)]
-        lab = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        xs.append((rng.standard_normal((size, size)) * 0.5 + 2.0 * lab).astype(np.float32))
-        ys.append(lab.astype(np.uint8))
-    return np.stack(xs), np.stack(ys)
+from disc_data import discs  # tests/disc_data.py
 
 
 def _part(name: str) -> str:
@@ -48,7 +37,7 @@ def test_freeze_parts_are_encoder_and_decoder() -> None:
 
 @pytest.mark.parametrize("part", ["encoder", "decoder"])
 def test_training_leaves_the_frozen_part_untouched(part: str) -> None:
-    x, y = _discs(6, 32, 0)
+    x, y = discs(6, 32, 0)
     torch.manual_seed(0)
     model = build_model("resunet", widths=(4, 8), bottleneck=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -73,7 +62,7 @@ def test_initial_weights_from_bundle_checkpoint_and_state_dict(tiny_bundle, tmp_
     assert all(torch.equal(model.state_dict()[k], ref[k]) for k in ref)
     torch.save(ref, tmp_path / "plain.pt")
     assert load_initial_weights(tmp_path / "plain.pt").source.startswith("state dict")
-    x, y = _discs(3, 32, 1)
+    x, y = discs(3, 32, 1)
     small = build_model("resunet", widths=(4, 8), bottleneck=8)
     train_model(small, (x, y), (x[:0], y[:0]), TrainConfig(epochs=1, batch_size=3, device="cpu",
                                                             checkpoint_dir=str(tmp_path / "ck")))
