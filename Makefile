@@ -15,7 +15,10 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,io,train,sim]"
+	$(BIN)/pip install -q -e ".[dev,io,train,sim,triton]"
+# A real tritonserver (python backend only) for tests/test_triton.py. --no-deps: pytriton's own
+# Python API pins numpy<2, we only run its bundled server binary. Linux x86_64/aarch64 wheels only.
+	$(BIN)/pip install -q --no-deps "nvidia-pytriton==0.7.0" || echo "nvidia-pytriton not installable here: the Triton server tests will skip"
 	touch $@
 
 install: $(VENV)/.installed

@@ -17,7 +17,9 @@ import sys
 
 COMMAND_MODULES = (
     "fringelive.daemon.cli_serve",    # serve
+    "fringelive.daemon.cli_health",   # health (Docker HEALTHCHECK, systemd, monitoring)
     "fringelive.daemon.cli_stream",   # send, watch
+    "fringelive.daemon.cli_merge",    # merge (results of several workers, in frame order)
     "fringelive.daemon.cli_demo",     # demo
     "fringelive.daemon.cli_calibrate",  # calibrate (drift reference statistics)
     "fringelive.training.cli_train",  # synth, dataset, train, finetune, evaluate
@@ -67,4 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Under `python -m fringelive.daemon.cli` this file runs as __main__, a second copy of the
+    # module whose CLIError is not the one the commands raise: dispatch through the real module.
+    from fringelive.daemon.cli import main as _main
+
+    sys.exit(_main())

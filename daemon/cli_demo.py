@@ -64,7 +64,7 @@ def run_demo(*, duration_s: float = 60.0, frame_px: int = 2048, pixel_size_nm: f
     from fringelive.training.metrics import dice_from_masks
 
     from .camera_sim import SimulatedCamera, default_sweep
-    from .config import ConfigError, ControlConfig, DaemonConfig, IngestConfig, MetricsConfig, ModelConfig, \
+    from .config import ControlConfig, DaemonConfig, IngestConfig, MetricsConfig, ModelConfig, \
         QueueConfig, ResultsConfig, default_bundle_path
     from .protocol import decode_error, decode_result, encode_frame
     from .server import Daemon

@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
     p.add_argument("--metrics-port", metavar="N", type=int, help="Prometheus HTTP port number "
                    "(TCP port; 0 = OS-assigned, -1 = disable metrics; overrides [metrics] port)")
     p.add_argument("--backend", metavar="KIND", help="inference backend: onnxruntime, onnxruntime-cuda, "
-                   "onnxruntime-tensorrt, tensorrt or torch (a name, no unit; overrides [model] backend)")
+                   "onnxruntime-tensorrt, tensorrt, torch or triton (a name, no unit; overrides [model] backend)")
     p.add_argument("--drain-timeout", metavar="S", type=float, help="seconds to finish queued frames at "
                    "shutdown (overrides [lifecycle] drain_timeout_s)")
     p.set_defaults(func=run_serve)

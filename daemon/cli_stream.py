@@ -137,6 +137,28 @@ def _planned_frames(args: argparse.Namespace) -> Iterator[tuple[Path, str, int, 
                 yield path, series, index, image
 
 
+def wait_for_peers(monitor: Any, count: int, timeout_s: float) -> int:
+    """Read a PUSH socket's monitor events until ``count`` peers have completed the ZeroMQ
+    handshake (minus those that disconnected again); return the count. Raises :class:`CLIError`
+    after ``timeout_s`` seconds with fewer."""
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    peers = 0
+    deadline = time.monotonic() + timeout_s
+    while peers < count:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0 or not monitor.poll(left_ms):
+            raise CLIError(f"only {peers} of {count} worker(s) connected within {timeout_s:g} s "
+                           "(are the daemons running with [ingest] bind = false and this endpoint?)", 1)
+        event = recv_monitor_message(monitor)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            peers += 1
+        elif event == zmq.EVENT_DISCONNECTED:
+            peers = max(0, peers - 1)
+    return peers
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import zmq
 
@@ -179,10 +201,33 @@ def cmd_send(args: argparse.Namespace) -> int:
     per_file: dict[tuple[Path, str], list[int]] = {}
     try:
         curve = _apply_curve(sock, args)
-        try:
-            sock.connect(args.endpoint)
-        except zmq.ZMQError as e:
-            raise CLIError(f"cannot connect to {args.endpoint!r}: {e}", 2) from None
+        if args.bind:
+            if curve:
+                raise CLIError("--bind cannot be combined with CURVE: a daemon whose ingest connects "
+                               "(ingest.bind = false) runs without CURVE", 2)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)      # ms: notice a worker host that vanished without
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)  # closing its connection, stop dealing frames to it
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            try:
+                try:
+                    sock.bind(args.endpoint)
+                except zmq.ZMQError as e:
+                    raise CLIError(f"cannot bind {args.endpoint!r}: {e}", 2) from None
+                args.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+                print(f"send: bound {args.endpoint}" + (f", waiting for {args.wait_workers} worker(s)"
+                                                        if args.wait_workers else ""), flush=True)
+                if args.wait_workers:
+                    wait_for_peers(monitor, args.wait_workers, args.timeout)
+            finally:
+                sock.disable_monitor()
+                monitor.close(linger=0)
+        else:
+            if args.wait_workers:
+                raise CLIError("--wait-workers needs --bind (daemons connect to the sender)", 2)
+            try:
+                sock.connect(args.endpoint)
+            except zmq.ZMQError as e:
+                raise CLIError(f"cannot connect to {args.endpoint!r}: {e}", 2) from None
         start = time.monotonic()
         for path, series, index, image in _planned_frames(args):
             meta = merge_meta(image.meta, extra_meta)
@@ -232,7 +277,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 def format_result_line(header: dict) -> str:
-    """One line per result: series, frame, model, particles, area fraction, drift, total ms."""
+    """One line per result: series, frame, model, particles, area fraction, drift, total ms
+    (and the worker that computed it, when the header names one)."""
     drift = header.get("drift")
     status = drift.get("status", "?") if isinstance(drift, dict) else "?"
     timings = header.get("timings_ms")
@@ -247,16 +293,19 @@ def format_result_line(header: dict) -> str:
     area_text = f"{area:.4f}" if isinstance(area, (int, float)) else "?"
     total_text = f"{total:.1f} ms" if total is not None else "? ms"
     count = header.get("particle_count", len(header.get("particles") or []))
+    worker = f" worker={header['worker']}" if header.get("worker") is not None else ""
     return (f"{header.get('series', '?')} #{header.get('frame', '?')} "
             f"model={header.get('model', '?')} particles={count} area={area_text} "
-            f"drift={status} total={total_text}")
+            f"drift={status} total={total_text}{worker}")
 
 
 def format_error_line(header: dict) -> str:
-    """``ERROR reason detail`` (+ ``[series #frame]`` when known)."""
+    """``ERROR reason detail`` (+ ``[series #frame]`` when known, `` worker=NAME`` when named)."""
     where = ""
     if header.get("series") is not None or header.get("frame") is not None:
         where = f" [{header.get('series', '?')} #{header.get('frame', '?')}]"
+    if header.get("worker") is not None:
+        where += f" worker={header['worker']}"
     return f"ERROR {header.get('reason', '?')} {header.get('detail', '')}{where}"
 
 
@@ -351,7 +400,16 @@ def register(sub: Any) -> None:
                            "follow --meta)")
     send.add_argument("--endpoint", default=DEFAULT_INGEST_ENDPOINT,
                       help=f"daemon ingest address, a ZeroMQ endpoint (default: "
-                           f"{DEFAULT_INGEST_ENDPOINT})")
+                           f"{DEFAULT_INGEST_ENDPOINT}); with --bind the address to bind (tcp "
+                           "port 0 = OS-assigned, printed)")
+    send.add_argument("--bind", action="store_true",
+                      help="bind the PUSH socket and let several daemons ([ingest] bind = false) "
+                           "connect: ZeroMQ deals frames round-robin among them (docs/scaling.md); "
+                           "no unit")
+    send.add_argument("--wait-workers", type=_nonnegative_int, default=0, metavar="N",
+                      help="with --bind: wait (up to --timeout) until N daemons have connected "
+                           "before the first frame, so frames are spread over all of them "
+                           "(daemons, default: 0 = do not wait)")
     send.add_argument("--rate", type=_positive_float, metavar="FPS",
                       help="frames per second (default: as fast as the daemon takes them)")
     send.add_argument("--series", metavar="NAME",

@@ -13,6 +13,7 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     endpoint = "tcp://127.0.0.1:5556"
     sndhwm = 16                         # messages per subscriber before PUB drops for it
     publish_probabilities = false       # also send class-1 probabilities as float16 (2 bytes/px)
+    worker = "gpu0-a"                   # name in every result/error header (default: <hostname>:<pid>)
     [control]     # ZeroMQ REP: status, stats, reload
     endpoint = "tcp://127.0.0.1:5557"
     [metrics]     # Prometheus text over HTTP at http://HOST:PORT/metrics
@@ -25,10 +26,13 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     [model]
     bundle = "path/to/bundle"           # default: the installed default bundle
     bundles = ["a", "b"]                # more bundles: each frame goes to the one whose envelope fits it
-    backend = "onnxruntime"             # onnxruntime | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch
+    backend = "onnxruntime"             # onnxruntime | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch | triton
     device = "auto"                     # auto (the backend's own: cpu, or cuda:0 for GPU kinds) | cpu | cuda | cuda:N
     members = "all"                     # "all" or a list of member indices, e.g. [0, 2]
     intra_op_threads = 0                # CPU threads per inference (and torch preprocessing under `serve`); 0 = runtime default
+    triton_url = "http://127.0.0.1:8000"   # backend "triton": the Triton server's HTTP endpoint (docs/triton.md)
+    triton_model_prefix = "au-5nm"      # Triton models <prefix>_m<i> (default: the bundle name; one bundle only)
+    triton_timeout_s = 30.0             # connect/read timeout per Triton request, seconds
     [pipeline]
     tiling = "halo"                     # "halo" (exact, equals one whole-frame pass) | "gaussian"
     tile_size = "auto"                  # "auto" (from memory_budget_mb) | "whole" | pixels
@@ -106,11 +110,12 @@ __all__ = [
     "DEFAULT_BUNDLE_DIR",
     "load_config",
     "parse_endpoint",
+    "default_worker_name",
     "default_bundle_path",
 ]
 
 QUEUE_POLICIES = ("block", "drop-oldest")
-BACKEND_KINDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch")
+BACKEND_KINDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch", "triton")
 TILING_MODES = ("halo", "gaussian")
 TILE_SIZE_WORDS = ("auto", "whole")
 #: 4096 × 4096 float32 pixels (64 MiB) plus 1 MiB for the header, bytes.
@@ -196,17 +201,42 @@ class IngestConfig:
             _positive_int(getattr(self, name), f"ingest.{name}")
 
 
+MAX_WORKER_NAME_LENGTH = 64
+
+
+def default_worker_name() -> str:
+    """``<hostname>:<pid>`` (cut to :data:`MAX_WORKER_NAME_LENGTH` characters)."""
+    import socket
+
+    pid = f":{os.getpid()}"
+    host = "".join(c for c in socket.gethostname() if c.isprintable()) or "localhost"
+    return host[: MAX_WORKER_NAME_LENGTH - len(pid)] + pid
+
+
 @dataclass(frozen=True)
 class ResultsConfig:
-    """Results out (ZeroMQ PUB, always binds). ``sndhwm``: messages queued per subscriber."""
+    """Results out (ZeroMQ PUB, always binds). ``sndhwm``: messages queued per subscriber.
+    ``worker``: the name every result and error header carries (key ``worker``), so subscribers
+    of several daemons know which one computed a frame; None → ``<hostname>:<pid>`` at start
+    (:meth:`worker_name`); 1..64 printable characters."""
 
     endpoint: str = "tcp://127.0.0.1:5556"
     sndhwm: int = 16
     publish_probabilities: bool = False
+    worker: str | None = None
 
     def __post_init__(self) -> None:
         parse_endpoint(self.endpoint, bind=True, key="results.endpoint")
         _positive_int(self.sndhwm, "results.sndhwm")
+        if self.worker is not None and (not isinstance(self.worker, str) or not self.worker.strip()
+                                        or len(self.worker) > MAX_WORKER_NAME_LENGTH
+                                        or not self.worker.isprintable()):
+            raise ConfigError(f"results.worker must be 1..{MAX_WORKER_NAME_LENGTH} printable characters, "
+                              f"got {self.worker!r}")
+
+    def worker_name(self) -> str:
+        """``worker``, or ``<hostname>:<pid>`` when unset."""
+        return self.worker if self.worker is not None else default_worker_name()
 
 
 @dataclass(frozen=True)
@@ -255,7 +285,11 @@ class ModelConfig:
     default bundle; ``bundles``: further bundles, each frame is routed to the one whose envelope
     fits its metadata (``routing.py``); ``device`` None ("auto") → the backend kind's own (cpu,
     or cuda:0 for GPU kinds); ``members`` None → all members; ``intra_op_threads`` None →
-    runtime default."""
+    runtime default. With ``backend = "triton"`` the bundles are still read locally (card:
+    preprocessing, tiling, envelope) and member ``i`` runs as Triton model
+    ``<triton_model_prefix>_m<i>`` on the server at ``triton_url`` (``http[s]://HOST:PORT``);
+    ``triton_model_prefix`` None → each bundle's name as ``fringelive export triton`` writes it;
+    ``triton_timeout_s``: connect/read timeout per request, s (docs/triton.md)."""
 
     bundle: Path | None = None
     bundles: tuple[Path, ...] = ()
@@ -263,6 +297,9 @@ class ModelConfig:
     device: str | None = None
     members: tuple[int, ...] | None = None
     intra_op_threads: int | None = None
+    triton_url: str = "http://127.0.0.1:8000"
+    triton_model_prefix: str | None = None
+    triton_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_KINDS:
@@ -279,6 +316,34 @@ class ModelConfig:
         for i, b in enumerate(self.bundles):
             if not Path(b).is_dir():
                 raise ConfigError(f"model.bundles[{i}]: no such bundle directory: {str(b)!r}")
+        url = re.fullmatch(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?/?", self.triton_url) \
+            if isinstance(self.triton_url, str) else None
+        if url is None or (url.group(2) is not None and not 0 < int(url.group(2)) < 65536):
+            raise ConfigError(f"model.triton_url must look like http://HOST:PORT or https://HOST:PORT, got {self.triton_url!r}")
+        if self.triton_model_prefix is not None and (
+                not isinstance(self.triton_model_prefix, str) or self.triton_model_prefix.startswith(".")
+                or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.triton_model_prefix)):
+            raise ConfigError("model.triton_model_prefix must be non-empty, use only A-Z a-z 0-9 _ . - and not start "
+                              f"with '.', got {self.triton_model_prefix!r}")
+        configured = {Path(b).resolve() for b in ((self.bundle,) if self.bundle is not None else ()) + tuple(self.bundles)}
+        if self.triton_model_prefix is not None and len(configured) > 1:
+            raise ConfigError(f"model.triton_model_prefix ({self.triton_model_prefix!r}) names one bundle's Triton models "
+                              "but several bundles are configured; leave it unset (each bundle's models are "
+                              "<bundle name>_m<i>)")
+        if isinstance(self.triton_timeout_s, bool) or not isinstance(self.triton_timeout_s, (int, float)) \
+                or not 0 < self.triton_timeout_s <= 3600:
+            raise ConfigError(f"model.triton_timeout_s must be a number of seconds in (0, 3600], got {self.triton_timeout_s!r}")
+        if self.backend == "triton" and self.device is not None:
+            raise ConfigError(f"model.device must be \"auto\" with backend \"triton\" (the Triton server places the "
+                              f"models; `fringelive export triton --kind`), got {self.device!r}")
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``backends.create_backends`` beyond kind/members/device/threads:
+        the ``triton_*`` settings with ``backend = "triton"``, else none."""
+        if self.backend != "triton":
+            return {}
+        return {"triton_url": self.triton_url, "triton_model_prefix": self.triton_model_prefix,
+                "triton_timeout_s": float(self.triton_timeout_s)}
 
     def bundle_paths(self) -> list[Path]:
         """Every configured bundle in order (``bundle`` first, then ``bundles``; duplicates

@@ -9,6 +9,7 @@ Messages (ZeroMQ multipart):
 * result ``[b"result", header, mask (, probabilities)]`` — ``np.packbits`` of the (H, W) bool mask
   (C order, bit order "big"); optional float16 little-endian class-1 probabilities (H, W)
 * error  ``[b"error", header]`` — ``reason`` (stable code), ``detail`` (human text), series/frame
+  (and ``worker``, the reporting daemon's name; decoders accept headers without it)
 
 :func:`decode_frame` never allocates from header values before they passed the limits in
 :class:`FrameLimits`, and raises only :class:`ProtocolError` (reason in :data:`REJECT_REASONS`).
@@ -485,7 +486,7 @@ def encode_result(header: Mapping[str, Any], mask: np.ndarray,
                   probabilities: np.ndarray | None = None) -> list[bytes]:
     """Encode ``[b"result", header, packbits(mask) (, float16 probabilities)]``.
 
-    ``header``: series, frame, model, particle_count, particles, area_fraction, drift,
+    ``header``: series, frame, worker, model, particle_count, particles, area_fraction, drift,
     timings_ms, queue_depth, ... (numpy scalars allowed). ``mask`` (H, W) bool; ``probabilities``
     (H, W) class-1 probability, sent as float16 little-endian. Adds ``version``, ``mask``
     ({shape, encoding: "packbits", bitorder: "big"}) and ``probabilities`` descriptors.
@@ -571,11 +572,12 @@ def decode_result(parts: Sequence[Any]) -> tuple[dict, np.ndarray, np.ndarray | 
 
 
 def encode_error(reason: str, detail: str, series: str | None = None,
-                 frame: int | None = None) -> list[bytes]:
-    """Encode ``[b"error", {version, reason, detail (, series, frame)}]``.
+                 frame: int | None = None, worker: str | None = None) -> list[bytes]:
+    """Encode ``[b"error", {version, reason, detail (, series, frame, worker)}]``.
 
     ``reason`` should be one of :data:`ERROR_REASONS`; any lower-case snake_case code is
-    accepted so the daemon can add codes without breaking old subscribers.
+    accepted so the daemon can add codes without breaking old subscribers. ``worker``: the name
+    of the daemon that reports it (``[results] worker``); optional on the wire.
     """
     if not isinstance(reason, str) or not _REASON_PATTERN.match(reason):
         raise ValueError(f"reason must be a lower-case snake_case code, got {reason!r}")
@@ -584,6 +586,8 @@ def encode_error(reason: str, detail: str, series: str | None = None,
         header["series"] = series
     if frame is not None:
         header["frame"] = frame
+    if worker is not None:
+        header["worker"] = worker
     return [ERROR_TOPIC, packb(header)]
 
 

@@ -269,6 +269,8 @@ class Daemon:
         if not isinstance(config, DaemonConfig):
             raise TypeError(f"config must be a DaemonConfig, got {type(config).__name__}")
         self.config = config
+        #: The name in every result and error header (``[results] worker``, default ``<hostname>:<pid>``).
+        self.worker = config.results.worker_name()
         self.metrics = DaemonMetrics(registry, reject_reasons=(*REJECT_REASONS, "pipeline_error", "internal_error"))
         self.registry = self.metrics.registry
         self.rolling = RollingStats()
@@ -466,7 +468,7 @@ class Daemon:
             raise BundleError(f"bundle {bundle.path}: {e}") from None
         cfg = self.config.model
         backends = create_backends(cfg.backend, bundle, members=list(cfg.members) if cfg.members is not None else None,
-                                   device=cfg.device, intra_op_threads=cfg.intra_op_threads)
+                                   device=cfg.device, intra_op_threads=cfg.intra_op_threads, **cfg.backend_options())
         try:
             pipeline = _make_pipeline(bundle, backends, self.config)
         except BaseException:
@@ -614,6 +616,7 @@ class Daemon:
 
         return {
             "state": self.state,
+            "worker": self.worker,
             "pid": os.getpid(),
             "uptime_s": (time.monotonic() - self._started_at) if self._started_at else 0.0,
             "bundle": None if ms is None else describe(ms.primary),
@@ -843,7 +846,7 @@ class Daemon:
                        "handoff": (t_begin - item.t_inferred) * 1e3}
             particles = list(result.particles)
             header = {
-                "series": h.series, "frame": h.frame, "model": model.bundle.name,
+                "series": h.series, "frame": h.frame, "worker": self.worker, "model": model.bundle.name,
                 "particle_count": len(particles), "particles": particles,
                 "area_fraction": float(result.area_fraction),
                 "drift": _plain(drift),
@@ -904,7 +907,7 @@ class Daemon:
     def _reject(self, reason: str, detail: str, series: str | None, frame: int | None) -> None:
         self.metrics.frame_rejected(reason)
         self._rlog.warning(f"reject:{reason}", "rejected %s/%s: %s: %s", series, frame, reason, detail)
-        self._outbox.put(_Outgoing(encode_error(reason, detail, series=series, frame=frame)))
+        self._outbox.put(_Outgoing(encode_error(reason, detail, series=series, frame=frame, worker=self.worker)))
 
     def _drop(self, work: _Work, reason: str) -> None:
         h = work.frame.header
@@ -913,7 +916,7 @@ class Daemon:
         detail = ("queue full (drop-oldest policy): a newer frame took its place" if reason == "queue_full"
                   else "daemon shutting down: not processed within the drain timeout")
         self._rlog.warning(f"drop:{reason}", "dropped %s/%s: %s", h.series, h.frame, reason)
-        self._outbox.put(_Outgoing(encode_error(event, detail, series=h.series, frame=h.frame)))
+        self._outbox.put(_Outgoing(encode_error(event, detail, series=h.series, frame=h.frame, worker=self.worker)))
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Subcommands ``import-seed`` and ``export onnx|tensorrt``.
+"""Subcommands ``import-seed`` and ``export onnx|tensorrt|triton``.
 
     fringelive import-seed ../shared/seed_models/*.h5 --out bundles/
     fringelive export onnx --checkpoint model.pt --out bundles/mine --material Au --pixel-size-nm 0.02
     fringelive export tensorrt --bundle bundles/au-5nm-0.020nm-423e --precision fp16 --tile-size 768
+    fringelive export triton --bundle bundles/au-5nm-0.020nm-423e --out /srv/triton-models --kind gpu
 
 Heavy imports (torch, onnx, tensorrt) happen inside the command functions.
 """
@@ -22,11 +23,13 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _register_import_seed(sub)
-    export = sub.add_parser("export", help="export models as bundles (ONNX) and TensorRT engines",
-                            description="Export networks as model bundles, and bundles as TensorRT engines.")
+    export = sub.add_parser("export", help="export models as bundles (ONNX), TensorRT engines, Triton repositories",
+                            description="Export networks as model bundles, and bundles as TensorRT engines or "
+                            "NVIDIA Triton Inference Server model repositories.")
     esub = export.add_subparsers(dest="export_command", metavar="FORMAT")
     _register_onnx(esub)
     _register_tensorrt(esub)
+    _register_triton(esub)
     export.set_defaults(func=lambda args: _usage(export))
 
 
@@ -330,3 +333,59 @@ def _cmd_export_tensorrt(args: argparse.Namespace) -> int:
               f"{e.max_abs_diff_vs_onnxruntime:.3g}, argmax agreement {e.argmax_agreement}")
     return 0
 
+
+
+# --- export triton ------------------------------------------------------------------------
+
+def _register_triton(esub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = esub.add_parser(
+        "triton", help="write a bundle as an NVIDIA Triton Inference Server model repository",
+        description="Write one Triton model per ensemble member, <prefix>_m<i> (config.pbtxt + 1/model.onnx, "
+        "sha256 checked against the card), and <prefix>.fringelive.json (models + card) into REPO. "
+        "Daemons with [model] backend = \"triton\" then send tile batches to these models. See docs/triton.md.")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle directory")
+    p.add_argument("--out", required=True, metavar="REPO", help="model repository directory (created; may hold other models)")
+    p.add_argument("--name", metavar="PREFIX",
+                   help="model-name prefix: models are PREFIX_m0, PREFIX_m1, ... (default: the bundle name, "
+                   "characters outside A-Z a-z 0-9 _ . - replaced by _)")
+    p.add_argument("--platform", choices=["onnxruntime", "python"], default="onnxruntime",
+                   help="Triton backend: onnxruntime (platform onnxruntime_onnx), or python (model.py running "
+                   "the ONNX file with onnxruntime; for servers without the onnxruntime backend) (default: onnxruntime)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N",
+                   help="max_batch_size: most tiles per network call, count; the dynamic batcher merges requests "
+                   "up to it (default: 8)")
+    p.add_argument("--instances", type=int, default=1, metavar="N",
+                   help="model instances per device (instance_group count), count (default: 1)")
+    p.add_argument("--kind", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="instance kind: gpu (KIND_GPU), cpu (KIND_CPU) or auto (GPU when the server has one) "
+                   "(default: auto)")
+    p.add_argument("--queue-delay-us", type=int, default=0, metavar="US",
+                   help="how long the dynamic batcher waits for more requests, microseconds (default: 0)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="ONNX Runtime intra-op threads per instance, count (default: the runtime's)")
+    p.add_argument("--force", action="store_true", help="replace models of this prefix already in REPO")
+    p.set_defaults(func=_cmd_export_triton)
+
+
+def _cmd_export_triton(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+    from .triton_export import TritonExportError, export_triton
+
+    for option, v, lo in (("--max-batch", args.max_batch, 1), ("--instances", args.instances, 1),
+                          ("--queue-delay-us", args.queue_delay_us, 0)):
+        if v < lo:
+            raise CLIError(f"{option} must be >= {lo}, got {v}", 2)
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {args.threads}", 2)
+    try:
+        result = export_triton(args.bundle, args.out, prefix=args.name, platform=args.platform,
+                               max_batch=args.max_batch, instances=args.instances, kind=args.kind,
+                               queue_delay_us=args.queue_delay_us, intra_op_threads=args.threads,
+                               overwrite=args.force)
+    except TritonExportError as e:
+        raise CLIError(str(e), 2) from None
+    except BundleError as e:
+        raise CLIError(str(e)) from None
+    print(f"{len(result.models)} Triton model(s) ({result.platform}) in {result.repository}: "
+          f"{', '.join(result.models)}; index {result.index.name}")
+    return 0

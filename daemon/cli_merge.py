@@ -1,0 +1,411 @@
+"""``fringelive merge``: one ordered result stream from several daemon workers.
+
+A SUB socket connects to every worker's results PUB (``b"result"`` and ``b"error"`` messages);
+:class:`fringelive.daemon.merge.Reorderer` puts them back into frame order per series; a PUB
+socket republishes them. Messages pass through byte for byte (the same ZeroMQ frames are sent
+again, nothing is re-encoded). Topologies and ordering rules: ``docs/scaling.md``.
+
+:class:`ResultMerger` is the resource (a context manager with one thread that owns both
+sockets); ``fringelive merge`` runs one until SIGINT/SIGTERM (or ``--duration``), then releases
+what it still holds, and prints its counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import threading
+import time
+from typing import Any, Iterator, Sequence
+
+from .cli import CLIError
+from .merge import LATE_POLICIES, ReorderSettings, Reorderer
+
+__all__ = ["DEFAULT_MERGE_ENDPOINT", "MergerError", "ResultMerger", "register"]
+
+DEFAULT_MERGE_ENDPOINT = "tcp://127.0.0.1:5566"
+DEFAULT_HWM = 1000
+_POLL_S = 0.05           # longest sleep of the merger thread between stop checks, s
+_BATCH = 256             # messages read per wake-up before the timers are checked again
+_PUB_LINGER_MS = 2000    # time the PUB may take to flush at close, ms
+_MAX_WORKER_NAMES = 256  # distinct worker names counted; further ones count as "(other)"
+
+
+class MergerError(RuntimeError):
+    """The merger thread failed (``__cause__`` is the original error)."""
+
+
+class ResultMerger:
+    """SUB ← every endpoint of ``sources`` (worker results PUBs), PUB → ``endpoint`` (binds;
+    tcp port 0 = OS-assigned, see :attr:`endpoint` after :meth:`start`).
+
+    ``settings``: the reorder rules; ``hwm``: messages queued per connection on both sockets;
+    ``registry``: a Prometheus registry to export the counters on (``fringelive_merge_*``);
+    ``flush_on_close``: release the frames still held when closing (gaps counted).
+    """
+
+    def __init__(self, sources: Sequence[str], endpoint: str = DEFAULT_MERGE_ENDPOINT,
+                 settings: ReorderSettings | None = None, *, hwm: int = DEFAULT_HWM, registry: Any = None,
+                 flush_on_close: bool = True) -> None:
+        from .config import ConfigError, parse_endpoint
+
+        sources = list(sources)
+        if not sources:
+            raise ValueError("sources must name at least one worker results endpoint, got []")
+        try:
+            for ep in sources:
+                parse_endpoint(ep, bind=False, key="merge source")
+            parse_endpoint(endpoint, bind=True, key="merge endpoint")
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        dup = sorted({ep for ep in sources if sources.count(ep) > 1})
+        if dup:
+            raise ValueError(f"merge sources must be distinct, got {dup[0]!r} twice")
+        if isinstance(hwm, bool) or not isinstance(hwm, int) or hwm < 1:
+            raise ValueError(f"hwm must be a positive number of messages, got {hwm!r}")
+        self.sources = sources
+        self.requested_endpoint = endpoint
+        self.endpoint: str | None = None
+        self.settings = settings if settings is not None else ReorderSettings()
+        self.hwm = hwm
+        self.flush_on_close = flush_on_close
+        self._reorder: Reorderer[list[Any]] = Reorderer(self.settings)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._ctx: Any = None
+        self._closed = False
+        self._extra = {"malformed": 0, "published": 0}
+        self._workers: dict[str, int] = {}
+        self.registry = registry
+        if registry is not None:
+            registry.register(_MergeCollector(self))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "ResultMerger":
+        """Bind the PUB, connect the SUB to every source, start the thread. Raises ``ValueError``
+        naming the endpoint that cannot be bound or connected (nothing stays open)."""
+        import zmq
+
+        if self._thread is not None or self._closed:
+            raise RuntimeError("ResultMerger.start() may be called once")
+        self._ctx = zmq.Context()
+        sub = self._ctx.socket(zmq.SUB)
+        pub = self._ctx.socket(zmq.PUB)
+        try:
+            sub.linger = 0
+            sub.rcvhwm = self.hwm
+            for topic in (b"result", b"error"):
+                sub.setsockopt(zmq.SUBSCRIBE, topic)
+            pub.sndhwm = self.hwm
+            pub.linger = _PUB_LINGER_MS
+            try:
+                pub.bind(self.requested_endpoint)
+            except zmq.ZMQError as e:
+                raise ValueError(f"merge endpoint: cannot bind {self.requested_endpoint!r}: {e}") from None
+            self.endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+            for ep in self.sources:
+                try:
+                    sub.connect(ep)
+                except zmq.ZMQError as e:
+                    raise ValueError(f"merge source: cannot connect {ep!r}: {e}") from None
+        except BaseException:
+            sub.close(linger=0)
+            pub.close(linger=0)
+            self._ctx.term()
+            self._ctx = None
+            raise
+        self._thread = threading.Thread(target=self._run, args=(sub, pub), name="fringelive-merge", daemon=True)
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> "ResultMerger":
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(raise_errors=exc[0] is None)
+
+    def wait(self, timeout: float | None = None) -> bool | None:
+        """Block until the thread ends (only on failure or :meth:`close`; a failure raises
+        :class:`MergerError`); None when ``timeout`` seconds passed first."""
+        if self._thread is None:
+            raise RuntimeError("ResultMerger.wait() before start()")
+        self._thread.join(timeout)
+        self.raise_if_failed()
+        return None if self._thread.is_alive() else True
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise MergerError(f"merger thread failed: {type(self._error).__name__}: {self._error}") from self._error
+
+    def close(self, *, raise_errors: bool = True) -> dict[str, Any]:
+        """Stop the thread (releasing held frames when ``flush_on_close``), close the sockets;
+        return the final :meth:`stats`. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(10.0)
+            if self._ctx is not None and not (self._thread is not None and self._thread.is_alive()):
+                self._ctx.term()
+            self._ctx = None
+        if raise_errors:
+            self.raise_if_failed()
+        return self.stats()
+
+    def stats(self) -> dict[str, Any]:
+        """The reorder counters (:meth:`Reorderer.stats`) plus ``malformed`` (messages dropped
+        as unreadable), ``published`` (messages sent) and ``workers`` (messages per worker
+        name)."""
+        with self._lock:
+            return {**self._reorder.stats(), **self._extra, "workers": dict(self._workers)}
+
+    # -- the thread -----------------------------------------------------------------------------
+    def _run(self, sub: Any, pub: Any) -> None:
+        import zmq
+
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    deadline = self._reorder.next_deadline()
+                wait_s = _POLL_S if deadline is None else min(_POLL_S, max(0.0, deadline - time.monotonic()))
+                if sub.poll(math.ceil(wait_s * 1000)):
+                    for _ in range(_BATCH):
+                        try:
+                            parts = sub.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._send(pub, self._take(parts))
+                with self._lock:
+                    out = self._reorder.poll(time.monotonic())
+                self._send(pub, out)
+            if self.flush_on_close:
+                with self._lock:
+                    out = self._reorder.flush()
+                self._send(pub, out)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = e
+        finally:
+            sub.close(linger=0)
+            pub.close(linger=_PUB_LINGER_MS)
+
+    def _take(self, parts: list[Any]) -> list[list[Any]]:
+        series, frame, worker = _identify(parts)
+        with self._lock:
+            if series is False:
+                self._extra["malformed"] += 1
+                return []
+            if worker is not None:
+                key = worker if worker in self._workers or len(self._workers) < _MAX_WORKER_NAMES else "(other)"
+                self._workers[key] = self._workers.get(key, 0) + 1
+            nbytes = sum(p.buffer.nbytes for p in parts)
+            return self._reorder.push(series, frame, parts, nbytes, time.monotonic())
+
+    def _send(self, pub: Any, messages: list[list[Any]]) -> None:
+        for parts in messages:
+            pub.send_multipart(parts, copy=False)  # PUB never blocks: over its HWM it drops
+        if messages:
+            with self._lock:
+                self._extra["published"] += len(messages)
+
+
+def _identify(parts: Sequence[Any]) -> tuple[Any, int | None, str | None]:
+    """``(series, frame, worker)`` of a result/error message (None where absent or invalid);
+    ``(False, None, None)`` when it is no readable result or error message."""
+    import msgpack
+
+    if len(parts) < 2:
+        return False, None, None
+    topic = parts[0].bytes
+    if not ((topic == b"result" and len(parts) in (3, 4)) or (topic == b"error" and len(parts) == 2)):
+        return False, None, None
+    try:
+        header = msgpack.unpackb(parts[1].buffer, raw=False, strict_map_key=False)
+    except Exception:  # noqa: BLE001 - msgpack raises many types for corrupt input
+        return False, None, None
+    if not isinstance(header, dict):
+        return False, None, None
+    series = header.get("series")
+    frame = header.get("frame")
+    worker = header.get("worker")
+    return (series if isinstance(series, str) else None,
+            frame if isinstance(frame, int) and not isinstance(frame, bool) and frame >= 0 else None,
+            worker if isinstance(worker, str) else None)
+
+
+class _MergeCollector:
+    """Prometheus view of :meth:`ResultMerger.stats`, read at scrape time."""
+
+    _COUNTERS = (
+        ("received", "messages received from the workers"),
+        ("published", "messages republished in order"),
+        ("gap_frames", "frame indices given up as missing after the gap timeout"),
+        ("overflow", "gaps given up early because the reorder buffer was full"),
+        ("duplicates", "messages dropped as duplicates"),
+        ("late", "messages that arrived after their index was given up"),
+        ("unordered", "messages without series/frame, passed through at once"),
+        ("malformed", "unreadable messages dropped"),
+    )
+
+    def __init__(self, merger: ResultMerger) -> None:
+        self.merger = merger
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.merger.stats()
+        for key, doc in self._COUNTERS:
+            yield CounterMetricFamily(f"fringelive_merge_{key}", doc.capitalize() + ".", value=s[key])
+        yield GaugeMetricFamily("fringelive_merge_held_frames", "Frames waiting in the reorder buffer.",
+                                value=s["held_frames"])
+        yield GaugeMetricFamily("fringelive_merge_held_bytes", "Bytes waiting in the reorder buffer.",
+                                value=s["held_bytes"])
+        per_worker = CounterMetricFamily("fringelive_merge_worker_messages", "Messages received per worker name.",
+                                         labels=["worker"])
+        for name, n in sorted(s["workers"].items()):
+            per_worker.add_metric([name], n)
+        yield per_worker
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "merge", help="merge the results of several daemon workers into one stream in frame order",
+        description="Subscribe to the results PUB of every worker (--from), put results and errors back "
+                    "into frame order per series, republish them unchanged on one PUB (--endpoint). A frame "
+                    "that never arrives is given up after --gap-timeout; duplicates are dropped; see "
+                    "docs/scaling.md. Runs until SIGINT/SIGTERM (or --duration), then prints its counters.")
+    p.add_argument("--from", dest="sources", action="append", required=True, metavar="EP",
+                   help="a worker's results endpoint, e.g. tcp://10.0.0.2:5556 (a ZeroMQ address, no unit); "
+                        "repeat for every worker")
+    p.add_argument("--endpoint", default=DEFAULT_MERGE_ENDPOINT, metavar="EP",
+                   help=f"where to publish the merged stream, a ZeroMQ address to bind (tcp port 0 = "
+                        f"OS-assigned, printed; default: {DEFAULT_MERGE_ENDPOINT})")
+    p.add_argument("--gap-timeout", type=_positive_float, default=ReorderSettings.gap_timeout_s, metavar="S",
+                   help="how long a frame may wait for a missing earlier one before that is given up "
+                        f"(seconds, default: {ReorderSettings.gap_timeout_s:g})")
+    p.add_argument("--max-frames", type=_positive_int, default=ReorderSettings.max_frames, metavar="N",
+                   help=f"frames held for reordering, all series together (frames, default: "
+                        f"{ReorderSettings.max_frames})")
+    p.add_argument("--max-mb", type=_positive_float, default=ReorderSettings.max_bytes / 2**20, metavar="MIB",
+                   help=f"bytes held for reordering, all series together (MiB, default: "
+                        f"{ReorderSettings.max_bytes / 2**20:g})")
+    p.add_argument("--late", choices=LATE_POLICIES, default=ReorderSettings.late,
+                   help="a frame arriving after its index was given up: drop it (the stream stays in order) "
+                        "or forward it out of order; both are counted (a policy name, no unit; default: drop)")
+    p.add_argument("--series-idle", type=_positive_float, default=ReorderSettings.series_idle_s, metavar="S",
+                   help="forget a series after this long without a message; the name may then start again "
+                        f"at any index (seconds, default: {ReorderSettings.series_idle_s:g})")
+    p.add_argument("--hwm", type=_positive_int, default=DEFAULT_HWM, metavar="N",
+                   help=f"high-water mark of the SUB (per worker) and the PUB (per subscriber) "
+                        f"(messages, default: {DEFAULT_HWM})")
+    p.add_argument("--metrics-port", type=int, default=-1, metavar="N",
+                   help="serve Prometheus metrics (fringelive_merge_*) on http://127.0.0.1:N/metrics "
+                        "(TCP port; 0 = OS-assigned; default: -1 = off)")
+    p.add_argument("--duration", type=_positive_float, metavar="S",
+                   help="stop after this long (seconds, default: run until SIGINT/SIGTERM)")
+    p.set_defaults(func=run_merge)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    try:
+        settings = ReorderSettings(gap_timeout_s=args.gap_timeout, max_frames=args.max_frames,
+                                   max_bytes=max(1, int(args.max_mb * 2**20)), late=args.late,
+                                   series_idle_s=args.series_idle)
+    except ValueError as e:
+        raise CLIError(str(e), 2) from None
+    if not -1 <= args.metrics_port <= 65535:
+        raise CLIError(f"--metrics-port must be -1 (off) or a TCP port 0..65535, got {args.metrics_port}", 2)
+    stop: dict[str, Any] = {"signal": None}
+
+    def on_signal(signum: int, frame: Any) -> None:  # only sets a flag: safe in a signal handler
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    metrics_server = None
+    try:
+        registry = None
+        if args.metrics_port >= 0:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry()
+        try:
+            merger = ResultMerger(args.sources, args.endpoint, settings, hwm=args.hwm, registry=registry).start()
+        except ValueError as e:
+            raise CLIError(str(e), 2) from None
+        try:
+            if registry is not None:
+                from .metrics import MetricsServer
+
+                try:
+                    metrics_server = MetricsServer(registry, "127.0.0.1", args.metrics_port)
+                except OSError as e:
+                    raise CLIError(f"--metrics-port: cannot serve HTTP on 127.0.0.1:{args.metrics_port}: {e}", 2) \
+                        from None
+            print(f"fringelive merge: publishing on {merger.endpoint}; from {', '.join(args.sources)}", flush=True)
+            if metrics_server is not None:
+                print(f"fringelive merge: metrics at {metrics_server.url}", flush=True)
+            t_end = None if args.duration is None else time.monotonic() + args.duration
+            while stop["signal"] is None and (t_end is None or time.monotonic() < t_end):
+                try:
+                    merger.wait(0.1)
+                except MergerError as e:
+                    raise CLIError(str(e), 1) from None
+        except BaseException:
+            merger.close(raise_errors=False)
+            raise
+        try:
+            stats = merger.close()
+        except Exception as e:  # noqa: BLE001 - a failed thread is a runtime failure
+            raise CLIError(str(e), 1) from None
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    print(format_stats(stats), flush=True)
+    return 0
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """The counters printed at exit (two lines)."""
+    workers = ", ".join(f"{k}: {v}" for k, v in sorted(stats["workers"].items())) or "none named"
+    return (f"fringelive merge: received {stats['received']}, published {stats['published']} "
+            f"({stats['in_order']} in order, {stats['reordered']} reordered, {stats['unordered']} unordered); "
+            f"gaps {stats['gaps']} ({stats['gap_frames']} frames, {stats['overflow']} on overflow), "
+            f"duplicates {stats['duplicates']}, late {stats['late']}, malformed {stats['malformed']}\n"
+            f"fringelive merge: messages per worker: {workers}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .cli import main
+
+    sys.exit(main(["merge", *sys.argv[1:]]))
