@@ -4,7 +4,8 @@ store them in a bundle's card (``card.drift_reference``; ``docs/drift.md``).
     fringelive calibrate --bundle DIR DATA... [--meta KEY=VALUE] [--target-arl FRAMES] ...
 
 DATA are image files (``.npy``, ``.tif``, ``.dm3``/``.dm4``, ``.ser``/``.emd``; metadata read
-from the files as ``fringelive send`` does) or directories of them. Frames with dose and
+from the files as ``fringelive send`` does), directories of them, or raw sample sets written by
+``fringelive synth`` / ``dataset`` (a directory with ``samples.h5``; metadata from its rows). Frames with dose and
 pixel size (from the file or ``--meta``) also calibrate the dose estimate. The card is replaced
 atomically; member files and their sha256 are untouched, so the bundle stays loadable and a
 running daemon picks the reference up on ``reload``.
@@ -33,7 +34,8 @@ def register(sub: Any) -> None:
                     "into the bundle's card.json (drift_reference).")
     p.add_argument("--bundle", metavar="DIR", required=True, type=Path, help="model bundle directory (a path)")
     p.add_argument("data", nargs="+", type=Path, metavar="DATA",
-                   help="image files or directories of them (.npy, .tif, .dm3/.dm4, .ser/.emd), in-distribution frames")
+                   help="in-distribution frames: image files or directories of them (.npy, .tif, .dm3/.dm4, "
+                        ".ser/.emd), or raw sample sets from `synth`/`dataset` (directories with samples.h5)")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", default=[],
                    help="metadata for every frame where the files lack it, e.g. pixel_size_nm=0.02 (nm/px) or "
                         "dose_e_per_A2=423 (e/Å²); repeatable; values from the files win")
@@ -61,21 +63,44 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run_calibrate)
 
 
+def _is_sampleset(path: Path) -> bool:
+    return path.is_dir() and (path / "samples.h5").is_file()
+
+
 def _files(data: list[Path]) -> list[Path]:
+    """Image files, directories of them, and sample sets (kept as their directory)."""
     from .readers import SUPPORTED_SUFFIXES
 
     out: list[Path] = []
     for d in data:
-        if d.is_dir():
+        if _is_sampleset(d):
+            out.append(d)
+        elif d.is_dir():
             found = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES)
             if not found:
-                raise CLIError(f"{d}: no image files ({', '.join(SUPPORTED_SUFFIXES)}) in this directory", 2)
+                raise CLIError(f"{d}: no image files ({', '.join(SUPPORTED_SUFFIXES)}) and no sample set "
+                               "(samples.h5) in this directory", 2)
             out += found
         elif d.is_file():
             out.append(d)
         else:
             raise CLIError(f"{d}: no such file or directory", 2)
     return out
+
+
+def _sampleset_frames(path: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Raw frames and their metadata rows of a sample set (``fringelive synth``/``dataset``)."""
+    from fringelive.training.samples import SampleSetError, load_sampleset
+
+    try:
+        ss = load_sampleset(path)
+    except SampleSetError as e:
+        raise CLIError(str(e), 2) from None
+    if ss.content != "raw":
+        raise CLIError(f"{path}: a sample set of {ss.content} patches; calibration needs raw frames (the daemon "
+                       "preprocesses what it receives): use a raw `synth` set or the experimental images", 2)
+    for image, meta in zip(ss.images, ss.metadata):
+        yield image, dict(meta)
 
 
 def _frames(files: list[Path], extra: dict[str, Any], limit: int | None) -> Iterator[tuple[Any, dict[str, Any]]]:
@@ -85,8 +110,12 @@ def _frames(files: list[Path], extra: dict[str, Any], limit: int | None) -> Iter
     n = 0
     for f in files:
         try:
-            for image in read_frames(f):
-                yield image.pixels, merge_meta(extra, image.meta)
+            if _is_sampleset(f):
+                frames = _sampleset_frames(f)
+            else:
+                frames = ((image.pixels, image.meta) for image in read_frames(f))
+            for pixels, meta in frames:
+                yield pixels, merge_meta(extra, meta)
                 n += 1
                 if limit is not None and n >= limit:
                     return

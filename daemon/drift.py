@@ -37,7 +37,7 @@ from fringelive.export.card import Card, Tolerances
 from . import confidence, envelope, image_estimates
 from .cusum import CusumState, calibrate_threshold
 from .drift_reference import (SIGNAL_DIRECTIONS, DriftReference, parse_drift_reference, tail_p_value)
-from .materials import spacings_for
+from .materials import reflection_spacings_for, spacings_for
 
 __all__ = [
     "DriftSettings",
@@ -144,20 +144,18 @@ def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabi
         # pixel size from fringes
         # The stated material's spacings and the envelope's: the fringes tell which one is there.
         materials = ((cond.material,) if cond.material else ()) + tuple(card.envelope.material)
-        spacings = spacings_for(materials)
+        spacings = reflection_spacings_for(materials)
         search = _search_range(card, cond.pixel_size_nm, settings.pixel_size_search)
         px_est = None
         # A model that calls most of the frame particle is lost: its "particles" are no windows on fringes.
         if spacings and search is not None and particles and float(mask.mean()) <= 0.6:
             ranked = sorted(particles, key=lambda p: -float(p.get("area_px") or 0.0))[: settings.fringe_windows]
             radius = 0.5 * float(np.median([float(p.get("diameter_px") or 0.0) for p in ranked]))
-            hint = cond.pixel_size_nm
-            if hint is None and card.envelope.pixel_size_nm is not None and card.envelope.pixel_size_nm.min > 0:
-                hint = math.sqrt(card.envelope.pixel_size_nm.min * card.envelope.pixel_size_nm.max)
+            hint = cond.pixel_size_nm  # the metadata decides only between equally good readings
             px_est = image_estimates.estimate_pixel_size(
                 pixels, image_estimates.particle_window_centres(ranked, settings.fringe_windows), spacings,
                 pixel_size_range=search, particle_radius_px=radius, hint_nm=hint, windows=settings.fringe_windows,
-                min_snr=settings.min_fringe_snr)
+                min_snr=settings.min_fringe_snr, primary_nm=spacings_for(materials))
         estimates["pixel_size_nm"] = None if px_est is None else float(px_est.pixel_size_nm)
         estimates["pixel_size_confidence"] = None if px_est is None else px_est.confidence
         estimates["pixel_size_snr"] = None if px_est is None else round(float(px_est.snr), 2)
@@ -210,7 +208,9 @@ def evaluate(m: FrameMeasurement, card: Card, settings: DriftSettings | None = N
     px_img, dose_img = m.estimates.get("pixel_size_nm"), m.estimates.get("dose_e_per_A2")
     if px_img is not None:
         if px is None:
-            px, px_src = px_img, "image"
+            # without metadata a lone fringe peak that several reflections fit says nothing
+            if m.estimates.get("pixel_size_confidence") != "low":
+                px, px_src = px_img, "image"
         elif _disagree(px_img, px, _px_tol(card, settings)):
             reasons.append("pixel_size_metadata_mismatch")
             statuses.append("warn")

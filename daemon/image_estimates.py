@@ -19,11 +19,13 @@ Pixel size from lattice fringes
     by its running median, the profile shows the lattice reflections as narrow peaks. A peak more
     than ``min_snr`` robust standard deviations high, in the band where the material's spacings
     can lie for plausible pixel sizes, gives ``pixel size = d_hkl × f_peak`` (nm/px with f in
-    cycles/px). Two peaks whose frequency ratio matches two spacings (Au: d111/d200 = 1.155) fix
-    the assignment (confidence ``high``); one peak is assigned to the spacing that puts the pixel
-    size nearest the hint (metadata, else the envelope centre; confidence ``medium``, or ``low``
-    when another spacing would also give a plausible pixel size). No peak: no estimate (never a
-    guess).
+    cycles/px). The strongest peaks are indexed together against every allowed reflection of the
+    material ({111}, {200}, {220}, {311}, {222}, {331}, ... — near Gaussian focus the higher
+    orders can outshine {111}): the pixel size that explains the most peaks wins (confidence
+    ``high``). When other readings explain them as well (a lone peak; or {111}+{200} at p versus
+    {222}+{400} at p/2), a reading that agrees with the metadata wins (the image cannot
+    contradict it), else the lowest orders (confidence ``medium``/``low``). No peak: no estimate
+    (never a guess).
 
 Pure numpy on (H, W) arrays; the cost is bounded by ``max_blocks`` and ``windows`` × ``window``²
 (a few FFTs), independent of the frame size.
@@ -348,7 +350,8 @@ def find_profile_peaks(profile: np.ndarray, lo: int, hi: int, *, min_snr: float 
 class PixelSizeEstimate:
     """pixel_size_nm: nm/px; spacing_nm: the d-spacing the main peak was assigned to;
     frequency: its position (cycles/px); snr: its height (robust sigma); confidence: ``high``
-    (two consistent peaks), ``medium`` (one peak, one plausible assignment), ``low`` (one peak,
+    (several peaks indexed consistently), ``medium`` (several peaks but another pixel size
+    explains them as well, or one peak with one plausible assignment), ``low`` (one peak,
     several plausible assignments: the one nearest the hint was taken); windows: particle
     windows used."""
 
@@ -364,18 +367,38 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
                         *, pixel_size_range: tuple[float, float], particle_radius_px: float,
                         hint_nm: float | None = None, window: int | None = None, windows: int = 6,
                         min_snr: float = 6.0, single_peak_snr: float | None = None, min_window: int = 256,
-                        ratio_tolerance: float = 0.02) -> PixelSizeEstimate | None:
+                        ratio_tolerance: float = 0.01, agree_tolerance: float = 0.03, tie_margin: float = 0.1,
+                        pair_tolerance: float = 0.02, max_peaks: int = 6,
+                        primary_nm: Sequence[float] | None = None) -> PixelSizeEstimate | None:
     """Pixel size (nm/px) from the lattice fringes inside the particles at ``particle_centres``
     ((row, column) px, most important first; at most ``windows`` are used).
 
-    spacings_nm: the material's d-spacings, strongest first; pixel_size_range: (lo, hi) nm/px
+    spacings_nm: the material's d-spacings (all reflections that may show, e.g.
+    :func:`~fringelive.daemon.materials.reflection_spacings_for`); pixel_size_range: (lo, hi) nm/px
     that are plausible at all (the search band); particle_radius_px: typical particle radius
-    (px), the radius of the tapered disc each window keeps; hint_nm: breaks ties between
-    assignments (default: the band's geometric centre); window: FFT side (px, default the
+    (px), the radius of the tapered disc each window keeps; hint_nm: the metadata's pixel size
+    (nm/px) or None, which decides between equally good readings; window: FFT side (px, default the
     power of two >= 4 × radius, 128 to 512, and <= the frame side; below ``min_window`` there
-    is no estimate: the few coefficients per radial bin make noise peaks too likely). Two peaks
-    in a ratio of spacings need ``min_snr`` each; a lone peak needs ``single_peak_snr``
-    (default ``min_snr + 4``) over its higher flank. None when no significant peak is found.
+    is no estimate: the few coefficients per radial bin make noise peaks too likely).
+
+    Reading the ``max_peaks`` strongest peaks (each ``min_snr``; maxima closer than a spot's
+    width count as one): a pixel size *explains* a peak when some reflection of ``spacings_nm``
+    puts it within ``ratio_tolerance`` (more for weak peaks); a reading scores the summed snr of
+    the peaks it explains.
+
+    1. ``hint_nm`` (the metadata) is kept when it explains the peaks (each within
+       ``agree_tolerance``) within ``tie_margin`` of the best reading by any reflections: the
+       image does not contradict it, so no false alarm even when a high order ({331} near
+       Gaussian focus) dominates. Confidence ``high`` (several peaks) or ``medium``.
+    2. Otherwise the low-order reading (``primary_nm``, e.g. {111}/{200}; default
+       ``spacings_nm``): two peaks in a ratio of two spacings (within ``pair_tolerance``) fix
+       it (``high``); a lone peak needs ``single_peak_snr`` (default ``min_snr + 4``) over its
+       higher flank and takes the spacing nearest the hint (``medium``, ``low`` when several
+       fit, or when a higher order would fit too). A reading that leaves peaks unexplained
+       which another reading explains (score below the best by more than ``tie_margin``) is
+       ``low``.
+
+    None when no significant peak is found.
     """
     if not spacings_nm or not particle_centres:
         return None
@@ -402,43 +425,107 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
     r_lo = math.floor(lo_px / d_max * window)
     r_hi = math.ceil(min(hi_px / d_min, 0.45) * window) + 1
     # a spot's width in bins: the disc's transform (~window / diameter), at least 2
-    peaks = find_profile_peaks(profile, r_lo, r_hi, min_snr=min_snr, half_width=max(2.0, window / (2 * radius)))
+    half_width = max(2.0, window / (2 * radius))
+    peaks = find_profile_peaks(profile, r_lo, r_hi, min_snr=min_snr, half_width=half_width)
+    # Maxima closer than a spot's width are one reflection split by noise (or by neighbouring
+    # particles' slightly different spacings): keep the stronger, so that no pair of high-order
+    # reflections with a ratio near 1 ({331}/{420}: 1.026) "explains" them as two.
+    merged: list[tuple[float, float, float]] = []
+    for pk in peaks:  # strongest first
+        if all(abs(pk[0] - q[0]) > 2.0 * half_width for q in merged):
+            merged.append(pk)
+    peaks = merged
     if not peaks:
         return None
 
     def plausible(px: float) -> bool:
         return lo_px <= px <= hi_px
 
-    hint = hint_nm if hint_nm is not None else math.sqrt(lo_px * hi_px)
-    # Two peaks in the ratio of two spacings fix the assignment.
+    primary = tuple(primary_nm) if primary_nm else tuple(spacings_nm)
+    top = [(r / window, snr, strict) for r, snr, strict in peaks[:max_peaks]]
+    # a peak's position is known to about its half width / sqrt(snr) bins: weak peaks get more room
+    tols = [min(3.0 * ratio_tolerance, max(ratio_tolerance, half_width / (f * window * math.sqrt(snr))))
+            for f, snr, _ in top]
+
+    def explained(px: float, tol_floor: float = 0.0) -> list[int]:
+        """Indices of the peaks that some reflection puts within their tolerance at ``px``."""
+        return [i for i, (f, _, _) in enumerate(top)
+                if any(abs(f * d / px - 1.0) <= max(tols[i], tol_floor) for d in spacings_nm)]
+
+    def score(idx: list[int]) -> float:
+        return sum(top[i][1] for i in idx)
+
+    def nearest(f: float, px: float) -> float:
+        return min(spacings_nm, key=lambda dd: abs(f * dd / px - 1.0))
+
+    # The best any reading by all reflections achieves: what the image supports at all.
+    best_full = 0.0
+    for f, _, _ in top:
+        for d in spacings_nm:
+            if plausible(f * d):
+                best_full = max(best_full, score(explained(f * d)))
+
+    # 1. The metadata's pixel size, when it explains the peaks as well as any reading (within
+    #    tie_margin, each peak within agree_tolerance of some reflection): the image does not
+    #    contradict it. Higher orders count here, so a {331} fringe is not read as {200}.
+    if hint_nm is not None and best_full > 0:
+        idx = explained(hint_nm, agree_tolerance)
+        if idx and score(idx) >= (1.0 - tie_margin) * best_full:
+            fits = [top[i][0] * nearest(top[i][0], hint_nm) for i in idx]
+            px = float(np.exp(np.mean(np.log(fits))))
+            main = max(idx, key=lambda i: top[i][1])
+            if len(idx) == 1 and top[main][2] < (min_snr + 4.0 if single_peak_snr is None else single_peak_snr):
+                return None
+            return PixelSizeEstimate(px, nearest(top[main][0], hint_nm), top[main][0], top[main][1],
+                                     "high" if len(idx) >= 2 else "medium", len(centres))
+
+    # 2. Otherwise the low-order reading (``primary_nm``: {111}/{200} for fcc), as kinematics
+    #    rank fringes. It is "low" confidence when it leaves significant peaks unexplained that
+    #    another reading explains (score below the best by more than tie_margin).
+    reading = _primary_reading(top, primary, plausible, hint_nm or math.sqrt(lo_px * hi_px), min_snr,
+                               single_peak_snr, pair_tolerance)
+    if reading is None:
+        return None
+    px, d, f, snr, confidence = reading
+    if score(explained(px)) < (1.0 - tie_margin) * best_full:
+        confidence = "low"
+    elif confidence != "high" and any(plausible(f * dd) for dd in spacings_nm if dd not in primary):
+        confidence = "low"  # a lone peak that a higher order would put in the band as well
+    return PixelSizeEstimate(px, d, f, snr, confidence, len(centres))
+
+
+def _primary_reading(top: list[tuple[float, float, float]], spacings: Sequence[float], plausible: Any,
+                     hint: float, min_snr: float, single_peak_snr: float | None, tolerance: float
+                     ) -> tuple[float, float, float, float, str] | None:
+    """Peaks ``(cycles/px, snr, strict snr)`` read with the low-order ``spacings`` only:
+    ``(px, d, f, snr, confidence)`` or None. Two peaks in a ratio of two spacings fix the
+    assignment (``high``); a lone peak must stand clear of both flanks (a step is no peak) by
+    ``single_peak_snr`` and is assigned to the spacing that puts the pixel size nearest
+    ``hint`` (``medium``, or ``low`` when several spacings give a plausible pixel size)."""
     best_pair = None
-    for i, (ri, si, _) in enumerate(peaks[:4]):
-        for rj, sj, _ in peaks[i + 1:4]:
-            r_low, r_high = min(ri, rj), max(ri, rj)
-            for da in spacings_nm:
-                for db in spacings_nm:
+    for i, (fi, si, _) in enumerate(top[:4]):
+        for fj, sj, _ in top[i + 1:4]:
+            f_low, f_high = min(fi, fj), max(fi, fj)
+            for da in spacings:
+                for db in spacings:
                     if da <= db:
                         continue
-                    if abs((r_high / r_low) / (da / db) - 1.0) <= ratio_tolerance:
-                        px = 0.5 * (r_low / window * da + r_high / window * db)
+                    if abs((f_high / f_low) / (da / db) - 1.0) <= tolerance:
+                        px = 0.5 * (f_low * da + f_high * db)
                         if plausible(px) and (best_pair is None or si + sj > best_pair[0]):
-                            main_r, main_d = (ri, da) if ri == r_low else (ri, db)
-                            best_pair = (si + sj, px, main_d, main_r / window, max(si, sj))
+                            main_f, main_d = (fi, da) if fi == f_low else (fi, db)
+                            best_pair = (si + sj, px, main_d, main_f, max(si, sj))
     if best_pair is not None:
         _, px, d, f, snr = best_pair
-        return PixelSizeEstimate(px, d, f, snr, "high", len(centres))
-    # A lone peak must stand clear of both flanks (a step is no peak) and clear a higher bar.
-    singles = [(strict, r) for r, _, strict in peaks]
-    snr, r = max(singles)
+        return px, d, f, snr, "high"
+    snr, f = max((strict, f) for f, _, strict in top)
     if snr < (min_snr + 4.0 if single_peak_snr is None else single_peak_snr):
         return None
-    f = r / window
-    options = [(abs(math.log(f * d / hint)), f * d, d) for d in spacings_nm if plausible(f * d)]
+    options = sorted((abs(math.log(f * d / hint)), f * d, d) for d in spacings if plausible(f * d))
     if not options:
         return None
-    options.sort()
     _, px, d = options[0]
-    return PixelSizeEstimate(px, d, f, snr, "medium" if len(options) == 1 else "low", len(centres))
+    return px, d, f, snr, "medium" if len(options) == 1 else "low"
 
 
 def particle_window_centres(particles: Sequence[dict[str, Any]], limit: int) -> list[tuple[float, float]]:

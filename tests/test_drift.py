@@ -23,7 +23,7 @@ from fringelive.daemon.drift_calibration import calibrate_camera
 from fringelive.daemon.drift_reference import DriftReferenceError, parse_drift_reference, tail_p_value
 from fringelive.daemon.image_estimates import (CameraCalibration, estimate_dose, estimate_pixel_size,
                                                measure_background_noise, particle_window_centres)
-from fringelive.daemon.materials import D_SPACINGS_NM, normalise_material, spacings_for
+from fringelive.daemon.materials import D_SPACINGS_NM, normalise_material, reflection_spacings_for, spacings_for
 from fringelive.daemon.particles import particle_stats
 from fringelive.export.card import Envelope, Range, Tolerances
 from fringelive.training.fastsim import CameraModel, FastSimConfig, simulate_frame
@@ -157,7 +157,8 @@ def test_dose_with_gain_offset_and_correlated_noise() -> None:
 def _px_estimate(counts: np.ndarray, mask: np.ndarray, hint: float | None, rng: tuple[float, float] = (0.008, 0.05)):
     parts = particle_stats(mask, None)
     radius = 0.5 * float(np.median([p["diameter_px"] for p in parts[:6]]))
-    return estimate_pixel_size(counts, particle_window_centres(parts, 6), D_SPACINGS_NM["Au"], pixel_size_range=rng,
+    return estimate_pixel_size(counts, particle_window_centres(parts, 6), reflection_spacings_for(["Au"]),
+                               primary_nm=D_SPACINGS_NM["Au"], pixel_size_range=rng,
                                particle_radius_px=radius, hint_nm=hint)
 
 
@@ -167,14 +168,46 @@ def test_pixel_size_from_lattice_fringes(pixel_size: float) -> None:
     est = _px_estimate(counts, mask, hint=pixel_size)  # the hint is the metadata: right here
     assert est is not None and est.pixel_size_nm == pytest.approx(pixel_size, rel=0.025)
     assert est.snr >= 6.0 and est.confidence in ("high", "medium", "low")
-    # Stale metadata (0.02) as the hint: a lone {111} peak may be taken for {200} (ratio 1.155,
-    # confidence "low"), but the estimate never agrees with the stale value when it is wrong.
+    # Stale metadata (0.02) as the hint: the estimate finds the true pixel size, or — when the
+    # fringes read as well at the stale value (at 0.033 nm/px, d111 = 0.2355 nm lies where d220
+    # = 0.1442 nm would lie at 0.0202 nm/px: 1.633 vs 1.65) — keeps the stale value: never a
+    # third value, and never a contradiction the image cannot support.
     est = _px_estimate(counts, mask, hint=0.02)
     assert est is not None
     ratio = est.pixel_size_nm / pixel_size
-    assert ratio == pytest.approx(1.0, rel=0.025) or (est.confidence == "low" and ratio == pytest.approx(
-        0.2039 / 0.2355, rel=0.025))
-    assert (abs(math.log(est.pixel_size_nm / 0.02)) > math.log(1.1)) == (pixel_size != 0.02)
+    if pixel_size == 0.033:
+        assert est.pixel_size_nm == pytest.approx(0.02, rel=0.03) and est.spacing_nm == pytest.approx(0.1442, rel=1e-3)
+    else:  # a lone {111} peak may be taken for {200} (ratio 1.155, confidence "low")
+        assert ratio == pytest.approx(1.0, rel=0.025) or (est.confidence == "low" and ratio == pytest.approx(
+            0.2039 / 0.2355, rel=0.025))
+        assert (abs(math.log(est.pixel_size_nm / 0.02)) > math.log(1.1)) == (pixel_size != 0.02)
+
+
+def test_high_order_fringes_are_not_read_as_low_orders() -> None:
+    """Near Gaussian focus an aberration-corrected image can show a {331} fringe (0.0936 nm)
+    stronger than {111}: at 0.02 nm/px it must not be taken for {200} (0.0436 nm/px)."""
+    rng = np.random.default_rng(5)
+    side, px = 512, 0.02
+    yy, xx = np.mgrid[:side, :side].astype(np.float64)
+    scene = np.ones((side, side))
+    mask = np.zeros((side, side), bool)
+    for cy, cx in ((128, 128), (128, 384), (384, 256)):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 45 ** 2
+        theta = rng.uniform(0, np.pi)
+        k = 2 * np.pi * px / 0.09356  # rad/px of the {331} fringe
+        scene[disc] *= 0.85 + 0.15 * np.cos(k * (np.cos(theta) * xx[disc] + np.sin(theta) * yy[disc]))
+        mask |= disc
+    counts = rng.poisson(scene * 423.0 * (10 * px) ** 2 * 4).astype(np.float64)
+    parts = particle_stats(mask, None)
+    radius = 0.5 * float(np.median([q["diameter_px"] for q in parts]))
+    kw = dict(primary_nm=D_SPACINGS_NM["Au"], pixel_size_range=(0.008, 0.05), particle_radius_px=radius)
+    est = estimate_pixel_size(counts, particle_window_centres(parts, 6), reflection_spacings_for(["Au"]), hint_nm=0.02,
+                              **kw)
+    assert est is not None and est.pixel_size_nm == pytest.approx(0.02, rel=0.02) and est.spacing_nm == 0.09356
+    # without metadata the lone peak is ambiguous: the low-order reading is "low" confidence and
+    # the drift check does not use it (pixel size stays unknown rather than wrong)
+    est = estimate_pixel_size(counts, particle_window_centres(parts, 6), reflection_spacings_for(["Au"]), **kw)
+    assert est is None or est.confidence == "low" or est.pixel_size_nm == pytest.approx(0.02, rel=0.02)
 
 
 def test_pixel_size_unknown_without_fringes_and_on_small_frames() -> None:
@@ -225,11 +258,16 @@ def test_thinned_dose_flagged_by_metadata_and_by_image(card, au423) -> None:  # 
 
 
 def test_resampled_pixel_size_flagged_by_metadata_and_by_image(card) -> None:  # noqa: ANN001
-    counts, mask = resampled(0.033)
+    counts, mask = resampled(0.042)
     d = assess(card, counts, mask, {"pixel_size_nm": 0.02, "dose_e_per_A2": 423.0})  # magnification changed, header stale
     assert d["status"] == "ood"
     assert d["reasons"][:2] == ["pixel_size_metadata_mismatch", "pixel_size_above_envelope"]
-    assert d["estimates"]["pixel_size_nm"] == pytest.approx(0.033, rel=0.025)
+    assert d["estimates"]["pixel_size_nm"] == pytest.approx(0.042, rel=0.025)
+    counts, mask = resampled(0.033)
+    # at 0.033 the {111} fringe reads as {220} at the stale 0.02 (see above): the fringes cannot
+    # tell, but the shot noise can (2.7x the electrons per pixel at the stated dose)
+    d = assess(card, counts, mask, {"pixel_size_nm": 0.02, "dose_e_per_A2": 423.0})
+    assert d["status"] == "ood" and d["reasons"] == ["dose_metadata_mismatch", "dose_above_envelope"]
     d = assess(card, counts, mask, {"pixel_size_nm": 0.033, "dose_e_per_A2": 423.0})
     assert d["status"] == "ood" and d["reasons"] == ["pixel_size_above_envelope"]
     d = assess(card, counts, mask, {"dose_e_per_A2": 423.0})  # no pixel size sent: the image's

@@ -131,9 +131,13 @@ def test_default_bundle_commands_parse() -> None:
     from fringelive.training.default_bundle import commands
 
     parser = build_parser()
-    synth, heldout, train = (parser.parse_args(c) for c in commands())
+    synth, heldout, train, asynth, aheldout, finetune, csynth, calibrate = (parser.parse_args(c) for c in commands())
     assert synth.engine == heldout.engine == "fast" and heldout.dose == [423.0] and heldout.pixel_size == [0.02]
     assert train.command == "train" and train.benchmark == ["heldout_423e=heldout"] and train.lr_schedule == "cosine"
+    assert asynth.engine == aheldout.engine == "abtem" and aheldout.dose == [423.0] and aheldout.pixel_size == [0.02]
+    assert finetune.command == "finetune" and finetune.source == "run/bundle" and finetune.data == ["train", "abtem-train"]
+    assert finetune.benchmark == ["heldout_423e=heldout", "heldout_abtem_423e=abtem-heldout"]
+    assert csynth.engine == "fast" and calibrate.command == "calibrate" and str(calibrate.bundle) == "finetune/bundle"
 
 
 def test_trainer_noise_max_steps_and_tensorboard(tmp_path: Path) -> None:
@@ -227,17 +231,22 @@ def test_committed_default_bundle_records_its_recipe_and_heldout_dice() -> None:
     import shlex
 
     from fringelive.export.bundle import load_bundle
-    from fringelive.training.default_bundle import BENCHMARK, commands
+    from fringelive.training.default_bundle import BENCHMARK, BENCHMARK_ABTEM, commands
 
     path = Path(__file__).resolve().parents[1] / "daemon" / "default_bundle"
     if not (path / "card.json").is_file():
         pytest.skip(f"no default bundle at {path}")
     card = load_bundle(path).card
-    synth, heldout, train = ("fringelive " + shlex.join(c) for c in commands())
-    assert card.provenance.command == train
-    assert card.metrics["training"]["data"][0]["command"] == synth
-    bench = card.metrics["benchmarks"][BENCHMARK]
-    assert bench["command"] == heldout and "--dose 423" in heldout and "--pixel-size 0.02" in heldout
-    whole = bench["whole_sample"]
-    assert whole["sample_px"] == [1024, 1024] and whole["samples"] >= 6
+    synth, heldout, train, asynth, aheldout, finetune, _, calibrate = ("fringelive " + shlex.join(c) for c in commands())
+    assert card.provenance.command == finetune
+    assert [d["command"] for d in card.metrics["training"]["data"]] == [synth, asynth]
+    for name, command in ((BENCHMARK, heldout), (BENCHMARK_ABTEM, aheldout)):
+        bench = card.metrics["benchmarks"][name]
+        assert bench["command"] == command and "--dose 423" in command and "--pixel-size 0.02" in command
+        assert bench["whole_sample"]["samples"] >= 6
+    assert card.metrics["benchmarks"][BENCHMARK]["whole_sample"]["sample_px"] == [1024, 1024]
+    ref = card.drift_reference
+    assert ref and ref["frames"] >= 200 and 0 < ref["cusum"]["h"] < 100  # measured by the calibrate command
+    assert ref["sources"] == calibrate.split("--bundle finetune/bundle ")[1].split(" --seed")[0].split()
+    whole = card.metrics["benchmarks"][BENCHMARK]["whole_sample"]
     assert whole["ensemble_dice_mean"] >= 0.9

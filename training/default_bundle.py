@@ -1,20 +1,30 @@
 """Build the small default bundle that ``fringelive serve`` and ``fringelive demo`` use when no
 bundle is named, with the ordinary commands, so anyone can reproduce it:
 
-    fringelive synth --engine fast ... --out train      (32 training frames, 300–700 e/Å²)
-    fringelive synth --engine fast ... --out heldout    (6 held-out frames at 423 e/Å²)
+    fringelive synth --engine fast ... --out train            (32 fast frames, 300–700 e/Å²)
+    fringelive synth --engine fast ... --out heldout          (6 held-out fast frames at 423 e/Å²)
     fringelive train --data train --benchmark heldout_423e=heldout ... --out run
+    fringelive synth --engine abtem ... --out abtem-train     (72 multislice frames, 300–700 e/Å²)
+    fringelive synth --engine abtem ... --out abtem-heldout   (12 held-out multislice frames, 423 e/Å²)
+    fringelive finetune --from run/bundle --data train abtem-train ... --out finetune
+    fringelive synth --engine fast ... --out calib            (120 fast frames, 300–700 e/Å²)
+    fringelive calibrate --bundle finetune/bundle calib abtem-train abtem-heldout
 
-in a working directory, and copy ``run/bundle`` to ``--out``:
+in a working directory, and copy ``finetune/bundle`` to ``--out``:
 
     python -m fringelive.training.default_bundle --out daemon/default_bundle [--work DIR]
 
-The network is the published residual UNet (``resunet-seed``) trained on fast synthetic frames
-(``fringelive.training.fastsim``, not multislice) of Au particles, 3–8 nm, at 0.02 nm/pixel.
-The card records the commands (``provenance.command`` for ``train``, the ``synth`` commands in
-``metrics.training.data[].command`` and ``metrics.benchmarks.heldout_423e.command``) and the
-held-out Dice on whole 1024² frames at 0.02 nm/pixel and 423 e/Å²
-(``metrics.benchmarks.heldout_423e.whole_sample``). About 15 minutes on 2 CPU cores.
+The network is the published residual UNet (``resunet-seed``), first trained on fast synthetic
+frames (``fringelive.training.fastsim``: many frames, cheap) and then fine-tuned on those plus
+abTEM multislice simulations (``fringelive.training.multislice``: the physics, expensive) of Au
+particles, 3–8 nm, at 0.02 nm/pixel — the papers' recipe of a large cheap set plus a little
+closer-to-reality data. The card records every command (``provenance.command`` for
+``finetune``; the ``synth`` commands in ``metrics.training.data[].command`` and
+``metrics.benchmarks.*.command``) and the held-out Dice on whole frames at 0.02 nm/pixel and
+423 e/Å² for both engines (``metrics.benchmarks.heldout_423e`` and
+``heldout_abtem_423e``, ``.whole_sample``). The drift reference (``drift_reference``: CUSUM
+threshold, dose calibration) is measured by ``calibrate`` on 204 in-distribution frames of both
+engines (a fine-tuning run alone would have only its few validation frames). About an hour on 2 CPU cores (most of it abTEM).
 """
 
 from __future__ import annotations
@@ -31,15 +41,23 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 BENCHMARK = "heldout_423e"
+BENCHMARK_ABTEM = "heldout_abtem_423e"
+NAME = "default-sim-au-0.02nm"
 DESCRIPTION = ("Default model: the published residual UNet trained on fast synthetic HRTEM frames "
                "(fringelive synth --engine fast, not multislice) of 3-8 nm Au particles at 0.02 nm/pixel and "
                "300-700 e/A^2. A starting point for the demo and for fine-tuning, not a substitute for a model "
                "trained on your conditions.")
+DESCRIPTION_FINETUNED = ("Default model: the published residual UNet trained on fast synthetic HRTEM frames, then "
+                         "fine-tuned on those plus abTEM multislice simulations, of 3-8 nm Au particles on amorphous "
+                         "carbon at 0.02 nm/pixel and 300-700 e/A^2 (300 kV). A starting point for the demo and for "
+                         "fine-tuning, not a substitute for a model trained on your conditions.")
 
 
 def commands(*, train_frames: int = 32, heldout_frames: int = 6, frame_px: int = 1024, patch: int = 256,
-             epochs: int = 6, batch_size: int = 8, lr: float = 1e-3, seed: int = 0) -> list[list[str]]:
-    """The three command lines (argv without the program name), run in the working directory."""
+             epochs: int = 6, batch_size: int = 8, lr: float = 1e-3, seed: int = 0, abtem_frames: int = 72,
+             abtem_heldout_frames: int = 12, abtem_px: int = 512, finetune_epochs: int = 6,
+             finetune_lr: float = 3e-4, calib_frames: int = 120) -> list[list[str]]:
+    """The eight command lines (argv without the program name), run in the working directory."""
     return [
         ["synth", "--engine", "fast", "--count", str(train_frames), "--size", str(frame_px), "--pixel-size", "0.02",
          "--diameter", "3", "8", "--dose", "300", "700", "--seed", str(seed), "--out", "train"],
@@ -50,6 +68,22 @@ def commands(*, train_frames: int = 32, heldout_frames: int = 6, frame_px: int =
          "--lr-schedule", "cosine", "--lr-min", "1e-05", "--noise-rho-max", "0.3", "--seed", str(seed),
          "--benchmark", f"{BENCHMARK}=heldout", "--select-metric", "pooled_dice", "--bundle-name", "default-fastsim-au-0.02nm",
          "--description", DESCRIPTION],
+        ["synth", "--engine", "abtem", "--count", str(abtem_frames), "--size", str(abtem_px), "--pixel-size", "0.02",
+         "--diameter", "3", "8", "--particles", "1", "2", "--twin-probability", "0.2", "--dose", "300", "700",
+         "--seed", str(seed + 100), "--workers", "2", "--no-progress", "--out", "abtem-train"],
+        ["synth", "--engine", "abtem", "--count", str(abtem_heldout_frames), "--size", str(abtem_px), "--pixel-size",
+         "0.02", "--diameter", "3", "8", "--particles", "1", "2", "--twin-probability", "0.2", "--dose", "423",
+         "--seed", str(seed + 2000), "--workers", "2", "--no-progress", "--out", "abtem-heldout"],
+        ["finetune", "--from", "run/bundle", "--data", "train", "abtem-train", "--out", "finetune", "--folds", "1",
+         "--split", "0.9", "0.1", "0", "--patch", str(patch), "--epochs", str(finetune_epochs), "--batch-size",
+         str(batch_size), "--lr", f"{finetune_lr:g}", "--lr-schedule", "cosine", "--lr-min", "1e-05",
+         "--noise-rho-max", "0.3", "--seed", str(seed), "--benchmark", f"{BENCHMARK}=heldout", "--benchmark",
+         f"{BENCHMARK_ABTEM}=abtem-heldout", "--select-metric", "pooled_dice", "--bundle-name", NAME,
+         "--description", DESCRIPTION_FINETUNED, "--no-calibrate"],
+        ["synth", "--engine", "fast", "--count", str(calib_frames), "--size", str(abtem_px), "--pixel-size", "0.02",
+         "--diameter", "3", "8", "--dose", "300", "700", "--seed", str(seed + 3000), "--out", "calib"],
+        ["calibrate", "--bundle", "finetune/bundle", "calib", "abtem-train", "abtem-heldout",
+         "--seed", str(seed)],
     ]
 
 
@@ -69,7 +103,7 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
                 raise SystemExit(f"fringelive {argv[0]} failed with exit code {rc}")
     finally:
         os.chdir(cwd)
-    src = work / "run" / "bundle"
+    src = work / "finetune" / "bundle"
     staged = out.with_name(out.name + ".new")
     if staged.exists():
         shutil.rmtree(staged)
@@ -97,11 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="patches per optimiser step (count)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (cosine decay to 1e-5)")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
+    ap.add_argument("--abtem-frames", type=int, default=72, help="abTEM training frames (count)")
+    ap.add_argument("--abtem-heldout-frames", type=int, default=12, help="abTEM held-out frames (count)")
+    ap.add_argument("--abtem-px", type=int, default=512, help="abTEM frame side (px)")
+    ap.add_argument("--finetune-epochs", type=int, default=6, help="fine-tuning epochs")
+    ap.add_argument("--finetune-lr", type=float, default=3e-4, help="peak fine-tuning learning rate (cosine to 1e-5)")
+    ap.add_argument("--calib-frames", type=int, default=120, help="fast frames for the drift reference (count)")
     ap.add_argument("--print-commands", action="store_true", help="print the fringelive commands and exit")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kwargs = dict(train_frames=args.train_frames, heldout_frames=args.heldout_frames, frame_px=args.frame_px,
-                  patch=args.patch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                  patch=args.patch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  abtem_frames=args.abtem_frames, abtem_heldout_frames=args.abtem_heldout_frames,
+                  abtem_px=args.abtem_px, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                  calib_frames=args.calib_frames)
     if args.print_commands:
         for c in commands(**kwargs):
             print("fringelive " + shlex.join(c))
