@@ -39,21 +39,12 @@ from fringelive.daemon.config import DaemonConfig, default_bundle_path
 from fringelive.daemon.protocol import decode_result, encode_frame
 from fringelive.daemon.server import Daemon
 
+from frames import synthetic_frame  # benchmarks/frames.py
+
 
 def percentile(values: list[float], q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, max(0, int(np.ceil(q / 100 * len(v))) - 1))]
-
-
-def synthetic_frame(side: int, seed: int) -> np.ndarray:
-    """Poisson counts (uint16): 100 counts/px background with brighter disks of 20-60 px."""
-    rng = np.random.default_rng(seed)
-    mean = np.full((side, side), 100.0, np.float32)
-    yy, xx = np.ogrid[:side, :side]
-    for _ in range(max(4, side * side // 200_000)):
-        cy, cx, r = rng.integers(0, side), rng.integers(0, side), rng.integers(10, 30)
-        mean[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 160.0
-    return rng.poisson(mean).astype(np.uint16)
 
 
 def make_bundle(tmp: Path) -> Path:

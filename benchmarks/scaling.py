@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import numpy as np
 import zmq
 
 from fringelive.daemon.cli_merge import ResultMerger
@@ -41,16 +40,7 @@ from fringelive.daemon.config import DaemonConfig, default_bundle_path
 from fringelive.daemon.merge import ReorderSettings
 from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
 
-
-def synthetic_frame(side: int, seed: int) -> np.ndarray:
-    """Poisson counts (uint16): 100 counts/px background with brighter disks of 20-60 px."""
-    rng = np.random.default_rng(seed)
-    mean = np.full((side, side), 100.0, np.float32)
-    yy, xx = np.ogrid[:side, :side]
-    for _ in range(max(4, side * side // 200_000)):
-        cy, cx, r = rng.integers(0, side), rng.integers(0, side), rng.integers(10, 30)
-        mean[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 160.0
-    return rng.poisson(mean).astype(np.uint16)
+from frames import synthetic_frame  # benchmarks/frames.py
 
 
 def tiny_bundle(tmp: Path) -> Path:

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Iterator, Sequence
 
+from .cli_types import positive_float, positive_int
 from .cli import CLIError
 from .merge import LATE_POLICIES, ReorderSettings, Reorderer
 
@@ -276,25 +277,6 @@ class _MergeCollector:
 # the command
 # --------------------------------------------------------------------------------------------
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -309,28 +291,28 @@ def register(sub: Any) -> None:
     p.add_argument("--endpoint", default=DEFAULT_MERGE_ENDPOINT, metavar="EP",
                    help=f"where to publish the merged stream, a ZeroMQ address to bind (tcp port 0 = "
                         f"OS-assigned, printed; default: {DEFAULT_MERGE_ENDPOINT})")
-    p.add_argument("--gap-timeout", type=_positive_float, default=ReorderSettings.gap_timeout_s, metavar="S",
+    p.add_argument("--gap-timeout", type=positive_float, default=ReorderSettings.gap_timeout_s, metavar="S",
                    help="how long a frame may wait for a missing earlier one before that is given up "
                         f"(seconds, default: {ReorderSettings.gap_timeout_s:g})")
-    p.add_argument("--max-frames", type=_positive_int, default=ReorderSettings.max_frames, metavar="N",
+    p.add_argument("--max-frames", type=positive_int, default=ReorderSettings.max_frames, metavar="N",
                    help=f"frames held for reordering, all series together (frames, default: "
                         f"{ReorderSettings.max_frames})")
-    p.add_argument("--max-mb", type=_positive_float, default=ReorderSettings.max_bytes / 2**20, metavar="MIB",
+    p.add_argument("--max-mb", type=positive_float, default=ReorderSettings.max_bytes / 2**20, metavar="MIB",
                    help=f"bytes held for reordering, all series together (MiB, default: "
                         f"{ReorderSettings.max_bytes / 2**20:g})")
     p.add_argument("--late", choices=LATE_POLICIES, default=ReorderSettings.late,
                    help="a frame arriving after its index was given up: drop it (the stream stays in order) "
                         "or forward it out of order; both are counted (a policy name, no unit; default: drop)")
-    p.add_argument("--series-idle", type=_positive_float, default=ReorderSettings.series_idle_s, metavar="S",
+    p.add_argument("--series-idle", type=positive_float, default=ReorderSettings.series_idle_s, metavar="S",
                    help="forget a series after this long without a message; the name may then start again "
                         f"at any index (seconds, default: {ReorderSettings.series_idle_s:g})")
-    p.add_argument("--hwm", type=_positive_int, default=DEFAULT_HWM, metavar="N",
+    p.add_argument("--hwm", type=positive_int, default=DEFAULT_HWM, metavar="N",
                    help=f"high-water mark of the SUB (per worker) and the PUB (per subscriber) "
                         f"(messages, default: {DEFAULT_HWM})")
     p.add_argument("--metrics-port", type=int, default=-1, metavar="N",
                    help="serve Prometheus metrics (fringelive_merge_*) on http://127.0.0.1:N/metrics "
                         "(TCP port; 0 = OS-assigned; default: -1 = off)")
-    p.add_argument("--duration", type=_positive_float, metavar="S",
+    p.add_argument("--duration", type=positive_float, metavar="S",
                    help="stop after this long (seconds, default: run until SIGINT/SIGTERM)")
     p.set_defaults(func=run_merge)
 

@@ -4,7 +4,6 @@ record what it publishes). Wire format: ``docs/protocol.md``; sockets are plain 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fringelive.daemon.cli import CLIError
+from fringelive.daemon.cli_types import nonnegative_int, positive_float, positive_int
 from fringelive.daemon.protocol import DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS_ENDPOINT
 
 DEFAULT_SEND_HWM = 4
@@ -66,33 +66,6 @@ def merge_meta(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             out[key] = value
     return out
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _nonnegative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0, got 0")
-    return value
 
 
 def _add_curve_options(parser: argparse.ArgumentParser) -> None:
@@ -406,28 +379,28 @@ def register(sub: Any) -> None:
                       help="bind the PUSH socket and let several daemons ([ingest] bind = false) "
                            "connect: ZeroMQ deals frames round-robin among them (docs/scaling.md); "
                            "no unit")
-    send.add_argument("--wait-workers", type=_nonnegative_int, default=0, metavar="N",
+    send.add_argument("--wait-workers", type=nonnegative_int, default=0, metavar="N",
                       help="with --bind: wait (up to --timeout) until N daemons have connected "
                            "before the first frame, so frames are spread over all of them "
                            "(daemons, default: 0 = do not wait)")
-    send.add_argument("--rate", type=_positive_float, metavar="FPS",
+    send.add_argument("--rate", type=positive_float, metavar="FPS",
                       help="frames per second (default: as fast as the daemon takes them)")
     send.add_argument("--series", metavar="NAME",
                       help="series name for all frames (default: each file's name without "
                            "suffix); no unit")
-    send.add_argument("--start-frame", type=_nonnegative_int, default=0, metavar="N",
+    send.add_argument("--start-frame", type=nonnegative_int, default=0, metavar="N",
                       help="index of the first frame of each series (frames, default: 0)")
-    send.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
+    send.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                       help="send the file list N times, frame indices continuing "
                            "(times, default: 1)")
     send.add_argument("--meta", action="extend", nargs="+", metavar="KEY=VALUE",
                       help="header metadata overriding the files' (units in the key names, e.g. "
                            "pixel_size_nm=0.02 dose_e_per_A2=400 voltage_kv=300 tags.grid=3; "
                            "values parse as int/float/bool/null/str; dotted keys nest)")
-    send.add_argument("--timeout", type=_positive_float, default=DEFAULT_SEND_TIMEOUT_S,
+    send.add_argument("--timeout", type=positive_float, default=DEFAULT_SEND_TIMEOUT_S,
                       metavar="S", help="give up when the daemon takes no frame for this long "
                                         f"(seconds, default: {DEFAULT_SEND_TIMEOUT_S:g})")
-    send.add_argument("--hwm", type=_positive_int, default=DEFAULT_SEND_HWM, metavar="N",
+    send.add_argument("--hwm", type=positive_int, default=DEFAULT_SEND_HWM, metavar="N",
                       help=f"send high-water mark: frames queued before sending blocks "
                            f"(frames, default: {DEFAULT_SEND_HWM})")
     send.add_argument("-v", "--verbose", action="store_true",
@@ -447,16 +420,16 @@ def register(sub: Any) -> None:
     watch.add_argument("--record", type=Path, metavar="FILE.h5",
                        help="write masks, frame indices and headers to this HDF5 file "
                             "(overwritten; layout in docs/protocol.md); no unit")
-    watch.add_argument("--count", type=_positive_int, metavar="N",
+    watch.add_argument("--count", type=positive_int, metavar="N",
                        help="stop after N messages, results and errors together (messages, "
                             "default: no limit)")
-    watch.add_argument("--timeout", type=_positive_float, metavar="S",
+    watch.add_argument("--timeout", type=positive_float, metavar="S",
                        help="stop after this long without a message (seconds, default: wait "
                             "forever)")
     watch.add_argument("--probabilities", action="store_true",
                        help="also record the float16 probability maps when the daemon sends "
                             "them (no unit)")
-    watch.add_argument("--hwm", type=_positive_int, default=1000, metavar="N",
+    watch.add_argument("--hwm", type=positive_int, default=1000, metavar="N",
                        help="receive high-water mark (messages, default: 1000)")
     _add_curve_options(watch)
     watch.set_defaults(func=cmd_watch)

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import msgpack
 import numpy as np
@@ -26,6 +26,8 @@ from fringelive.daemon.config import DaemonConfig
 from fringelive.daemon.control import control_request
 from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
 from fringelive.daemon.server import Daemon, DaemonError, FrameQueue
+
+from polling import wait_until  # tests/polling.py
 
 SIDE = 128  # px: small frames keep the suite fast
 
@@ -55,14 +57,6 @@ def pixels(i: int = 0, side: int = SIDE, dtype: Any = np.uint16) -> np.ndarray:
 def frame_msg(i: int, side: int = SIDE, series: str = "t", **meta: Any) -> list[bytes]:
     meta.setdefault("pixel_size_nm", 0.02)
     return encode_frame(pixels(i, side), series=series, frame=i, **meta)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    t_end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > t_end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def assert_identity(counts: dict[str, Any]) -> None:

@@ -47,18 +47,9 @@ N_MALFORMED = 2  # each rejected{reason="bad_msgpack"}
 DEADLINE_S = 30.0
 LATENCY_P99 = 'histogram_quantile(0.99, sum by (le) (rate(fringelive_frame_latency_seconds_bucket[30s])))'
 
-pytestmark = pytest.mark.skipif(find_prometheus() is None,
-                                reason="the prometheus binary is not installed (apt-get install prometheus)")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.skipif(find_prometheus() is None,
+                                 reason="the prometheus binary is not installed (apt-get install prometheus)"),
+              pytest.mark.usefixtures("one_torch_thread")]  # conftest.py
 
 
 @dataclass(frozen=True)

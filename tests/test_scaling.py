@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -26,29 +26,15 @@ from fringelive.daemon.config import ConfigError, DaemonConfig, ResultsConfig, d
 from fringelive.daemon.merge import ReorderSettings, Reorderer
 from fringelive.daemon.protocol import decode_error, decode_result, encode_error, encode_frame, encode_result
 
+from polling import wait_until  # tests/polling.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
 # --- helpers ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Torch preprocessing with one thread per process (3 daemons share 2 cores here)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    t_end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > t_end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
 
 def worker_config(bundle: Any, ingest: str, name: str) -> DaemonConfig:
     """A daemon whose ingest connects to a sender that binds, with worker name ``name``."""
