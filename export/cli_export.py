@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fringelive.daemon.cli import CLIError
+from fringelive.daemon.cli_preprocessing import add_preprocessing_options, preprocessing_from_args
 
 __all__ = ["register"]
 
@@ -145,12 +146,7 @@ def _register_onnx(esub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="training electron dose, e/Å²: one value or MIN MAX")
     p.add_argument("--voltage-kv", nargs="+", type=float, metavar="KV",
                    help="acceleration voltage, kV: one value or MIN MAX")
-    p.add_argument("--xray-threshold", type=float, metavar="COUNTS",
-                   help="x-ray removal threshold above the median, counts (default: 1500)")
-    p.add_argument("--no-xray-removal", action="store_true", help="disable x-ray removal in preprocessing")
-    p.add_argument("--no-flatfield", action="store_true", help="disable flat-field correction in preprocessing")
-    p.add_argument("--rescale", choices=["standardize", "normalize", "histogram"],
-                   help="intensity rescaling (dimensionless; default: standardize)")
+    add_preprocessing_options(p, "recorded in the card; .h5 checkpoints start from the published values")
     p.add_argument("--check-size", type=int, action="append", metavar="PX",
                    help="side of a random input for the ONNX Runtime vs torch check, px; repeatable "
                    "(default: 512 and 1024)")
@@ -244,19 +240,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     all_seed = all(p.suffix.lower() == ".h5" for p in paths)
     try:
-        base = SEED_PREPROCESSING if all_seed else Preprocessing()
-        overrides: dict[str, Any] = {}
-        if args.xray_threshold is not None:
-            overrides["xray_threshold_counts"] = args.xray_threshold
-        if args.no_xray_removal:
-            overrides["xray_removal"] = False
-        if args.no_flatfield:
-            overrides["flatfield"] = False
-        if args.rescale:
-            overrides["rescale"] = args.rescale
-        import dataclasses
-
-        preprocessing = dataclasses.replace(base, **overrides)
+        preprocessing = preprocessing_from_args(args, SEED_PREPROCESSING if all_seed else Preprocessing())
         envelope = Envelope(
             material=tuple(args.material or ()),
             particle_diameter_nm=_range("--particle-diameter-nm", args.particle_diameter_nm),
@@ -332,7 +316,6 @@ def _cmd_export_tensorrt(args: argparse.Namespace) -> int:
         print(f"{e.file}: {e.precision} on {e.gpu} (TensorRT {e.tensorrt_version}), max abs diff "
               f"{e.max_abs_diff_vs_onnxruntime:.3g}, argmax agreement {e.argmax_agreement}")
     return 0
-
 
 
 # --- export triton ------------------------------------------------------------------------

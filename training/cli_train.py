@@ -24,6 +24,8 @@ import math
 import shlex
 from typing import Any, Sequence
 
+from fringelive.daemon.cli_preprocessing import add_preprocessing_options
+
 __all__ = ["register"]
 
 log = logging.getLogger(__name__)
@@ -62,50 +64,13 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(getattr(args, "argv", None) or ["fringelive", args.command])
 
 
-def _add_preprocessing(p: argparse.ArgumentParser, what: str) -> None:
-    g = p.add_argument_group("preprocessing", f"shared engine parameters ({what}; card defaults)")
-    g.add_argument("--xray-threshold", type=float, default=None, metavar="COUNTS",
-                   help="x-ray hit = pixel above median + this many counts (default: 1500)")
-    g.add_argument("--xray-passes", type=int, default=None, metavar="N", help="x-ray removal passes (count, default: 2)")
-    g.add_argument("--no-xray-removal", action="store_true", help="skip x-ray removal")
-    g.add_argument("--no-flatfield", action="store_true", help="skip the flat-field correction")
-    g.add_argument("--flatfield-degree", type=int, nargs=2, default=None, metavar=("DY", "DX"),
-                   help="Bézier surface degree in rows and columns (default: 2 2)")
-    g.add_argument("--flatfield-downsample", type=int, default=None, metavar="FACTOR",
-                   help="fit the surface on the frame binned by this factor (px per block side, default: 4)")
-    g.add_argument("--rescale", choices=["standardize", "normalize", "histogram"], default=None,
-                   help="intensity rescaling (default: standardize)")
-    g.add_argument("--histogram-percentiles", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="clip percentiles for --rescale histogram (%%, default: 1 99)")
-
-
 def _preprocessing(args: argparse.Namespace, base: Any = None) -> Any:
     """Card Preprocessing from the options (None when no option was given and ``base`` is None)."""
-    from dataclasses import replace
+    from fringelive.daemon.cli_preprocessing import preprocessing_from_args
+    from fringelive.export.card import CardError
 
-    from fringelive.export.card import CardError, Preprocessing
-
-    changes: dict[str, Any] = {}
-    if args.xray_threshold is not None:
-        changes["xray_threshold_counts"] = args.xray_threshold
-    if args.xray_passes is not None:
-        changes["xray_passes"] = args.xray_passes
-    if args.no_xray_removal:
-        changes["xray_removal"] = False
-    if args.no_flatfield:
-        changes["flatfield"] = False
-    if args.flatfield_degree is not None:
-        changes["flatfield_degree"] = tuple(args.flatfield_degree)
-    if args.flatfield_downsample is not None:
-        changes["flatfield_downsample"] = args.flatfield_downsample
-    if args.rescale is not None:
-        changes["rescale"] = args.rescale
-    if args.histogram_percentiles is not None:
-        changes["histogram_percentiles"] = tuple(args.histogram_percentiles)
-    if not changes and base is None:
-        return None
     try:
-        return replace(base or Preprocessing(), **changes)
+        return preprocessing_from_args(args, base)
     except CardError as e:
         raise _error(str(e)) from None
 
@@ -226,7 +191,7 @@ def _register_dataset(sub: Any) -> None:
                    help="voltage when neither CSV nor file gives one, kV (default: unset)")
     p.add_argument("--out", required=True, metavar="DIR", help="sample-set directory to write")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_preprocessing(p, "applied to every image before patching")
+    add_preprocessing_options(p, "applied to every image before patching")
     p.set_defaults(func=_dataset)
 
 
@@ -328,7 +293,7 @@ def _register_train(sub: Any, finetune: bool) -> None:
                    help="ONNX-vs-torch export check input side, px (repeat; default: 512 and 1024)")
     p.add_argument("--no-calibrate", action="store_true", help="do not compute drift reference statistics")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_preprocessing(p, "for raw sample sets" + (" (default: the source bundle's)" if finetune else ""))
+    add_preprocessing_options(p, "for raw sample sets" + (" (default: the source bundle's)" if finetune else ""))
     p.set_defaults(func=_train, finetune=finetune)
 
 

@@ -22,7 +22,6 @@ heatmap annotated ``mean ± std``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from fringelive.export.bundle import sha256_file
 
 __all__ = [
     "PairResult",
@@ -62,14 +63,6 @@ class PairResult:
     false_negative_rate_std: float
     ensemble_dice: float
     member_dice: list[float]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _own_test_samples(card: Any, sha: str, n_members: int) -> list[list[int]] | None:
@@ -126,7 +119,7 @@ def evaluate_bundle(bundle: Any, samples: Any, *, backend: str = "onnxruntime", 
                             samples.path, card.name)
             cache[key] = np.asarray(samples.images, dtype=np.float32)
     inputs = cache[key]
-    per_member = _own_test_samples(card, _sha256(samples.path), n_members) if own_split else None
+    per_member = _own_test_samples(card, sha256_file(samples.path), n_members) if own_split else None
     split = "own-test-folds" if per_member is not None else "all"
     if per_member is not None:
         log.info("%s was trained on %s: each member is scored on its own test fold", card.name, samples.path)

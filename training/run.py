@@ -29,7 +29,6 @@ Steps (:func:`run_training`):
 from __future__ import annotations
 
 import csv
-import hashlib
 import inspect
 import json
 import logging
@@ -41,6 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fringelive.export.bundle import sha256_file
 from fringelive.export.card import Envelope, Preprocessing
 
 from .samples import SampleSet, envelope_from_metadata, load_sampleset, preprocessing_to_json
@@ -215,14 +215,6 @@ def network_input(ss: SampleSet, i: int, params: Preprocessing) -> np.ndarray:
 
 # --- helpers ---------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
@@ -395,7 +387,7 @@ def run_training(cfg: RunConfig) -> RunResult:
     data = _Data(cfg.data)
     n = len(data)
     params = _resolve_preprocessing(cfg, data)
-    data_info = [{"path": str(s.path), "sha256": _sha256(s.path), "samples": len(s), "content": s.content,
+    data_info = [{"path": str(s.path), "sha256": sha256_file(s.path), "samples": len(s), "content": s.content,
                   "source": str(s.attrs.get("source", "")), "command": str(s.attrs.get("command", "")) or None}
                  for s in data.sets]
     if info.is_main:
@@ -469,7 +461,7 @@ def run_training(cfg: RunConfig) -> RunResult:
     metrics = _card_metrics(cfg, data_info, fold_rows, mean, std, list(bench_patches))
     for bname, bdata in bench.items():
         metrics["benchmarks"][bname]["command"] = str(bdata.sets[0].attrs.get("command", "")) or None
-        metrics["benchmarks"][bname]["sha256"] = _sha256(bdata.sets[0].path)
+        metrics["benchmarks"][bname]["sha256"] = sha256_file(bdata.sets[0].path)
         metrics["benchmarks"][bname]["whole_sample"] = _whole_sample_scores(models, bdata, params, cfg.eval_tile_px)
         log.info("benchmark %s, whole samples: %s", bname, metrics["benchmarks"][bname]["whole_sample"])
     metrics.update(cfg.extra_metrics or {})
