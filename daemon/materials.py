@@ -17,6 +17,7 @@ off by 1.5–2.5×).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 __all__ = ["D_SPACINGS_NM", "LATTICES", "spacings_for", "reflection_spacings_for", "normalise_material"]
 
@@ -65,7 +66,8 @@ def spacings_for(materials: tuple[str, ...] | list[str]) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _fcc_spacings(a: float, d_min: float) -> list[float]:
+@lru_cache(maxsize=None)
+def _fcc_spacings(a: float, d_min: float) -> tuple[float, ...]:
     """d (nm) of the fcc reflections {hkl} (h, k, l all odd or all even) with d >= d_min."""
     out = set()
     n = int(math.ceil(a / d_min)) + 1
@@ -77,10 +79,11 @@ def _fcc_spacings(a: float, d_min: float) -> list[float]:
                 d = a / math.sqrt(h * h + k * k + ll * ll)
                 if d >= d_min:
                     out.add(round(d, 5))
-    return sorted(out, reverse=True)
+    return tuple(sorted(out, reverse=True))
 
 
-def _wurtzite_spacings(a: float, c: float, d_min: float) -> list[float]:
+@lru_cache(maxsize=None)
+def _wurtzite_spacings(a: float, c: float, d_min: float) -> tuple[float, ...]:
     """d (nm) of the wurtzite (P6₃mc) reflections {hkl} with d >= d_min (00l with odd l and
     hh(-2h)l with odd l are extinct)."""
     out = set()
@@ -96,7 +99,7 @@ def _wurtzite_spacings(a: float, c: float, d_min: float) -> list[float]:
                 d = 1.0 / math.sqrt(inv2)
                 if d >= d_min:
                     out.add(round(d, 5))
-    return sorted(out, reverse=True)
+    return tuple(sorted(out, reverse=True))
 
 
 def reflection_spacings_for(materials: tuple[str, ...] | list[str], d_min_nm: float = 0.075) -> tuple[float, ...]:
