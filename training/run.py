@@ -18,9 +18,9 @@ Steps (:func:`run_training`):
 5. the folds' best networks become the members of a bundle (``out/bundle``, through
    :func:`fringelive.export.onnx_export.export_bundle`) whose card holds the envelope derived
    from the training samples' metadata, the recipe, the splits, the seeds, the test Dice
-   (mean ± std over folds) and error rates, the benchmark results, and — when the drift module
-   provides ``fringelive.daemon.cli_calibrate.calibrate_bundle`` — reference statistics of the
-   validation frames.
+   (mean ± std over folds) and error rates, the benchmark results, and drift reference
+   statistics of the held-out raw frames (``fringelive.daemon.cli_calibrate.calibrate_bundle``;
+   all raw frames when fewer than 10 are held out).
 
 ``out/run.json`` records the configuration; restarting with a different recipe is refused.
 ``out/evaluation.csv`` lists the per-fold test metrics.
@@ -29,7 +29,6 @@ Steps (:func:`run_training`):
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import logging
 import math
@@ -351,25 +350,14 @@ def _calibration_frames(data: Any, splits: dict[int, tuple[Any, Any, Any]], fold
 
 
 def _calibrate(bundle_path: Path, frames: list[tuple[np.ndarray, dict[str, Any]]]) -> bool:
-    """Drift reference statistics through the drift module, when it offers
-    ``calibrate_bundle(bundle_path, frames, ...)``; False when it does not (or no raw frames)."""
-    try:
-        from fringelive.daemon import cli_calibrate
-    except ImportError:
-        return False
-    fn = getattr(cli_calibrate, "calibrate_bundle", None)
-    if fn is None:
-        log.info("no drift calibration available (fringelive.daemon.cli_calibrate.calibrate_bundle missing); "
-                 "drift_reference stays empty")
-        return False
+    """Drift reference statistics of ``(raw frame, metadata)`` pairs written into the bundle's
+    card (:func:`fringelive.daemon.cli_calibrate.calibrate_bundle`); False without raw frames."""
+    from fringelive.daemon.cli_calibrate import calibrate_bundle
+
     if not frames:
-        log.info("no raw validation frames to calibrate drift statistics on; drift_reference stays empty")
+        log.info("no raw frames to calibrate drift statistics on; drift_reference stays empty")
         return False
-    params = inspect.signature(fn).parameters
-    kwargs: dict[str, Any] = {}
-    if "metadata" in params:
-        kwargs["metadata"] = [m for _, m in frames]
-    fn(bundle_path, [f for f, _ in frames], **kwargs)
+    calibrate_bundle(bundle_path, frames)
     return True
 
 
