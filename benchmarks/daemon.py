@@ -54,7 +54,7 @@ def make_bundle(tmp: Path) -> Path:
     import torch
 
     from fringelive.export.onnx_export import export_bundle
-    from fringelive.training.models import build_model
+    from fringelive.engine.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resunet-seed").eval()
@@ -134,10 +134,10 @@ def backend_only(bundle_path: Path, cfg: DaemonConfig, frame: np.ndarray, repeat
     """The bundle's backend on exactly the batches the pipeline feeds it for ``frame``."""
     from collections import defaultdict
 
-    from fringelive.daemon.pipeline import PipelineConfig, SegmentationPipeline
-    from fringelive.daemon.preprocess import preprocess
-    from fringelive.daemon.tiling import plan_tiles
-    from fringelive.export.bundle import load_bundle
+    from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
+    from fringelive.engine.preprocess import preprocess
+    from fringelive.engine.tiling import plan_tiles
+    from fringelive.bundle.bundle_io import load_bundle
 
     bundle = load_bundle(bundle_path)
     p = cfg.pipeline

@@ -1,6 +1,6 @@
 """Peak memory per input pixel of one forward pass, measured against the tiler's estimate.
 
-``fringelive.daemon.tiling.activation_bytes_per_pixel(spec)`` sizes tiles from a memory budget;
+``fringelive.bundle.netspec.activation_bytes_per_pixel(spec)`` sizes tiles from a memory budget;
 this script measures the real peak resident memory (fresh process per case, so earlier
 allocations do not count) for torch CPU and ONNX Runtime CPU and prints measured/estimate.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 CASE = r"""
 import os, resource, sys
 import numpy as np, torch
-from fringelive.training.models import build_model
+from fringelive.engine.models import build_model
 kind, n, onnx_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
@@ -47,9 +47,9 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from fringelive.daemon.tiling import activation_bytes_per_pixel
+    from fringelive.bundle.netspec import activation_bytes_per_pixel
     from fringelive.export.onnx_export import export_onnx
-    from fringelive.training.models import UNetSpec, build_model
+    from fringelive.engine.models import UNetSpec, build_model
 
     est = activation_bytes_per_pixel(UNetSpec())
     with tempfile.TemporaryDirectory() as tmp:

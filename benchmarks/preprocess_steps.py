@@ -1,4 +1,4 @@
-"""Time each preprocessing step (``fringelive.daemon.preprocess``) on a synthetic camera frame.
+"""Time each preprocessing step (``fringelive.engine.preprocess``) on a synthetic camera frame.
 
     python benchmarks/preprocess_steps.py [--size 4096] [--dtype uint16] [--device cpu] [--repeats 5]
 
@@ -22,8 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fringelive.daemon import preprocess as P
-from fringelive.export.card import Preprocessing
+from fringelive.engine import preprocess as P
+from fringelive.bundle.card import Preprocessing
 
 __all__ = ["STEPS", "synthetic_frame", "time_preprocess_steps", "main"]
 

@@ -42,18 +42,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess_steps import STEPS, synthetic_frame, time_preprocess_steps  # noqa: E402
 
-from fringelive.daemon.preprocess import preprocess  # noqa: E402
-from fringelive.daemon.tiling import (  # noqa: E402
-    activation_bytes_per_pixel,
+from fringelive.engine.preprocess import preprocess  # noqa: E402
+from fringelive.bundle.netspec import activation_bytes_per_pixel  # noqa: E402
+from fringelive.engine.tiling import (  # noqa: E402
     choose_tile_size,
     infer_gaussian,
     infer_tiled,
     plan_tiles,
     sliding_window_starts,
 )
-from fringelive.export.bundle import tile_constraints_for  # noqa: E402
-from fringelive.export.card import Preprocessing  # noqa: E402
-from fringelive.training.models import ResUNet, build_model, count_parameters  # noqa: E402
+from fringelive.bundle.bundle_io import tile_constraints_for  # noqa: E402
+from fringelive.bundle.card import Preprocessing  # noqa: E402
+from fringelive.engine.models import ResUNet, build_model, count_parameters  # noqa: E402
 
 GOAL_TILING_FLOPS = 1.15
 GOAL_PREPROCESS_SHARE = 0.25

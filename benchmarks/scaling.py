@@ -35,9 +35,9 @@ from typing import Any
 import msgpack
 import zmq
 
-from fringelive.daemon.cli_merge import ResultMerger
+from fringelive.cli.merge import ResultMerger
 from fringelive.daemon.config import DaemonConfig, default_bundle_path
-from fringelive.daemon.merge import ReorderSettings
+from fringelive.stream.merge import ReorderSettings
 from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
 
 from frames import synthetic_frame  # benchmarks/frames.py
@@ -47,7 +47,7 @@ def tiny_bundle(tmp: Path) -> Path:
     import torch
 
     from fringelive.export.onnx_export import export_bundle
-    from fringelive.training.models import build_model
+    from fringelive.engine.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resunet-seed").eval()

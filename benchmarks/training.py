@@ -37,7 +37,7 @@ def train_rate(patch: int, batch: int, steps: int, device: str, threads: int | N
     """(patches per second, megapixels per second) of training steps (augmentation included)."""
     import torch
 
-    from fringelive.training.models import build_model
+    from fringelive.engine.models import build_model
     from fringelive.training.trainer import TrainConfig, train_model
 
     if threads:

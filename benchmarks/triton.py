@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tile < 16 or args.tile % 16:
         p.error(f"--tile must be a positive multiple of 16 px, got {args.tile}")
 
-    from fringelive.daemon.backends import create_backend, usable_cpu_count
+    from fringelive.engine.backends import create_backend, usable_cpu_count
     from fringelive.daemon.config import default_bundle_path
-    from fringelive.export.bundle import load_bundle
+    from fringelive.bundle.bundle_io import load_bundle
     from fringelive.export.triton_export import LocalTritonServer, export_triton
 
     bundle_dir = Path(args.bundle) if args.bundle else default_bundle_path()

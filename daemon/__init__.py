@@ -1,5 +1,4 @@
-"""fringelive.daemon: the streaming inference daemon and the runtime engine it shares with training.
-
-Pure array stages (``preprocess``, ``tiling``, ``particles``) live here because the daemon is
-where they run on every frame; training imports the very same functions.
-"""
+"""fringelive.daemon: the streaming daemon, I/O only: wire protocol codecs, sockets and threads,
+control requests, metrics, CURVE, configuration, the model set with its reload policy and result
+assembly. The arrays are computed by ``fringelive.engine``; the daemon never imports training or
+export."""

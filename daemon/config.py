@@ -90,6 +90,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from fringelive import default_bundle
+from fringelive.engine.drift import DriftSettings
+from fringelive.engine.envelope import ToleranceOverrides
+
 __all__ = [
     "ConfigError",
     "IngestConfig",
@@ -120,8 +124,8 @@ TILING_MODES = ("halo", "gaussian")
 TILE_SIZE_WORDS = ("auto", "whole")
 #: 4096 × 4096 float32 pixels (64 MiB) plus 1 MiB for the header, bytes.
 DEFAULT_MAX_MESSAGE_BYTES = 4096 * 4096 * 4 + (1 << 20)
-#: The package-data directory holding the default bundle (``daemon/default_bundle``).
-DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "default_bundle"
+#: The package-data directory holding the default bundle (``fringelive.default_bundle``).
+DEFAULT_BUNDLE_DIR = default_bundle.directory()
 
 
 class ConfigError(ValueError):
@@ -172,7 +176,7 @@ def is_loopback_endpoint(endpoint: str) -> bool:
 
 
 def default_bundle_path() -> Path | None:
-    """The installed default bundle (``fringelive/daemon/default_bundle``), or None."""
+    """The installed default bundle (package data of ``fringelive.default_bundle``), or None."""
     return DEFAULT_BUNDLE_DIR if (DEFAULT_BUNDLE_DIR / "card.json").is_file() else None
 
 
@@ -456,9 +460,7 @@ class DriftConfig:
             raise ConfigError(f"drift.max_background_blocks must be >= 6, got {self.max_background_blocks!r}")
 
     def settings(self) -> Any:
-        """The :class:`fringelive.daemon.drift.DriftSettings` these keys describe."""
-        from .drift import DriftSettings
-        from .envelope import ToleranceOverrides
+        """The :class:`fringelive.engine.drift.DriftSettings` these keys describe."""
 
         return DriftSettings(
             enabled=self.enabled, image_estimates=self.image_estimates, member_agreement=self.member_agreement,

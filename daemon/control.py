@@ -28,6 +28,7 @@ import math
 from typing import Any, Mapping, Protocol
 
 import msgpack
+from fringelive.daemon.protocol import configure_curve_client
 
 __all__ = ["COMMANDS", "ControlTarget", "ControlHandler", "control_request", "decode_request", "encode_reply"]
 
@@ -149,8 +150,6 @@ def control_request(endpoint: str, cmd: str, *, timeout_s: float = 10.0, context
     try:
         sock.linger = 0
         if curve is not None:
-            from .protocol import configure_curve_client
-
             configure_curve_client(sock, *curve)
         sock.connect(endpoint)
         sock.send(json.dumps({"cmd": cmd, **args}).encode("utf-8"))

@@ -27,6 +27,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from fringelive.engine.frame import ALLOWED_DTYPES, METADATA_KEYS
+
 PROTOCOL_VERSION = 1
 
 DEFAULT_INGEST_ENDPOINT = "tcp://127.0.0.1:5555"    # daemon PULL binds, senders PUSH connect
@@ -37,8 +39,6 @@ DEFAULT_METRICS_ADDRESS = ("127.0.0.1", 9108)       # Prometheus text format at 
 RESULT_TOPIC = b"result"
 ERROR_TOPIC = b"error"
 
-#: Pixel dtypes accepted on the wire (numpy names).
-ALLOWED_DTYPES: tuple[str, ...] = ("uint8", "uint16", "uint32", "int16", "float32")
 DEFAULT_DTYPE = "uint16"
 BYTEORDERS: tuple[str, ...] = ("little", "big")
 
@@ -70,11 +70,6 @@ PROCESSING_REASONS: tuple[str, ...] = (
 ERROR_REASONS: tuple[str, ...] = REJECT_REASONS + PROCESSING_REASONS
 
 REQUIRED_KEYS: tuple[str, ...] = ("version", "series", "frame", "shape")
-#: Optional metadata keys with a fixed meaning (units in the key names).
-METADATA_KEYS: tuple[str, ...] = (
-    "pixel_size_nm", "dose_e_per_A2", "dose_rate_e_per_A2_s", "exposure_s", "magnification",
-    "voltage_kv", "defocus_nm", "timestamp", "camera", "tags",
-)
 _KNOWN_KEYS = frozenset(REQUIRED_KEYS + ("dtype", "byteorder") + METADATA_KEYS)
 MAX_SERIES_LENGTH = 256
 MAX_FRAME_INDEX = 2**63 - 1

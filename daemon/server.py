@@ -46,10 +46,16 @@ from typing import Any, Callable, Sequence
 import msgpack
 import numpy as np
 
-from .config import ConfigError, DaemonConfig, is_loopback_endpoint
-from .control import ControlHandler
-from .metrics import DaemonMetrics, MetricsServer, RollingStats
-from .protocol import REJECT_REASONS, FrameLimits, ProtocolError, decode_frame, encode_error, encode_result, packb
+from fringelive.daemon.config import ConfigError, DaemonConfig, is_loopback_endpoint
+from fringelive.daemon.control import ControlHandler
+from fringelive.daemon.metrics import DaemonMetrics, MetricsServer, RollingStats
+from fringelive.daemon.protocol import REJECT_REASONS, FrameLimits, ProtocolError, decode_frame, encode_error, encode_result, packb
+from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
+from fringelive.engine.envelope import conditions_from_meta, effective_tolerances
+from fringelive.engine.routing import Route, route
+from fringelive.bundle.bundle_io import BundleError, load_bundle
+from fringelive.engine.backends import create_backends
+from fringelive.engine.drift import DriftMonitor
 
 __all__ = ["Daemon", "DaemonError", "FrameQueue", "RateLimitedLog", "STATES"]
 
@@ -241,8 +247,6 @@ class _ModelSet:
 
     def route(self, meta: dict[str, Any]) -> tuple[_Model, Any]:
         """The model for a frame with header ``meta`` and the :class:`routing.Route`."""
-        from .envelope import conditions_from_meta
-        from .routing import Route, route
 
         if len(self.models) == 1:
             return self.models[0], Route(0, True, 0.0, (0,))
@@ -454,11 +458,7 @@ class Daemon:
     def _load_model(self, path: Path) -> _Model:
         """Load + validate a bundle (card, files, drift reference), build its backends and
         pipeline, and warm it up on a test frame. Raises on any failure (nothing left open)."""
-        from fringelive.export.bundle import BundleError, load_bundle
 
-        from .backends import create_backends
-        from .drift import DriftMonitor
-        from .envelope import effective_tolerances
 
         bundle = load_bundle(path)
         settings = self.config.drift.settings()
@@ -498,7 +498,6 @@ class Daemon:
         if dup:
             for m in loaded:
                 m.close()
-            from fringelive.export.bundle import BundleError
 
             raise BundleError(f"bundles {[str(p) for p in paths]}: the name(s) {dup} appear twice; routed bundles "
                               "need distinct card names (results name the bundle used)")
@@ -520,7 +519,6 @@ class Daemon:
         several, replace the one loaded from the same directory or with the same card name.
         Neither: re-read every current bundle (e.g. after ``fringelive calibrate``). New bundles
         are loaded, validated and smoke-tested first; drift CUSUMs start afresh."""
-        from fringelive.export.bundle import BundleError
 
         with self._reload_lock:
             old = self._models
@@ -974,7 +972,6 @@ def _make_pipeline(bundle: Any, backends: list[Any], config: DaemonConfig) -> An
     """``pipeline.SegmentationPipeline`` with the ``[pipeline]`` settings; a setting the bundle
     cannot take (e.g. a tile size that is not a multiple of its ``tile.multiple_of``) raises
     :class:`ConfigError`."""
-    from .pipeline import PipelineConfig, SegmentationPipeline
 
     p = config.pipeline
     try:

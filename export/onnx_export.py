@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bundle import Bundle, tile_constraints_for, write_bundle
-from .card import Architecture, Card, Envelope, Member, Preprocessing, Provenance, Source, utc_now_iso
+from fringelive.bundle.bundle_io import Bundle, tile_constraints_for, write_bundle
+from fringelive.bundle.card import Architecture, Card, Envelope, Member, Preprocessing, Provenance, Source, utc_now_iso
+from fringelive.engine.models import UNetSpec, count_parameters
 
 __all__ = [
     "ONNX_OPSET",
@@ -78,7 +79,7 @@ def _spec_of(model: nn.Module) -> Any:
     if spec is None or not hasattr(spec, "downsampling_factor"):
         raise ExportError(
             f"model {type(model).__name__} has no .spec (UNetSpec); build it with "
-            "fringelive.training.models.build_model")
+            "fringelive.engine.models.build_model")
     return spec
 
 
@@ -187,7 +188,6 @@ def export_bundle(
     save_weights: also store each member's ``state_dict`` as ``member<i>.pt``.
     Raises :class:`ExportError` when a member exceeds the tolerance; nothing is written then.
     """
-    from fringelive.training.models import UNetSpec, count_parameters
 
     models = list(models)
     if not models:

@@ -7,7 +7,7 @@ classes map to the faithful reference re-implementations :class:`SeedUNet` and
 :class:`SeedResidualBlock` below, plus the torch layers and rebuild functions the pickles name;
 any other global is refused before it is imported.
 
-The weights are then copied into ``fringelive.training.models.build_model("resunet-seed")``
+The weights are then copied into ``fringelive.engine.models.build_model("resunet-seed")``
 (same state-dict keys) and the two networks are compared in eval mode on a random input
 (:func:`check_parity`). One bundle is written per training dataset with its folds as ensemble
 members, ordered by fold; the training envelope comes from the file name and
@@ -31,9 +31,11 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .bundle import Bundle, sha256_file
-from .card import Envelope, Preprocessing, Range, Source
-from .safe_unpickle import UnpicklingRefused, make_pickle_module
+from fringelive.bundle.bundle_io import Bundle, sha256_file
+from fringelive.bundle.card import Envelope, Preprocessing, Range, Source
+from fringelive.export.safe_unpickle import UnpicklingRefused, make_pickle_module
+from fringelive.engine.models import build_model
+from fringelive.export.onnx_export import export_bundle
 
 __all__ = [
     "SeedResidualBlock",
@@ -166,7 +168,6 @@ def load_seed_checkpoint(path: str | os.PathLike[str]) -> SeedUNet:
 
 def to_resunet(seed: nn.Module, source: str = "checkpoint") -> nn.Module:
     """Copy a published network's weights into ``build_model("resunet-seed")`` (eval mode)."""
-    from fringelive.training.models import build_model
 
     model = build_model("resunet-seed")
     try:
@@ -408,7 +409,6 @@ def import_seed(
     check_sizes / check_tolerance: ONNX Runtime vs torch check of the export (see
         :func:`fringelive.export.onnx_export.export_bundle`).
     """
-    from .onnx_export import export_bundle
 
     paths = [Path(f) for f in files]
     if not paths:

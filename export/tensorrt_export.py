@@ -29,8 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, BundleError, load_bundle, sha256_file
-from .card import Engine
+from fringelive.bundle.bundle_io import Bundle, BundleError, load_bundle, sha256_file
+from fringelive.bundle.card import Engine
 
 __all__ = [
     "PRECISIONS",

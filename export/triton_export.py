@@ -18,7 +18,7 @@ batcher merges requests whose H and W are equal, so tile batches of several daem
 same tile size share one network call.
 
 Every ``config.pbtxt`` carries ``parameters`` ``fringelive_bundle``, ``fringelive_member`` and
-``fringelive_member_sha256``: the ``triton`` backend (``daemon/backends.py``) refuses a model
+``fringelive_member_sha256``: the ``triton`` backend (``engine/backends.py``) refuses a model
 whose sha256 differs from the member in the local card, so the daemon's preprocessing and tiling
 (read from the local bundle) always match the network Triton serves. Files at the top of a
 repository are not models: Triton ignores the ``.fringelive.json`` index. Several bundles may
@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .bundle import Bundle, BundleError, load_bundle, sha256_file
+from fringelive.bundle.bundle_io import Bundle, BundleError, load_bundle, sha256_file
+from fringelive.bundle.triton_names import TritonExportError, check_prefix, default_model_prefix, model_name
 
 __all__ = [
     "PLATFORMS",
@@ -71,14 +72,9 @@ INDEX_SUFFIX = ".fringelive.json"
 INDEX_FORMAT = "fringelive-triton-repository"
 INDEX_VERSION = 1
 
-_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]+")
 # ONNX TensorProto.DataType → Triton DataType
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16", 2: "TYPE_UINT8",
                    3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL"}
-
-
-class TritonExportError(ValueError):
-    """A bundle that cannot be exported as asked; the message names the value or file."""
 
 
 @dataclass(frozen=True)
@@ -101,29 +97,6 @@ class TritonExport:
     models: tuple[str, ...]
     index: Path
     platform: str
-
-
-def default_model_prefix(bundle_name: str) -> str:
-    """The model-name prefix of a bundle: its name with characters outside ``[A-Za-z0-9_.-]``
-    replaced by ``_`` (``"Au 5nm/x"`` → ``"Au_5nm_x"``)."""
-    if not bundle_name:
-        raise TritonExportError("bundle name must not be empty")
-    prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", bundle_name)
-    return "_" + prefix if prefix.startswith(".") else prefix
-
-
-def model_name(prefix: str, index: int) -> str:
-    """Triton model name of ensemble member ``index``: ``<prefix>_m<index>``."""
-    _check_prefix(prefix)
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"member index must be an integer >= 0, got {index!r}")
-    return f"{prefix}_m{index}"
-
-
-def _check_prefix(prefix: str) -> None:
-    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix) or prefix.startswith("."):
-        raise TritonExportError(f"prefix must be non-empty, use only A-Z a-z 0-9 _ . - and not start with '.', "
-                                f"got {prefix!r}")
 
 
 def onnx_io(path: str | os.PathLike[str], input_name: str, output_name: str) -> tuple[TensorSpec, TensorSpec]:
@@ -331,7 +304,7 @@ def export_triton(bundle: Bundle | str | os.PathLike[str], out: str | os.PathLik
     per instance (None = runtime default). Models of this prefix already in ``out`` are replaced
     only with ``overwrite``. Each model directory is staged beside ``out`` and renamed into
     place, the index is written last. Raises :class:`TritonExportError` (bad option, ONNX file
-    Triton cannot declare, existing models) or :class:`~fringelive.export.bundle.BundleError`.
+    Triton cannot declare, existing models) or :class:`~fringelive.bundle.bundle_io.BundleError`.
     """
     if platform not in PLATFORMS:
         raise TritonExportError(f"platform must be one of {list(PLATFORMS)}, got {platform!r}")
@@ -344,7 +317,7 @@ def export_triton(bundle: Bundle | str | os.PathLike[str], out: str | os.PathLik
         bundle = load_bundle(bundle)
     card = bundle.card
     prefix = default_model_prefix(card.name) if prefix is None else prefix
-    _check_prefix(prefix)
+    check_prefix(prefix)
     repo = Path(out)
     if repo.exists() and not repo.is_dir():
         raise TritonExportError(f"model repository {repo} exists and is not a directory")

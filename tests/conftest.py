@@ -40,13 +40,13 @@ def seed_models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
-    """A loaded :class:`fringelive.export.bundle.Bundle`: 1 member, random resunet-seed weights
+    """A loaded :class:`fringelive.bundle.bundle_io.Bundle`: 1 member, random resunet-seed weights
     (seed 0, eval mode), ONNX + ``member0.pt``; envelope Au, 5 nm, 0.02 nm/px, 423 e/Å², 300 kV."""
     import torch
 
-    from fringelive.export.card import Envelope, Range
+    from fringelive.bundle.card import Envelope, Range
     from fringelive.export.onnx_export import export_bundle
-    from fringelive.training.models import build_model
+    from fringelive.engine.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resunet-seed").eval()

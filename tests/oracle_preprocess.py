@@ -3,7 +3,7 @@
 Written for clarity, not speed: float64 throughout, dense 3×3 correlations for the x-ray fill,
 an explicit (blocks × coefficients) design matrix solved with ``np.linalg.lstsq`` for the
 flat-field, ``np.median``/``np.percentile`` for the statistics. Same semantics as
-``fringelive.daemon.preprocess`` (see its module docstring); different algorithms.
+``fringelive.engine.preprocess`` (see its module docstring); different algorithms.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fringelive.daemon.backends import (
+from fringelive.engine.backends import (
     BACKEND_KINDS,
     Backend,
     BackendUnavailable,
@@ -75,7 +75,7 @@ def test_torch_cuda_unavailable_or_missing_weights(tiny_bundle, tmp_path) -> Non
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="backend 'torch' is not available: no CUDA GPU"):
             create_backend("torch", tiny_bundle, device="cuda")
-    from fringelive.export.bundle import write_bundle
+    from fringelive.bundle.bundle_io import write_bundle
 
     card = tiny_bundle.card
     no_weights = write_bundle(tmp_path / "b", card.replace(members=tuple(

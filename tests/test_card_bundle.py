@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fringelive.export.bundle import (
+from fringelive.bundle.bundle_io import (
     Bundle,
     BundleError,
     load_bundle,
@@ -17,7 +17,7 @@ from fringelive.export.bundle import (
     tile_constraints_for,
     write_bundle,
 )
-from fringelive.export.card import (
+from fringelive.bundle.card import (
     SCHEMA_VERSION,
     Card,
     CardError,
@@ -27,7 +27,7 @@ from fringelive.export.card import (
     Range,
     TileConstraints,
 )
-from fringelive.training.models import UNetSpec
+from fringelive.engine.models import UNetSpec
 
 
 @pytest.fixture()

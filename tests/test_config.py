@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fringelive.daemon import cli
+from fringelive import cli
 from fringelive.daemon.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ConfigError,
@@ -43,7 +43,8 @@ def test_example_config_parses_to_the_defaults() -> None:
 
 
 def test_backend_kinds_match_the_backends_module() -> None:
-    from fringelive.daemon import backends, config
+    from fringelive.daemon import config
+    from fringelive.engine import backends
 
     assert config.BACKEND_KINDS == backends.BACKEND_KINDS
 

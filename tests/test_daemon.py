@@ -160,7 +160,7 @@ def client(served: Daemon) -> Iterator[Client]:
 # --- results ------------------------------------------------------------------------------------
 
 def test_frame_to_result_header_mask_and_probabilities(served: Daemon, client: Client, tiny_bundle: Any) -> None:
-    from fringelive.daemon.pipeline import PipelineConfig, SegmentationPipeline
+    from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
 
     client.push.send_multipart(frame_msg(7, series="run-1", dose_e_per_A2=420.0, tags={"grid": "A3"},
                                          custom_key="kept"))
@@ -352,7 +352,7 @@ def test_drop_oldest_burst_keeps_the_newest(tiny_bundle: Any) -> None:
 
 def _renamed_copy(bundle: Any, dest: Path, name: str) -> Path:
     shutil.copytree(bundle.path, dest)
-    from fringelive.export.bundle import load_bundle
+    from fringelive.bundle.bundle_io import load_bundle
 
     b = load_bundle(dest)
     b.write_card(b.card.replace(name=name))
@@ -449,7 +449,7 @@ def test_thread_errors_are_reraised_in_the_main_thread(tiny_bundle: Any) -> None
 
 
 def test_sigterm_on_serve_drains_and_exits_0(tiny_bundle: Any) -> None:
-    cmd = [sys.executable, "-m", "fringelive.daemon.cli", "serve", "--bundle", str(tiny_bundle.path),
+    cmd = [sys.executable, "-m", "fringelive.cli", "serve", "--bundle", str(tiny_bundle.path),
            "--ingest", "tcp://127.0.0.1:0", "--results", "tcp://127.0.0.1:0", "--control", "tcp://127.0.0.1:0",
            "--metrics-port", "0", "--drain-timeout", "60"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

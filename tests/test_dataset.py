@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fringelive.export.card import Preprocessing
+from fringelive.bundle.card import Preprocessing
 from fringelive.training.experimental import (
     DatasetConfig, DatasetError, Selection, build_dataset, patch_origins, read_label, read_metadata_csv,
     standard_fields,
@@ -65,7 +65,7 @@ def experiment(tmp_path: Path) -> dict:
 
 
 def test_selection_patching_and_metadata(experiment: dict, tmp_path: Path) -> None:
-    from fringelive.daemon.preprocess import preprocess
+    from fringelive.engine.preprocess import preprocess
 
     cfg = DatasetConfig(patch_px=32, min_particle_px=20, preprocessing=PARAMS,
                         selections=(Selection("Material", "au"), Selection("Pixel Scale (nm)", "0.02", 0.001)))
@@ -146,7 +146,7 @@ def test_published_metadata_csv_and_label_work_as_is() -> None:
 
 
 def test_cli_dataset(experiment: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fringelive.daemon.cli import main
+    from fringelive.cli import main
 
     rc = main(["dataset", "--images", str(experiment["images"]), "--labels", str(experiment["labels"]),
                "--metadata", str(experiment["csv"]), "--select", "Material", "Au", "--select", "Pixel Scale (nm)",

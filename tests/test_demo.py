@@ -7,9 +7,9 @@ import csv
 import numpy as np
 import pytest
 
-from fringelive.daemon.camera_sim import Condition, SimulatedCamera, default_sweep
-from fringelive.daemon.cli import main
-from fringelive.daemon.cli_demo import overlay_rgb, write_png
+from fringelive.stream.camera_sim import Condition, SimulatedCamera, default_sweep
+from fringelive.cli import main
+from fringelive.cli.demo import overlay_rgb, write_png
 from fringelive.training.fastsim import FastSimConfig, electrons_per_pixel, simulate_frame
 
 

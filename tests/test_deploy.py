@@ -22,8 +22,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from fringelive.daemon.cli import build_parser, main
-from fringelive.daemon.cli_health import (HealthTargets, check_health, client_endpoint, metrics_url,
+from fringelive.cli import build_parser, main
+from fringelive.cli.health import (HealthTargets, check_health, client_endpoint, metrics_url,
                                           targets_from_config)
 from fringelive.daemon.config import DEFAULT_BUNDLE_DIR, DaemonConfig, load_config
 from fringelive.daemon.server import Daemon
@@ -100,7 +100,7 @@ def test_health_console_script_exit_codes(served: Daemon) -> None:
     """The installed console script, as Docker's HEALTHCHECK and monitoring run it."""
     exe = Path(sys.executable).parent / "fringelive"
     launcher = [str(exe)] if exe.is_file() else [sys.executable, "-c",
-                                                 "import sys; from fringelive.daemon.cli import main; sys.exit(main())"]
+                                                 "import sys; from fringelive.cli import main; sys.exit(main())"]
     cmd = launcher + ["health", "--timeout", "10"]
     ok = subprocess.run(cmd + ["--control", served.endpoints["control"], "--metrics", served.endpoints["metrics"]],
                         capture_output=True, text=True, timeout=60)
@@ -426,8 +426,8 @@ def dockerignore_patterns() -> list[str]:
 
 def test_dockerignore_sends_only_what_the_image_needs() -> None:
     pats = dockerignore_patterns()
-    for kept in ("pyproject.toml", "README.md", "daemon/cli.py", "daemon/default_bundle/card.json",
-                 "training/models.py", "export/bundle.py", "deploy/docker/Dockerfile", "deploy/docker/check_image.py",
+    for kept in ("pyproject.toml", "README.md", "cli/__init__.py", "default_bundle/card.json",
+                 "engine/models.py", "bundle/bundle_io.py", "deploy/docker/Dockerfile", "deploy/docker/check_image.py",
                  "deploy/examples/fringelive-container.toml"):
         assert not dockerignore_excludes(kept, pats), kept
     for dropped in (".venv/bin/python", "tests/test_deploy.py", "benchmarks/daemon.py", ".git/HEAD",

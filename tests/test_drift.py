@@ -14,18 +14,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fringelive.daemon import envelope as env
-from fringelive.daemon.camera_sim import Condition, SimulatedCamera
-from fringelive.daemon.cusum import (CusumState, arl_from_passage, calibrate_threshold, siegmund_arl,
+from fringelive.engine import envelope as env
+from fringelive.stream.camera_sim import Condition, SimulatedCamera
+from fringelive.engine.cusum import (CusumState, arl_from_passage, calibrate_threshold, siegmund_arl,
                                      siegmund_threshold, simulate_first_passage)
-from fringelive.daemon.drift import DriftMonitor, DriftSettings, evaluate, measure_frame
-from fringelive.daemon.drift_calibration import calibrate_camera
-from fringelive.daemon.drift_reference import DriftReferenceError, parse_drift_reference, tail_p_value
-from fringelive.daemon.image_estimates import (CameraCalibration, estimate_dose, estimate_pixel_size,
+from fringelive.engine.drift import DriftMonitor, DriftSettings, evaluate, measure_frame
+from fringelive.engine.calibration import calibrate_camera
+from fringelive.engine.drift_reference import DriftReferenceError, parse_drift_reference, tail_p_value
+from fringelive.engine.image_estimates import (CameraCalibration, estimate_dose, estimate_pixel_size,
                                                measure_background_noise, particle_window_centres)
-from fringelive.daemon.materials import D_SPACINGS_NM, normalise_material, reflection_spacings_for, spacings_for
-from fringelive.daemon.particles import particle_stats
-from fringelive.export.card import Envelope, Range, Tolerances
+from fringelive.engine.materials import D_SPACINGS_NM, normalise_material, reflection_spacings_for, spacings_for
+from fringelive.engine.particles import particle_stats
+from fringelive.bundle.card import Envelope, Range, Tolerances
 from fringelive.training.fastsim import CameraModel, FastSimConfig, simulate_frame
 
 SIDE = 1024  # px: room for a few 5 nm particles (250 px at 0.02 nm/px) and 512-px FFT windows
@@ -142,7 +142,7 @@ def test_dose_with_gain_offset_and_correlated_noise() -> None:
     # estimate overshoots; frames of known dose calibrate the noise factor.
     from scipy import ndimage
 
-    from fringelive.daemon.drift import FrameMeasurement
+    from fringelive.engine.drift import FrameMeasurement
 
     blurred = [(ndimage.gaussian_filter(f - 100.0, 0.6) + 100.0, m) for f, m in frames]
     raw_calib = CameraCalibration(offset_counts=100.0)

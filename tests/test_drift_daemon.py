@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import zmq
 
-from fringelive.daemon.camera_sim import SimulatedCamera
+from fringelive.stream.camera_sim import SimulatedCamera
 from fringelive.daemon.config import ConfigError, DaemonConfig
 from fringelive.daemon.control import control_request
-from fringelive.daemon.drift_calibration import build_reference, measure_frames
-from fringelive.daemon.pipeline import PipelineConfig, SegmentationPipeline
+from fringelive.engine.calibration import build_reference, measure_frames
+from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
 from fringelive.daemon.protocol import decode_result, encode_frame
 from fringelive.daemon.server import Daemon
-from fringelive.export.bundle import load_bundle
+from fringelive.bundle.bundle_io import load_bundle
 
 SIDE = 128
 META = {"pixel_size_nm": 0.02, "dose_e_per_A2": 423.0, "voltage_kv": 300.0}
@@ -182,7 +182,7 @@ def test_drift_config_parsing_and_errors(tmp_path: Path) -> None:
 
 
 def test_bad_drift_reference_fails_the_load(calibrated: Any, tmp_path: Path) -> None:
-    from fringelive.export.bundle import BundleError
+    from fringelive.bundle.bundle_io import BundleError
 
     path = tmp_path / "bad"
     shutil.copytree(calibrated.path, path)

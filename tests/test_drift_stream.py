@@ -15,11 +15,11 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from fringelive.daemon.camera_sim import SimulatedCamera
-from fringelive.daemon.drift import DriftMonitor, DriftSettings
-from fringelive.daemon.drift_calibration import build_reference, measure_frames
-from fringelive.daemon.pipeline import PipelineConfig, SegmentationPipeline
-from fringelive.export.bundle import load_bundle
+from fringelive.stream.camera_sim import SimulatedCamera
+from fringelive.engine.drift import DriftMonitor, DriftSettings
+from fringelive.engine.calibration import build_reference, measure_frames
+from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
+from fringelive.bundle.bundle_io import load_bundle
 
 SIDE = 128
 META = {"pixel_size_nm": 0.02, "dose_e_per_A2": 423.0, "voltage_kv": 300.0}
@@ -69,8 +69,8 @@ def batched_results(pipe: SegmentationPipeline, frames: list[tuple[np.ndarray, d
                     ) -> Iterator[tuple[np.ndarray, dict[str, Any], Any]]:
     """``pipe.run`` for many small frames, with one backend call per batch (a 128² frame is one
     whole-frame pass, so this is the same arithmetic, ~3x faster on a CPU)."""
-    from fringelive.daemon.pipeline import FrameInference, class1_probability
-    from fringelive.daemon.preprocess import preprocess
+    from fringelive.engine.pipeline import FrameInference, class1_probability
+    from fringelive.engine.preprocess import preprocess
 
     images = np.stack([preprocess(c, pipe.bundle.card.preprocessing, device="cpu").numpy() for c, _ in frames])
     logits = pipe.backends[0](images[:, None])
@@ -143,7 +143,7 @@ def test_config_target_arl_resimulates_the_threshold(calibrated: tuple[Any, dict
 
 
 def test_calibrate_cli_writes_the_card(tiny_bundle: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fringelive.daemon.cli import main
+    from fringelive.cli import main
 
     path = tmp_path / "bundle"
     shutil.copytree(tiny_bundle.path, path)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from fringelive.export.card import Preprocessing
+from fringelive.bundle.card import Preprocessing
 from fringelive.export.onnx_export import export_bundle
 from fringelive.training.evaluate import evaluate_bundle, generalization_matrix, write_results
-from fringelive.training.models import build_model
+from fringelive.engine.models import build_model
 from fringelive.training.samples import load_sampleset, write_sampleset
 from fringelive.training.synth import SynthConfig, synthesize
 
@@ -70,7 +70,7 @@ def _expected(models, inputs, labels) -> tuple[float, float, float, float]:
 
 
 def test_scores_match_a_direct_torch_computation(world: dict) -> None:
-    from fringelive.daemon.preprocess import preprocess
+    from fringelive.engine.preprocess import preprocess
 
     raw = load_sampleset(world["raw"])
     inputs = np.stack([preprocess(im, Preprocessing()).numpy() for im in raw.images])
@@ -86,7 +86,7 @@ def test_scores_match_a_direct_torch_computation(world: dict) -> None:
 
 
 def test_own_training_set_is_scored_on_its_test_folds_only(world: dict) -> None:
-    from fringelive.daemon.preprocess import preprocess
+    from fringelive.engine.preprocess import preprocess
 
     raw = load_sampleset(world["raw"])
     r = evaluate_bundle(world["root"] / "C", raw, tile_size=None)
@@ -122,7 +122,7 @@ def test_matrix_csv_and_heatmap(world: dict, tmp_path: Path) -> None:
 
 
 def test_cli_evaluate(world: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fringelive.daemon.cli import main
+    from fringelive.cli import main
 
     rc = main(["evaluate", "--bundle", str(world["root"] / "A"), "--bundle", f"two={world['root'] / 'B'}",
                "--data", f"sim={world['raw']}", "--data", str(world["pre"]), "--out", str(tmp_path / "ev"),

@@ -11,16 +11,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fringelive.daemon.cli import main as cli_main
-from fringelive.export.bundle import Bundle, load_bundle, sha256_file
-from fringelive.export.card import Envelope, Range
+from fringelive.cli import main as cli_main
+from fringelive.bundle.bundle_io import Bundle, load_bundle, sha256_file
+from fringelive.bundle.card import Envelope, Range
 from fringelive.export.onnx_export import (
     ExportError,
     check_onnx_against_torch,
     export_bundle,
     export_onnx,
 )
-from fringelive.training.models import build_model
+from fringelive.engine.models import build_model
 
 
 def _session(path: Path) -> ort.InferenceSession:

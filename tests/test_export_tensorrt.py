@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fringelive.export.bundle import Bundle, load_bundle
+from fringelive.bundle.bundle_io import Bundle, load_bundle
 from fringelive.export.tensorrt_export import (
     DEFAULT_TOLERANCES,
     EngineProfile,
@@ -31,7 +31,7 @@ def _gpu_tensorrt() -> bool:
 
 HAVE_TRT = _gpu_tensorrt()
 # the `fringelive` console script, run with this interpreter
-FRINGELIVE = [sys.executable, "-c", "import sys; from fringelive.daemon.cli import main; sys.exit(main())"]
+FRINGELIVE = [sys.executable, "-c", "import sys; from fringelive.cli import main; sys.exit(main())"]
 
 
 def test_engine_profile() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fringelive.training.models import (
+from fringelive.engine.models import (
     UNetSpec,
     build_model,
     count_parameters,

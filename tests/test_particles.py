@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fringelive.daemon.particles import area_fraction, label_particles, particle_stats
+from fringelive.engine.particles import area_fraction, label_particles, particle_stats
 
 
 def disc(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fringelive.daemon.backends import create_backend, create_backends
-from fringelive.daemon.particles import particle_stats
-from fringelive.daemon.pipeline import (
+from fringelive.engine.backends import create_backend, create_backends
+from fringelive.engine.particles import particle_stats
+from fringelive.engine.pipeline import (
     PipelineConfig,
     PipelineResult,
     SegmentationPipeline,
@@ -54,7 +54,7 @@ def whole_result(tiny_bundle, frame: np.ndarray) -> PipelineResult:
 def pair_bundle(tmp_path_factory: pytest.TempPathFactory):
     """A 2-member bundle (random resunet-seed weights, seeds 1 and 2)."""
     from fringelive.export.onnx_export import export_bundle
-    from fringelive.training.models import build_model
+    from fringelive.engine.models import build_model
 
     models = []
     for seed in (1, 2):
@@ -66,8 +66,8 @@ def pair_bundle(tmp_path_factory: pytest.TempPathFactory):
 
 def reference_probabilities(bundle, frame: np.ndarray) -> np.ndarray:
     """Independent reference: torch network, whole frame zero-padded to a multiple of 16."""
-    from fringelive.daemon.preprocess import preprocess
-    from fringelive.training.models import build_model
+    from fringelive.engine.preprocess import preprocess
+    from fringelive.engine.models import build_model
 
     card = bundle.card
     net = build_model(card.architecture.name, **card.architecture.spec).eval()
@@ -253,7 +253,7 @@ def test_describe(tiny_bundle) -> None:
 def test_auto_tiles_respect_backend_input_limits(tiny_bundle, whole_result: PipelineResult,
                                                  frame: np.ndarray) -> None:
     """A backend with a largest input (as a TensorRT engine profile sets) gets tiles that fit it."""
-    from fringelive.daemon.tiling import plan_tiles
+    from fringelive.engine.tiling import plan_tiles
 
     backend = create_backend("onnxruntime", tiny_bundle)
     backend.input_limits = (2, 384, 384)  # what TensorRTBackend reads from profile["max"]

@@ -1,4 +1,4 @@
-"""Tests of the preprocessing engine (``fringelive.daemon.preprocess``) against the plain
+"""Tests of the preprocessing engine (``fringelive.engine.preprocess``) against the plain
 numpy/scipy oracle (``tests/oracle_preprocess.py``) and against planted defects.
 
 Tolerances vs the oracle (float32 engine, float64 oracle), as in the module docstring:
@@ -23,8 +23,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fringelive.daemon import preprocess as P
-from fringelive.export.card import (
+from fringelive.engine import preprocess as P
+from fringelive.bundle.card import (
     Architecture,
     Card,
     Member,
@@ -583,7 +583,7 @@ def test_preprocess_rejects_non_finite_pixels_naming_the_count():
 
 
 def test_preprocess_rejects_params_of_the_wrong_type():
-    with pytest.raises(TypeError, match="params must be a fringelive.export.card.Preprocessing, got dict"):
+    with pytest.raises(TypeError, match="params must be a fringelive.bundle.card.Preprocessing, got dict"):
         P.preprocess(np.ones((8, 8)), {"rescale": "normalize"})
 
 

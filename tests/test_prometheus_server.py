@@ -65,7 +65,7 @@ class Sender:
     """PUSH + SUB on the daemon: frames through the real ZeroMQ path, results awaited."""
 
     def __init__(self, daemon: Daemon) -> None:
-        from fringelive.daemon.camera_sim import SimulatedCamera
+        from fringelive.stream.camera_sim import SimulatedCamera
 
         self.daemon = daemon
         self.camera = SimulatedCamera((SIDE, SIDE), pixel_size_nm=0.02, dose_e_per_A2=423.0, scenes=2, seed=0)

@@ -19,12 +19,12 @@ import zmq
 
 from fringelive.daemon.config import DaemonConfig
 from fringelive.daemon.control import control_request
-from fringelive.daemon.envelope import Conditions
+from fringelive.engine.envelope import Conditions
 from fringelive.daemon.protocol import decode_result, encode_frame
-from fringelive.daemon.routing import route
+from fringelive.engine.routing import route
 from fringelive.daemon.server import Daemon
-from fringelive.export.bundle import load_bundle
-from fringelive.export.card import Envelope, Range, Tolerances
+from fringelive.bundle.bundle_io import load_bundle
+from fringelive.bundle.card import Envelope, Range, Tolerances
 
 SEED_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "seed_models"
 TOL = Tolerances()
@@ -205,7 +205,7 @@ def test_reload_with_several_bundles(variants: dict[str, Path], tiny_bundle: Any
 def test_serve_takes_repeated_bundles(variants: dict[str, Path]) -> None:
     import argparse
 
-    from fringelive.daemon.cli_serve import build_config
+    from fringelive.cli.serve import build_config
 
     paths = [str(p) for p in variants.values()]
     args = argparse.Namespace(config=None, bundle=paths, backend=None, ingest=None, results=None, control=None,

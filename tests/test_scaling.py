@@ -1,6 +1,6 @@
 """Scale-out on one camera stream (docs/scaling.md): worker identity in result/error headers, the
-pure reorder logic of ``fringelive merge`` (daemon/merge.py, with a hypothesis property), the
-merger over real sockets (daemon/cli_merge.py), ``fringelive send --bind``, and three real
+pure reorder logic of ``fringelive merge`` (stream/merge.py, with a hypothesis property), the
+merger over real sockets (cli/merge.py), ``fringelive send --bind``, and three real
 daemons sharing one bound PUSH whose results come out of the merger once each, in frame order."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fringelive.daemon.config import ConfigError, DaemonConfig, ResultsConfig, default_worker_name, load_config
-from fringelive.daemon.merge import ReorderSettings, Reorderer
+from fringelive.stream.merge import ReorderSettings, Reorderer
 from fringelive.daemon.protocol import decode_error, decode_result, encode_error, encode_frame, encode_result
 
 from polling import wait_until  # tests/polling.py
@@ -79,7 +79,7 @@ def test_worker_name_config_default_and_validation(tmp_path: Path) -> None:
 
 
 def test_watch_lines_name_the_worker() -> None:
-    from fringelive.daemon.cli_stream import format_error_line, format_result_line
+    from fringelive.cli.stream import format_error_line, format_result_line
 
     line = format_result_line({"series": "s", "frame": 4, "model": "m", "particle_count": 0, "worker": "w1"})
     assert line == "s #4 model=m particles=0 area=? drift=? total=? ms worker=w1"
@@ -350,7 +350,7 @@ class Publishers:
 def test_result_merger_orders_passes_bytes_through_and_exports_metrics() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from fringelive.daemon.cli_merge import ResultMerger
+    from fringelive.cli.merge import ResultMerger
 
     ctx = zmq.Context()
     pubs = Publishers(ctx, 2)
@@ -392,7 +392,7 @@ def test_result_merger_orders_passes_bytes_through_and_exports_metrics() -> None
 
 
 def test_result_merger_checks_arguments() -> None:
-    from fringelive.daemon.cli_merge import ResultMerger
+    from fringelive.cli.merge import ResultMerger
 
     with pytest.raises(ValueError, match="at least one"):
         ResultMerger([])
@@ -406,7 +406,7 @@ def test_result_merger_checks_arguments() -> None:
 
 
 def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fringelive.daemon.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "fringelive.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
@@ -444,7 +444,7 @@ def test_merge_command_runs_until_sigint_and_prints_counters() -> None:
 
 
 def test_merge_command_usage_errors() -> None:
-    from fringelive.daemon import cli
+    from fringelive import cli
 
     assert cli.main(["merge", "--from", "tcp://127.0.0.1:*"]) == 2
     assert cli.main(["merge", "--from", "tcp://127.0.0.1:9", "--gap-timeout", "5", "--series-idle", "1"]) == 2
@@ -475,7 +475,7 @@ def sync_workers(push: zmq.Socket, subs: list[zmq.Socket], names: set[str], time
 
 
 def test_three_daemons_on_one_bound_push_merged_in_frame_order(tiny_bundle: Any) -> None:
-    from fringelive.daemon.cli_merge import ResultMerger
+    from fringelive.cli.merge import ResultMerger
     from fringelive.daemon.server import Daemon
 
     n_frames, side = 30, 256
@@ -575,7 +575,7 @@ def test_send_bind_spreads_frames_over_connecting_daemons(tiny_bundle: Any, tmp_
 
 
 def test_send_bind_usage_errors(tmp_path: Path) -> None:
-    from fringelive.daemon import cli
+    from fringelive import cli
 
     np.save(tmp_path / "f.npy", np.zeros((4, 4), np.uint16))
     assert cli.main(["send", str(tmp_path / "f.npy"), "--wait-workers", "2"]) == 2

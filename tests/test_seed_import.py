@@ -21,9 +21,9 @@ import pytest
 import torch
 from torch import nn
 
-from fringelive.daemon.cli import main as cli_main
-from fringelive.export.bundle import load_bundle, sha256_file
-from fringelive.export.card import Range
+from fringelive.cli import main as cli_main
+from fringelive.bundle.bundle_io import load_bundle, sha256_file
+from fringelive.bundle.card import Range
 from fringelive.export.safe_unpickle import UnpicklingRefused, make_pickle_module
 from fringelive.export.seed_import import (
     SEED_ALLOWLIST,
@@ -37,7 +37,7 @@ from fringelive.export.seed_import import (
     read_model_details,
     to_resunet,
 )
-from fringelive.training.models import build_model
+from fringelive.engine.models import build_model
 
 DETAIL_HEADER = ["Model Name", "Fold", "Dataset Trained On", "Np Diameter (nm)", "Np Material",
                  "Pixel Scale (nm)", "Dosage (e/A2)"]

@@ -16,8 +16,8 @@ import pytest
 import tifffile
 import zmq
 
-from fringelive.daemon.cli import main
-from fringelive.daemon.cli_stream import format_error_line, format_result_line, parse_meta
+from fringelive.cli import main
+from fringelive.cli.stream import format_error_line, format_result_line, parse_meta
 from fringelive.daemon.protocol import (
     Frame,
     decode_frame,
@@ -25,7 +25,7 @@ from fringelive.daemon.protocol import (
     encode_result,
     packb,
 )
-from fringelive.daemon.readers import (
+from fringelive.engine.readers import (
     ReaderError,
     frames_from_rsciio,
     length_to_nm,
@@ -33,7 +33,7 @@ from fringelive.daemon.readers import (
     read_frames,
     to_wire_dtype,
 )
-from fringelive.daemon.recorder import ResultRecorder
+from fringelive.stream.recorder import ResultRecorder
 
 
 @pytest.fixture

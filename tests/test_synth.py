@@ -195,7 +195,7 @@ def test_abtem_synthesize_with_workers_matches_serial(tmp_path: Path) -> None:
 
 
 def test_cli_synth_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fringelive.daemon.cli import main
+    from fringelive.cli import main
 
     rc = main(["synth", "--engine", "fast", "--count", "3", "--size", "48", "--pixel-size", "0.04", "0.05",
                "--diameter", "2", "3", "--dose", "400", "--material", "Au", "Pt", "--out", str(tmp_path / "c"),

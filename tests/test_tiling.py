@@ -18,9 +18,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fringelive.daemon.tiling import (
+from fringelive.bundle.netspec import activation_bytes_per_pixel
+from fringelive.engine.tiling import (
     TilePlan,
-    activation_bytes_per_pixel,
     choose_tile_size,
     gaussian_importance_map,
     infer_gaussian,
@@ -29,8 +29,8 @@ from fringelive.daemon.tiling import (
     run_plan,
     sliding_window_starts,
 )
-from fringelive.export.bundle import tile_constraints_for
-from fringelive.training.models import ResUNet, UNetSpec, build_model
+from fringelive.bundle.bundle_io import tile_constraints_for
+from fringelive.engine.models import ResUNet, UNetSpec, build_model
 
 FACTOR = 16
 HALO = 128  # card.tile.halo_px of the seed net: radius 122 rounded up to 16

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from fringelive.training.models import build_model
+from fringelive.engine.models import build_model
 from fringelive.training.run import RunConfig, RunError, default_bundle_name, fold_split, index_ranges, patchify, \
     run_training
 from fringelive.training.samples import envelope_from_metadata, load_sampleset
@@ -127,8 +127,8 @@ def test_cosine_schedule_and_selection_metric() -> None:
 
 
 def test_default_bundle_commands_parse() -> None:
-    from fringelive.daemon.cli import build_parser
-    from fringelive.training.default_bundle import commands
+    from fringelive.cli import build_parser
+    from fringelive.training.build_default_bundle import commands
 
     parser = build_parser()
     synth, heldout, train, asynth, aheldout, finetune, csynth, calibrate = (parser.parse_args(c) for c in commands())
@@ -163,7 +163,7 @@ def test_trainer_noise_max_steps_and_tensorboard(tmp_path: Path) -> None:
 
 
 def test_run_training_ends_in_a_bundle_with_the_data_envelope(tiny_set: Path, tmp_path: Path) -> None:
-    from fringelive.export.bundle import load_bundle
+    from fringelive.bundle.bundle_io import load_bundle
 
     cfg = RunConfig(data=(str(tiny_set),), out=str(tmp_path / "run"),
                     train=TrainConfig(epochs=2, batch_size=8, lr=1e-2, device="cpu"),
@@ -208,8 +208,8 @@ def test_run_training_ends_in_a_bundle_with_the_data_envelope(tiny_set: Path, tm
 
 
 def test_cli_train(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fringelive.daemon.cli import main
-    from fringelive.export.bundle import load_bundle
+    from fringelive.cli import main
+    from fringelive.bundle.bundle_io import load_bundle
 
     argv = ["train", "--data", str(tiny_set), "--out", str(tmp_path / "cli"), "--arch", "resunet", "--spec",
             '{"widths": [4, 8], "bottleneck": 8}', "--patch", "32", "--epochs", "1", "--batch-size", "8",
@@ -226,12 +226,12 @@ def test_cli_train(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_committed_default_bundle_records_its_recipe_and_heldout_dice() -> None:
-    """daemon/default_bundle was made by the commands of training/default_bundle.py and reaches
+    """default_bundle was made by the commands of training/build_default_bundle.py and reaches
     Dice >= 0.9 on whole held-out frames at 0.02 nm/pixel and 423 e/Å²."""
     import shlex
 
-    from fringelive.export.bundle import load_bundle
-    from fringelive.training.default_bundle import BENCHMARK, BENCHMARK_ABTEM, commands
+    from fringelive.bundle.bundle_io import load_bundle
+    from fringelive.training.build_default_bundle import BENCHMARK, BENCHMARK_ABTEM, commands
 
     path = Path(__file__).resolve().parents[1] / "daemon" / "default_bundle"
     if not (path / "card.json").is_file():

@@ -30,7 +30,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from fringelive.training.models import build_model
+    from fringelive.engine.models import build_model
     from fringelive.training.trainer import DistInfo, init_distributed, train_model, TrainConfig
 
     info = init_distributed()
@@ -64,14 +64,14 @@ def test_two_gloo_ranks_train_one_model(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_torchrun_cli_train_on_cpu(tmp_path: Path) -> None:
-    """``torchrun --nproc_per_node 2 -m fringelive.daemon.cli train ...`` end to end."""
-    from fringelive.export.bundle import load_bundle
+    """``torchrun --nproc_per_node 2 -m fringelive.cli train ...`` end to end."""
+    from fringelive.bundle.bundle_io import load_bundle
     from fringelive.training.synth import SynthConfig, synthesize
 
     synthesize(SynthConfig(engine="fast", count=10, size_px=64, pixel_size_nm=(0.1, 0.1), diameter_nm=(2.0, 3.0),
                            particles_per_100nm2=8.0), tmp_path / "syn", progress=False)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "fringelive.daemon.cli", "train", "--data", str(tmp_path / "syn"), "--out", str(tmp_path / "run"),
+           "-m", "fringelive.cli", "train", "--data", str(tmp_path / "syn"), "--out", str(tmp_path / "run"),
            "--arch", "resunet", "--spec", '{"widths": [4, 8], "bottleneck": 8}', "--patch", "32", "--epochs", "2",
            "--batch-size", "8", "--folds", "5", "--fold", "0", "--check-size", "32", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fringelive.training.models import build_model
+from fringelive.engine.models import build_model
 from fringelive.training.trainer import TrainConfig, train_model
 from fringelive.training.transfer import FREEZE_PARTS, freeze, load_initial_weights
 
@@ -75,8 +75,8 @@ def test_initial_weights_from_bundle_checkpoint_and_state_dict(tiny_bundle, tmp_
 
 def test_cli_finetune_from_bundle_with_frozen_decoder(tiny_bundle, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from fringelive.daemon.cli import main
-    from fringelive.export.bundle import load_bundle
+    from fringelive.cli import main
+    from fringelive.bundle.bundle_io import load_bundle
     from fringelive.training.synth import SynthConfig, synthesize
 
     synthesize(SynthConfig(engine="fast", count=5, size_px=64, pixel_size_nm=(0.1, 0.1), diameter_nm=(2.0, 3.0),

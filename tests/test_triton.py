@@ -23,10 +23,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from fringelive.daemon.backends import BackendUnavailable, TritonRequestError, create_backend, create_backends
+from fringelive.engine.backends import BackendUnavailable, TritonRequestError, create_backend, create_backends
 from fringelive.daemon.config import ConfigError, DaemonConfig, ModelConfig, load_config
-from fringelive.export.bundle import Bundle, sha256_file, write_bundle
-from fringelive.export.card import Card
+from fringelive.bundle.bundle_io import Bundle, sha256_file, write_bundle
+from fringelive.bundle.card import Card
 from fringelive.export.triton_export import (
     INDEX_SUFFIX,
     LocalTritonServer,
@@ -189,7 +189,7 @@ def test_model_names() -> None:
 
 
 def test_cli_export_triton(tiny_bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fringelive.daemon.cli import main
+    from fringelive.cli import main
 
     repo = tmp_path / "repo"
     assert main(["export", "triton", "--bundle", str(tiny_bundle.path), "--out", str(repo), "--platform", "python",
@@ -333,7 +333,7 @@ def test_missing_model_and_foreign_network_are_refused(triton: LocalTritonServer
 
 @needs_server
 def test_pipeline_with_triton_equals_onnxruntime(triton: LocalTritonServer, tiny_bundle: Bundle) -> None:
-    from fringelive.daemon.pipeline import PipelineConfig, SegmentationPipeline
+    from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
 
     frame = np.random.default_rng(3).poisson(100.0, (200, 256)).astype(np.uint16)
     config = PipelineConfig(tile_size=64, batch_size=4)  # 64 px tiles + halos: several batches of tiles

@@ -30,7 +30,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fringelive.export.bundle import sha256_file
+from fringelive.bundle.bundle_io import Bundle, load_bundle, sha256_file
+from fringelive.engine.backends import create_backend
+from fringelive.engine.preprocess import preprocess
+from fringelive.training.samples import SampleSet, load_sampleset, preprocessing_to_json
+from fringelive.engine.tiling import infer_tiled
 
 __all__ = [
     "PairResult",
@@ -90,15 +94,11 @@ def _softmax1(logits: np.ndarray) -> np.ndarray:
 def evaluate_bundle(bundle: Any, samples: Any, *, backend: str = "onnxruntime", tile_size: int | None = 1024,
                     own_split: bool = True, name: str | None = None, test_name: str | None = None,
                     inputs_cache: dict[str, np.ndarray] | None = None) -> PairResult:
-    """Score ``bundle`` (a :class:`~fringelive.export.bundle.Bundle` or path) on ``samples``
+    """Score ``bundle`` (a :class:`~fringelive.bundle.bundle_io.Bundle` or path) on ``samples``
     (a :class:`~fringelive.training.samples.SampleSet` or path). tile_size: largest tile core
     (px) fed to the network (None = whole samples); inputs_cache: preprocessed inputs shared
     between bundles with equal preprocessing."""
-    from fringelive.daemon.backends import create_backend
-    from fringelive.daemon.preprocess import preprocess
-    from fringelive.export.bundle import Bundle, load_bundle
 
-    from .samples import SampleSet, load_sampleset, preprocessing_to_json
 
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
@@ -153,7 +153,6 @@ def score_members(members: Sequence[Any], inputs: np.ndarray, labels: np.ndarray
     ``samples`` (how many distinct samples were scored), ``member_sample_dice`` (per member,
     the per-sample Dice list) and ``ensemble_sample_dice``.
     """
-    from fringelive.daemon.tiling import infer_tiled
 
     n = len(inputs)
     member_dice, fprs, fnrs, per_sample = [], [], [], []
@@ -211,9 +210,7 @@ def generalization_matrix(bundles: Sequence[tuple[str, Any]], sets: Sequence[tup
                           ) -> list[PairResult]:
     """Every bundle on every sample set (``(name, bundle or path)`` and ``(name, set or path)``),
     row-major: bundle 0 on every set, then bundle 1, ..."""
-    from fringelive.export.bundle import Bundle, load_bundle
 
-    from .samples import SampleSet, load_sampleset
 
     loaded_sets = [(n, s if isinstance(s, SampleSet) else load_sampleset(s)) for n, s in sets]
     cache: dict[str, np.ndarray] = {}

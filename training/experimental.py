@@ -1,14 +1,14 @@
 """Training patches from labelled experimental images: ``fringelive dataset``.
 
 Inputs: image files (Gatan ``.dm3``/``.dm4``, ``.ser``/``.emd`` through rosettasciio, ``.tif``,
-``.npy``; read by :func:`fringelive.daemon.readers.read_frames`), one label image per image
+``.npy``; read by :func:`fringelive.engine.readers.read_frames`), one label image per image
 (``<image stem><label_suffix>``, default ``_label.png``; any non-zero pixel is particle, so the
 published 0/255 PNGs work) and optionally a metadata CSV with one row per image, keyed by file
 name (the published ``Dataset_metadata.csv`` works as is).
 
 Per selected image: the whole frame is preprocessed with the shared engine
-(:func:`fringelive.daemon.preprocess.preprocess`, card-style
-:class:`~fringelive.export.card.Preprocessing`), cut into ``patch_px``² patches on a
+(:func:`fringelive.engine.preprocess.preprocess`, card-style
+:class:`~fringelive.bundle.card.Preprocessing`), cut into ``patch_px``² patches on a
 ``stride_px`` grid, and the patches with more than ``min_particle_px`` particle pixels are kept.
 The output is a ``preprocessed`` sample set (:mod:`fringelive.training.samples`), one metadata
 row per patch: the CSV row's columns as they are, the standard keys (``material``,
@@ -35,10 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from fringelive.export.card import Preprocessing
-
-from .progress import progress_bar
-from .samples import SampleSetWriter
+from fringelive.bundle.card import Preprocessing
+from fringelive.training.progress import progress_bar
+from fringelive.training.samples import SampleSetWriter
+from fringelive.engine.preprocess import preprocess
+from fringelive.engine.readers import ReaderError, read_frames
 
 __all__ = [
     "COLUMN_ALIASES",
@@ -243,8 +244,6 @@ def build_dataset(images: Sequence[str | os.PathLike[str]], out: str | os.PathLi
                   metadata_csv: str | os.PathLike[str] | None = None,
                   progress: bool = True, command: str | None = None) -> DatasetReport:
     """Make a preprocessed sample set in ``out`` (see the module docstring)."""
-    from fringelive.daemon.preprocess import preprocess
-    from fringelive.daemon.readers import ReaderError, read_frames
 
     files = find_images(images)
     if not files:

@@ -3,7 +3,7 @@
 Steps (:func:`run_training`):
 
 1. load the sample sets (:mod:`fringelive.training.samples`); ``raw`` samples are preprocessed
-   with the run's :class:`~fringelive.export.card.Preprocessing` (the shared engine, as the daemon
+   with the run's :class:`~fringelive.bundle.card.Preprocessing` (the shared engine, as the daemon
    does), ``preprocessed`` ones are taken as they are (their recorded parameters become the
    card's; sets preprocessed differently cannot be mixed);
 2. k-fold cross-validation with contiguous assignment (:func:`fold_split`): for fold ``k`` of
@@ -19,7 +19,7 @@ Steps (:func:`run_training`):
    :func:`fringelive.export.onnx_export.export_bundle`) whose card holds the envelope derived
    from the training samples' metadata, the recipe, the splits, the seeds, the test Dice
    (mean ± std over folds) and error rates, the benchmark results, and drift reference
-   statistics of the held-out raw frames (``fringelive.daemon.cli_calibrate.calibrate_bundle``;
+   statistics of the held-out raw frames (``fringelive.engine.calibration.calibrate_bundle``;
    all raw frames when fewer than 10 are held out).
 
 ``out/run.json`` records the configuration; restarting with a different recipe is refused.
@@ -39,11 +39,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fringelive.export.bundle import sha256_file
-from fringelive.export.card import Envelope, Preprocessing
-
-from .samples import SampleSet, envelope_from_metadata, load_sampleset, preprocessing_to_json
-from .trainer import TrainConfig
+from fringelive.bundle.bundle_io import sha256_file, tile_constraints_for
+from fringelive.bundle.card import Envelope, Preprocessing
+from fringelive.training.samples import SampleSet, envelope_from_metadata, load_sampleset, preprocessing_to_json
+from fringelive.training.trainer import DistInfo, TrainConfig, evaluate_model, train_model
+from fringelive.engine.calibration import calibrate_bundle
+from fringelive.engine.models import build_model
+from fringelive.export.onnx_export import export_bundle
+from fringelive.training.evaluate import score_members, torch_member
+from fringelive.engine.preprocess import preprocess
 
 __all__ = [
     "LOG_FORMATS",
@@ -206,8 +210,6 @@ def network_input(ss: SampleSet, i: int, params: Preprocessing) -> np.ndarray:
     """Sample ``i`` as the network sees it ``(H, W)`` float32: raw counts go through the shared
     preprocessing engine with ``params``; preprocessed samples are taken as they are."""
     if ss.content == "raw":
-        from fringelive.daemon.preprocess import preprocess
-
         return preprocess(ss.images[i], params).numpy()
     return np.asarray(ss.images[i], dtype=np.float32)
 
@@ -351,8 +353,7 @@ def _calibration_frames(data: Any, splits: dict[int, tuple[Any, Any, Any]], fold
 
 def _calibrate(bundle_path: Path, frames: list[tuple[np.ndarray, dict[str, Any]]]) -> bool:
     """Drift reference statistics of ``(raw frame, metadata)`` pairs written into the bundle's
-    card (:func:`fringelive.daemon.cli_calibrate.calibrate_bundle`); False without raw frames."""
-    from fringelive.daemon.cli_calibrate import calibrate_bundle
+    card (:func:`fringelive.engine.calibration.calibrate_bundle`); False without raw frames."""
 
     if not frames:
         log.info("no raw frames to calibrate drift statistics on; drift_reference stays empty")
@@ -367,8 +368,6 @@ def run_training(cfg: RunConfig) -> RunResult:
     """Train every fold of ``cfg`` and export the bundle (see the module docstring)."""
     import torch
 
-    from .models import build_model
-    from .trainer import DistInfo, evaluate_model, train_model
 
     info = DistInfo.current()
     out = Path(cfg.out)
@@ -453,7 +452,6 @@ def run_training(cfg: RunConfig) -> RunResult:
         metrics["benchmarks"][bname]["whole_sample"] = _whole_sample_scores(models, bdata, params, cfg.eval_tile_px)
         log.info("benchmark %s, whole samples: %s", bname, metrics["benchmarks"][bname]["whole_sample"])
     metrics.update(cfg.extra_metrics or {})
-    from fringelive.export.onnx_export import export_bundle
 
     bundle = export_bundle(models, out / "bundle", name=name, arch=cfg.arch if cfg.init is None else cfg.init.arch,
                            envelope=envelope, preprocessing=params, member_sources=[f"fold{r['fold']}" for r in fold_rows],
@@ -473,9 +471,7 @@ def _whole_sample_scores(models: list[Any], data: _Data, params: Preprocessing, 
     """Members (torch) on whole benchmark samples, through the halo tiler as the daemon runs them:
     Dice (class 1, 0.5) mean ± std over members, the ensemble's Dice mean ± std over samples,
     and pixel error rates."""
-    from fringelive.export.bundle import tile_constraints_for
 
-    from .evaluate import score_members, torch_member
 
     xs = np.concatenate([data.inputs(j, params) for j in range(len(data.sets))])
     ys = np.concatenate([ss.labels for ss in data.sets])

@@ -10,7 +10,7 @@ A sample set is a directory::
 ``samples.h5`` attributes: ``format`` = ``fringelive-samples``, ``version`` = 1, ``content`` =
 ``raw`` (camera counts, to be preprocessed by the card's parameters before training; what
 ``synth`` writes) or ``preprocessed`` (network input already; what ``dataset`` writes, with the
-:class:`~fringelive.export.card.Preprocessing` it used as JSON in ``preprocessing``), plus
+:class:`~fringelive.bundle.card.Preprocessing` it used as JSON in ``preprocessing``), plus
 ``source`` (``synth-abtem`` | ``synth-fast`` | ``dataset``), ``created`` (UTC ISO 8601) and
 ``command``. Images are stored one chunk per sample, gzip level 1.
 
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from fringelive.export.card import Envelope, Preprocessing, Range, utc_now_iso
+from fringelive.bundle.card import Envelope, Preprocessing, Range, utc_now_iso
 
 __all__ = [
     "FORMAT",

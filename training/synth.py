@@ -42,8 +42,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .fastsim import D_SPACINGS_NM, CameraModel, FastSimConfig, apply_camera, simulate_intensity
+from .multislice import Optics, abtem_version, configure_abtem, simulate_hrtem
 from .progress import progress_bar
 from .samples import DATA_FILE, PartStore
+from .structures import MATERIALS, nanoparticle, place_particles, specimen
 
 __all__ = [
     "ENGINES",
@@ -215,8 +217,6 @@ def draw_parameters(cfg: SynthConfig, index: int) -> dict[str, Any]:
 
 
 def _simulate_abtem(cfg: SynthConfig, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    from .multislice import Optics, simulate_hrtem
-    from .structures import MATERIALS, nanoparticle, place_particles, specimen
 
     rng = _rng(cfg, p["index"], 1)
     px = p["pixel_size_nm"]
@@ -347,7 +347,6 @@ def synthesize(cfg: SynthConfig, out: str | os.PathLike[str], *, workers: int = 
         log.info("%s is complete (%d samples); nothing to do", out, cfg.count)
         return SynthReport(out / DATA_FILE, cfg.count, 0, cfg.count, 0.0)
     if cfg.engine == "abtem":
-        from .multislice import configure_abtem
 
         configure_abtem()  # fail early (ImportError names the extra) before spawning workers
     with PartStore(out) as store:
@@ -390,7 +389,6 @@ def synthesize(cfg: SynthConfig, out: str | os.PathLike[str], *, workers: int = 
             bar.close()
         attrs = {"synth_config": config_to_dict(cfg)}
         if cfg.engine == "abtem":
-            from .multislice import abtem_version
 
             attrs["abtem_version"] = abtem_version()
         path = store.assemble(cfg.count, content="raw", source=f"synth-{cfg.engine}", command=command, attrs=attrs)

@@ -2,7 +2,7 @@
 checkpoint, dihedral + random-rotation augmentation, optional Gaussian-noise augmentation.
 
 Works on in-memory patch arrays: images ``(N, H, W)`` float32 already preprocessed by the shared
-engine (``fringelive.daemon.preprocess``), labels ``(N, H, W)`` {0, 1}. Device-agnostic torch:
+engine (``fringelive.engine.preprocess``), labels ``(N, H, W)`` {0, 1}. Device-agnostic torch:
 CPU here, CUDA (with AMP: float16 autocast + gradient scaling) where present.
 
 Epochs and randomness. Each epoch's sample order comes from ``DistributedSampler(seed=cfg.seed)``
@@ -44,9 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import gaussian_noise, random_dihedral, random_rotation
-from .progress import progress_bar
-from .transfer import FREEZE_CHOICES, freeze, set_frozen_eval
+from fringelive.training.augment import gaussian_noise, random_dihedral, random_rotation
+from fringelive.training.progress import progress_bar
+from fringelive.training.transfer import FREEZE_CHOICES, freeze, set_frozen_eval
+from fringelive.training.metrics import hard_dice
+from fringelive.engine.models import UNetSpec
 
 __all__ = [
     "TrainConfig",
@@ -242,7 +244,6 @@ _SUM_KEYS = ("loss", "dice", "n", "fp", "fn", "tn", "tp")
 def _eval_sums(model: nn.Module, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, batch_size: int,
                device: torch.device) -> torch.Tensor:
     """float64 sums (loss per sample, Dice per sample, samples, FP, FN, TN, TP pixels)."""
-    from .metrics import hard_dice
 
     sums = torch.zeros(len(_SUM_KEYS), dtype=torch.float64)
     for i in range(0, len(indices), batch_size):
@@ -342,7 +343,6 @@ def _arch_of(model: nn.Module) -> dict[str, Any]:
     spec = getattr(model, "spec", None)
     if spec is None or not hasattr(spec, "to_dict"):
         return {}
-    from .models import UNetSpec
 
     return {"arch": "resunet-seed" if spec == UNetSpec() else "resunet", "spec": spec.to_dict()}
 

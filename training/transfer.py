@@ -1,6 +1,6 @@
 """Transfer learning: which parameters a fine-tune freezes, and where initial weights come from.
 
-Parts of a :class:`~fringelive.training.models.ResUNet` (module attribute names):
+Parts of a :class:`~fringelive.engine.models.ResUNet` (module attribute names):
 
 * ``encoder`` = ``downs`` (the encoder residual blocks) + ``bottleneck``; the max-pools have no
   parameters. Freezing it keeps the learned features and retrains the decoder.
@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from fringelive.engine.models import UNetSpec, build_model
+from fringelive.bundle.bundle_io import load_bundle
 
 __all__ = [
     "FREEZE_CHOICES",
@@ -95,7 +97,6 @@ class InitialWeights:
 
     def build(self, member: int = 0) -> nn.Module:
         """A network of the architecture with member ``member``'s weights loaded (strict)."""
-        from .models import UNetSpec, build_model
 
         overrides = UNetSpec.from_dict(self.spec).to_dict() if self.spec else {}
         model = build_model(self.arch, **overrides) if overrides else build_model(self.arch)
@@ -115,8 +116,6 @@ def load_initial_weights(source: str | os.PathLike[str], *, arch: str = "resunet
     """Weights from a bundle directory, a training checkpoint or a plain state-dict file."""
     p = Path(source)
     if p.is_dir():
-        from fringelive.export.bundle import load_bundle
-
         bundle = load_bundle(p)
         missing = [m.file for m in bundle.card.members if not m.weights]
         if missing:

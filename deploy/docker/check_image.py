@@ -48,9 +48,9 @@ def problems() -> tuple[list[str], list[str]]:
     except ImportError as e:
         bad.append(f"onnxruntime cannot be imported: {e}")
     try:
-        from fringelive.daemon.cli import build_parser
+        from fringelive.cli import build_parser
         from fringelive.daemon.config import default_bundle_path
-        from fringelive.export.bundle import load_bundle
+        from fringelive.bundle.bundle_io import load_bundle
 
         build_parser()
         default = default_bundle_path()

@@ -1,35 +1,26 @@
-"""Segmentation networks, built by name from a small registry (timm style).
-
-The reference network is the residual UNet of Sytwu, Rangel DaCosta & Scott: encoder residual
-blocks 1→4→8→16→32, each followed by a 2×2 max-pool, a 32→64 bottleneck, a decoder of nearest ×2
-upsampling, concat ``[skip, x]`` and residual blocks, and a 1×1 convolution to two class logits.
-Module attribute names (``downs``, ``pools``, ``bottleneck``, ``upsamples``, ``ups``,
-``final_conv``; ``conv1/bn1/relu1/conv2/bn2/relu2/conv_add`` in a block) match the published
-checkpoints so their state dicts load without renaming.
-
-Shapes: input ``(N, in_channels, H, W)`` float32 with H and W multiples of
-:attr:`ResUNet.downsampling_factor`; output ``(N, num_classes, H, W)`` logits.
+"""The network contract, torch-free: the residual-UNet architecture spec (:class:`UNetSpec`), the
+registry of architecture names (timm style: a name → a function returning a spec), and the maths a
+bundle, the tiler and the pipeline need without building a network: receptive field (→ tile
+halo), downsampling factor (→ tile multiple) and activation bytes per pixel (→ tile size from a
+memory budget). ``fringelive.engine.models`` builds the torch modules from these specs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Callable
-
-import torch
-from torch import nn
+from typing import Any, Callable, Mapping
 
 __all__ = [
     "UNetSpec",
-    "ResidualBlock",
-    "ResUNet",
     "MODEL_REGISTRY",
     "register_model",
-    "build_model",
     "model_names",
+    "spec_for",
     "receptive_field",
-    "count_parameters",
+    "activation_bytes_per_pixel",
+    "bytes_per_pixel_of",
 ]
 
 
@@ -82,78 +73,6 @@ class UNetSpec:
         return cls(**d)
 
 
-class ResidualBlock(nn.Module):
-    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + conv_add(x))`` with ``conv_add`` a 1×1 projection."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
-        super().__init__()
-        pad = (kernel_size - 1) // 2
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size, padding=pad)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size, padding=pad)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu1 = nn.ReLU()
-        self.relu2 = nn.ReLU()
-        self.conv_add = nn.Conv2d(in_channels, out_channels, kernel_size=1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.conv_add(x))
-
-
-class ResUNet(nn.Module):
-    """Residual UNet; see the module docstring for the layout and shapes."""
-
-    def __init__(self, spec: UNetSpec | None = None) -> None:
-        super().__init__()
-        self.spec = spec or UNetSpec()
-        s = self.spec
-        k = s.kernel_size
-        self.downs = nn.ModuleList()
-        self.pools = nn.ModuleList()
-        self.ups = nn.ModuleList()
-        self.upsamples = nn.ModuleList()
-        ch = s.in_channels
-        for w in s.widths:
-            self.downs.append(ResidualBlock(ch, w, k))
-            self.pools.append(nn.MaxPool2d(kernel_size=s.pool, stride=s.pool))
-            ch = w
-        self.bottleneck = ResidualBlock(ch, s.bottleneck, k)
-        deeper = list(s.widths[1:]) + [s.bottleneck]
-        for w, below in reversed(list(zip(s.widths, deeper))):
-            self.ups.append(ResidualBlock(w + below, w, k))
-            self.upsamples.append(nn.Upsample(scale_factor=s.pool, mode="nearest"))
-        self.final_conv = nn.Conv2d(s.widths[0], s.num_classes, kernel_size=1)
-        self.num_blocks = len(s.widths)
-
-    @property
-    def downsampling_factor(self) -> int:
-        return self.spec.downsampling_factor
-
-    @property
-    def receptive_field_radius(self) -> int:
-        """Pixels on each side of an output pixel that can influence it (see :func:`receptive_field`)."""
-        return receptive_field(self.spec)[1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for down, pool in zip(self.downs, self.pools):
-            x = down(x)
-            skips.append(x)
-            x = pool(x)
-        x = self.bottleneck(x)
-        for up, upsample, skip in zip(self.ups, self.upsamples, reversed(skips)):
-            x = up(torch.cat((skip, upsample(x)), dim=1))
-        return self.final_conv(x)
-
-
 def receptive_field(spec: UNetSpec) -> tuple[int, int]:
     """Receptive field (size, radius) in input pixels of one output pixel of a :class:`ResUNet`.
 
@@ -177,6 +96,52 @@ def receptive_field(spec: UNetSpec) -> tuple[int, int]:
         r += (spec.pool - 1) * jump  # nearest upsample cell offset
         r += 2 * half * jump
     return 2 * r + 1, r
+
+
+def activation_bytes_per_pixel(spec: Any, *, bytes_per_value: int = 4, safety: float = 2.0) -> int:
+    """Estimated peak activation memory of one inference pass of a ``ResUNet``, in bytes per
+    input pixel (multiply by the network input area in px², and by the batch size).
+
+    Walks the forward pass counting the float channels alive at once, each weighted by its
+    level's area (1/pool² per level): the network input, the stored skip connections, and at
+    each residual block its input (the concatenation ``[skip, upsampled]`` in the decoder, plus
+    the lower-level tensor being upsampled) and three output-width tensors (conv/BN result,
+    projection, sum); the peak over the blocks, times ``bytes_per_value`` (4 for float32) and
+    ``safety``. For the seed net (widths 4-8-16-32, bottleneck 64) the peak is the last decoder
+    block: 34.5 channels → 138 B/px before the safety factor; measured peaks (Linux RSS, 1024² and
+    2048² inputs, output included) are 212 B/px for torch CPU and 200 B/px for ONNX Runtime CPU,
+    whose blocked layouts pad 4-channel tensors. ``safety=2.0`` (276 B/px) covers those with
+    ~30% left for allocator slack and GPU convolution workspaces (widths 8-16-32-64: estimate
+    544 B/px, measured 432 torch / 302 ONNX Runtime).
+    """
+    if not safety > 0:
+        raise ValueError(f"safety must be > 0, got {safety!r}")
+    if isinstance(bytes_per_value, bool) or not isinstance(bytes_per_value, int) or bytes_per_value < 1:
+        raise ValueError(f"bytes_per_value must be a positive int, got {bytes_per_value!r}")
+    widths = list(spec.widths)
+    shrink = float(spec.pool) ** 2
+    inp = float(spec.in_channels)
+
+    def block(c_in: float, c_out: float, area: float) -> float:
+        return (c_in + 3 * c_out) * area
+
+    peak = block(inp, widths[0], 1.0)  # first block: its input is the network input
+    skips, ch, area = 0.0, float(widths[0]), 1.0
+    for w_prev, w in zip(widths, widths[1:]):  # deeper encoder blocks take the pooled skip
+        skips += w_prev * area
+        area /= shrink
+        peak = max(peak, inp + skips + block(w_prev, w, area))
+    skips += widths[-1] * area
+    ch, area = float(widths[-1]), area / shrink
+    peak = max(peak, inp + skips + block(ch, spec.bottleneck, area))
+    below = float(spec.bottleneck)
+    for w in reversed(widths):
+        lower = below * area  # tensor being upsampled, alive during the block
+        area *= shrink
+        peak = max(peak, inp + skips + lower + block(w + below, w, area))
+        below = float(w)
+    peak = max(peak, inp + skips + (widths[0] + spec.num_classes) * area)  # final 1×1 conv
+    return int(math.ceil(peak * bytes_per_value * safety))
 
 
 # --- registry ---------------------------------------------------------------------------
@@ -212,16 +177,21 @@ def model_names() -> list[str]:
     return sorted(MODEL_REGISTRY)
 
 
-def build_model(name: str = "resunet-seed", **overrides: Any) -> ResUNet:
-    """Build a network by registry name, e.g. ``build_model("resunet", widths=(8, 16))``."""
+def spec_for(name: str = "resunet-seed", **overrides: Any) -> UNetSpec:
+    """The spec registered as ``name`` with ``overrides``, e.g. ``spec_for("resunet", widths=(8, 16))``."""
     try:
         factory = MODEL_REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known: {model_names()}") from None
     if "widths" in overrides:
         overrides["widths"] = tuple(overrides["widths"])
-    return ResUNet(factory(**overrides))
+    return factory(**overrides)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def bytes_per_pixel_of(spec: Mapping[str, Any], arch_name: str) -> float:
+    """Activation bytes per input pixel of one network pass of a card's architecture (for tile
+    sizing); an unknown architecture gets the seed net's conservative figure."""
+    try:
+        return float(activation_bytes_per_pixel(spec_for(arch_name, **dict(spec))))
+    except (ValueError, TypeError):
+        return float(activation_bytes_per_pixel(UNetSpec()))

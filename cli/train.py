@@ -24,7 +24,19 @@ import math
 import shlex
 from typing import Any, Sequence
 
-from fringelive.daemon.cli_preprocessing import add_preprocessing_options
+from fringelive.cli.preprocessing import add_preprocessing_options, preprocessing_from_args
+from fringelive.cli import CLIError
+from fringelive.bundle.card import CardError, Preprocessing
+from fringelive.training.fastsim import CameraModel
+from fringelive.training.synth import SynthConfig, SynthError, synthesize
+from fringelive.training.experimental import DatasetConfig, DatasetError, Selection, build_dataset
+from fringelive.training.run import RunConfig, RunError, run_training
+from fringelive.training.samples import SampleSetError, resolve_sampleset_path
+from fringelive.training.trainer import TrainConfig, init_distributed
+from fringelive.engine.backends import BackendUnavailable
+from fringelive.bundle.bundle_io import BundleError, load_bundle
+from fringelive.training.evaluate import generalization_matrix, write_results
+from fringelive.training.transfer import load_initial_weights
 
 __all__ = ["register"]
 
@@ -44,8 +56,6 @@ def register(sub: Any) -> None:
 # --- shared helpers ------------------------------------------------------------------------
 
 def _error(message: str, code: int = 2) -> Exception:
-    from fringelive.daemon.cli import CLIError
-
     return CLIError(message, code)
 
 
@@ -66,8 +76,6 @@ def _command(args: argparse.Namespace) -> str:
 
 def _preprocessing(args: argparse.Namespace, base: Any = None) -> Any:
     """Card Preprocessing from the options (None when no option was given and ``base`` is None)."""
-    from fringelive.daemon.cli_preprocessing import preprocessing_from_args
-    from fringelive.export.card import CardError
 
     try:
         return preprocessing_from_args(args, base)
@@ -131,9 +139,6 @@ def _register_synth(sub: Any) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from fringelive.training.fastsim import CameraModel
-    from fringelive.training.synth import SynthConfig, SynthError, synthesize
-
     try:
         particles = _pair("--particles", args.particles, (1, 1))
         cfg = SynthConfig(
@@ -196,9 +201,6 @@ def _register_dataset(sub: Any) -> None:
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from fringelive.export.card import Preprocessing
-    from fringelive.training.experimental import DatasetConfig, DatasetError, Selection, build_dataset
-
     selections = []
     for sel in args.select or []:
         if len(sel) not in (2, 3):
@@ -298,10 +300,6 @@ def _register_train(sub: Any, finetune: bool) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fringelive.training.run import RunConfig, RunError, run_training
-    from fringelive.training.samples import SampleSetError
-    from fringelive.training.trainer import TrainConfig, init_distributed
-
     info = init_distributed()
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -315,8 +313,6 @@ def _train(args: argparse.Namespace) -> int:
             raise _error(f"--spec must be a JSON object, got {args.spec!r}")
     init = None
     if args.finetune:
-        from fringelive.training.transfer import load_initial_weights
-
         try:
             init = load_initial_weights(args.source, arch=args.arch, spec=overrides)
         except (ValueError, OSError) as e:
@@ -395,11 +391,6 @@ def _named(items: Sequence[str], what: str, default_name: Any) -> list[tuple[str
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from fringelive.daemon.backends import BackendUnavailable
-    from fringelive.export.bundle import BundleError, load_bundle
-    from fringelive.training.evaluate import generalization_matrix, write_results
-    from fringelive.training.samples import SampleSetError, resolve_sampleset_path
-
     def bundle_name(path: str) -> str:
         try:
             return load_bundle(path).card.name

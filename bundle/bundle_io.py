@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .card import Card, CardError, Member, TileConstraints
+from fringelive.bundle.card import Card, CardError, Member, TileConstraints
+from fringelive.bundle.netspec import UNetSpec, receptive_field
 
 __all__ = [
     "BundleError",
@@ -55,13 +56,11 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def tile_constraints_for(spec: "object", min_size_px: int | None = None) -> TileConstraints:
+def tile_constraints_for(spec: UNetSpec, min_size_px: int | None = None) -> TileConstraints:
     """Tile constraints of a ``UNetSpec``: multiple of the downsampling factor, receptive-field
     radius, halo = radius rounded up to the factor."""
-    from fringelive.training.models import receptive_field
-
-    factor = spec.downsampling_factor  # type: ignore[attr-defined]
-    radius = receptive_field(spec)[1]  # type: ignore[arg-type]
+    factor = spec.downsampling_factor
+    radius = receptive_field(spec)[1]
     halo = -(-radius // factor) * factor
     return TileConstraints(
         multiple_of=factor,

@@ -1,7 +1,7 @@
 """``fringelive merge``: one ordered result stream from several daemon workers.
 
 A SUB socket connects to every worker's results PUB (``b"result"`` and ``b"error"`` messages);
-:class:`fringelive.daemon.merge.Reorderer` puts them back into frame order per series; a PUB
+:class:`fringelive.stream.merge.Reorderer` puts them back into frame order per series; a PUB
 socket republishes them. Messages pass through byte for byte (the same ZeroMQ frames are sent
 again, nothing is re-encoded). Topologies and ordering rules: ``docs/scaling.md``.
 
@@ -20,9 +20,11 @@ import threading
 import time
 from typing import Any, Iterator, Sequence
 
-from .cli_types import positive_float, positive_int
-from .cli import CLIError
-from .merge import LATE_POLICIES, ReorderSettings, Reorderer
+from fringelive.cli.argtypes import positive_float, positive_int
+from fringelive.cli import CLIError
+from fringelive.stream.merge import LATE_POLICIES, ReorderSettings, Reorderer
+from fringelive.daemon.config import ConfigError, parse_endpoint
+from fringelive.daemon.metrics import MetricsServer
 
 __all__ = ["DEFAULT_MERGE_ENDPOINT", "MergerError", "ResultMerger", "register"]
 
@@ -50,8 +52,6 @@ class ResultMerger:
     def __init__(self, sources: Sequence[str], endpoint: str = DEFAULT_MERGE_ENDPOINT,
                  settings: ReorderSettings | None = None, *, hwm: int = DEFAULT_HWM, registry: Any = None,
                  flush_on_close: bool = True) -> None:
-        from .config import ConfigError, parse_endpoint
-
         sources = list(sources)
         if not sources:
             raise ValueError("sources must name at least one worker results endpoint, got []")
@@ -345,8 +345,6 @@ def run_merge(args: argparse.Namespace) -> int:
             raise CLIError(str(e), 2) from None
         try:
             if registry is not None:
-                from .metrics import MetricsServer
-
                 try:
                     metrics_server = MetricsServer(registry, "127.0.0.1", args.metrics_port)
                 except OSError as e:
@@ -388,6 +386,6 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
+    from fringelive.cli import main
 
     sys.exit(main(["merge", *sys.argv[1:]]))

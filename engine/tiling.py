@@ -52,7 +52,6 @@ __all__ = [
     "gaussian_importance_map",
     "sliding_window_starts",
     "choose_tile_size",
-    "activation_bytes_per_pixel",
 ]
 
 Array = Union[np.ndarray, torch.Tensor]
@@ -522,51 +521,6 @@ def infer_gaussian(model: Model, image: Array, *, roi_size: int | Sequence[int],
 
 
 # --- tile size from memory ---------------------------------------------------------------
-
-
-def activation_bytes_per_pixel(spec: Any, *, bytes_per_value: int = 4, safety: float = 2.0) -> int:
-    """Estimated peak activation memory of one inference pass of a ``ResUNet``, in bytes per
-    input pixel (multiply by the network input area in px², and by the batch size).
-
-    Walks the forward pass counting the float channels alive at once, each weighted by its
-    level's area (1/pool² per level): the network input, the stored skip connections, and at
-    each residual block its input (the concatenation ``[skip, upsampled]`` in the decoder, plus
-    the lower-level tensor being upsampled) and three output-width tensors (conv/BN result,
-    projection, sum); the peak over the blocks, times ``bytes_per_value`` (4 for float32) and
-    ``safety``. For the seed net (widths 4-8-16-32, bottleneck 64) the peak is the last decoder
-    block: 34.5 channels → 138 B/px before the safety factor; measured peaks (Linux RSS, 1024² and
-    2048² inputs, output included) are 212 B/px for torch CPU and 200 B/px for ONNX Runtime CPU,
-    whose blocked layouts pad 4-channel tensors. ``safety=2.0`` (276 B/px) covers those with
-    ~30% left for allocator slack and GPU convolution workspaces (widths 8-16-32-64: estimate
-    544 B/px, measured 432 torch / 302 ONNX Runtime).
-    """
-    if not safety > 0:
-        raise ValueError(f"safety must be > 0, got {safety!r}")
-    bytes_per_value = _check_int("bytes_per_value", bytes_per_value, minimum=1)
-    widths = list(spec.widths)
-    shrink = float(spec.pool) ** 2
-    inp = float(spec.in_channels)
-
-    def block(c_in: float, c_out: float, area: float) -> float:
-        return (c_in + 3 * c_out) * area
-
-    peak = block(inp, widths[0], 1.0)  # first block: its input is the network input
-    skips, ch, area = 0.0, float(widths[0]), 1.0
-    for w_prev, w in zip(widths, widths[1:]):  # deeper encoder blocks take the pooled skip
-        skips += w_prev * area
-        area /= shrink
-        peak = max(peak, inp + skips + block(w_prev, w, area))
-    skips += widths[-1] * area
-    ch, area = float(widths[-1]), area / shrink
-    peak = max(peak, inp + skips + block(ch, spec.bottleneck, area))
-    below = float(spec.bottleneck)
-    for w in reversed(widths):
-        lower = below * area  # tensor being upsampled, alive during the block
-        area *= shrink
-        peak = max(peak, inp + skips + lower + block(w + below, w, area))
-        below = float(w)
-    peak = max(peak, inp + skips + (widths[0] + spec.num_classes) * area)  # final 1×1 conv
-    return int(math.ceil(peak * bytes_per_value * safety))
 
 
 def choose_tile_size(frame_shape: Sequence[int], *, multiple_of: int, halo: int, memory_budget_bytes: int,

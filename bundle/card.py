@@ -68,7 +68,7 @@ class Range:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Parameters of the shared preprocessing engine (``fringelive.daemon.preprocess``).
+    """Parameters of the shared preprocessing engine (``fringelive.engine.preprocess``).
 
     xray_threshold_counts: pixels above median + this many counts are x-ray hits.
     flatfield_degree: Bernstein/Bezier surface degree (rows, columns).

@@ -24,12 +24,17 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .particles import area_fraction, particle_stats
+from fringelive.bundle.netspec import bytes_per_pixel_of
+from fringelive.engine.particles import area_fraction, particle_stats
+from fringelive.bundle.bundle_io import Bundle, load_bundle
+from fringelive.engine.backends import create_backends
+from fringelive.engine import tiling
+from fringelive.engine.preprocess import preprocess
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fringelive.export.bundle import Bundle
+    from fringelive.bundle.bundle_io import Bundle
 
-    from .backends import Backend
+    from fringelive.engine.backends import Backend
 
 __all__ = [
     "TILING_MODES",
@@ -118,13 +123,13 @@ class PipelineResult:
     mask: (H, W) bool, ``probabilities > threshold``.
     member_masks: one (H, W) bool mask per member (each member's own probability > threshold),
         for member agreement; with one member it is ``(mask,)``.
-    particles: per-particle dicts from :func:`fringelive.daemon.particles.particle_stats`.
+    particles: per-particle dicts from :func:`fringelive.engine.particles.particle_stats`.
     area_fraction: fraction of the frame's pixels in ``mask``.
     timings_ms: ms per stage: "preprocess", "inference" (tiling + backend calls + stitching, all
         members), "postprocess" (probabilities, ensemble mean, threshold), "particles", "total".
     tile_size: halo-tile core side used (px), None for one whole-frame pass (or gaussian tiling).
     members: the members' file names (or model paths), in backend order.
-    preprocess_stats: from :func:`fringelive.daemon.preprocess.preprocess`: ``xray_pixels``
+    preprocess_stats: from :func:`fringelive.engine.preprocess.preprocess`: ``xray_pixels``
         (pixels replaced) and, with the flat-field on, ``flatfield_min``/``flatfield_max``.
     """
 
@@ -204,21 +209,6 @@ def class1_probability_into(logits: np.ndarray, out: np.ndarray) -> None:
     out[...] = class1_probability(np.array(logits, dtype=np.float32))
 
 
-def _bytes_per_pixel(spec: Mapping[str, Any], arch_name: str) -> float:
-    """Activation bytes per input pixel of one network pass (for tile sizing)."""
-    from . import tiling
-
-    try:
-        from fringelive.training.models import build_model
-
-        net_spec = build_model(arch_name, **dict(spec)).spec
-        return float(tiling.activation_bytes_per_pixel(net_spec))
-    except (ValueError, TypeError):  # unknown architecture: the seed net's conservative figure
-        from fringelive.training.models import UNetSpec
-
-        return float(tiling.activation_bytes_per_pixel(UNetSpec()))
-
-
 class SegmentationPipeline:
     """Runs a bundle's preprocessing, its member backends, the ensemble mean and particle stats.
 
@@ -265,10 +255,8 @@ class SegmentationPipeline:
                     **backend_kwargs: Any) -> "SegmentationPipeline":
         """Load ``bundle`` (a :class:`Bundle` or its directory) and build its backends of ``kind``
         for ``config.members`` (keyword arguments go to
-        :func:`fringelive.daemon.backends.create_backends`)."""
-        from fringelive.export.bundle import Bundle, load_bundle
+        :func:`fringelive.engine.backends.create_backends`)."""
 
-        from .backends import create_backends
 
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle)
@@ -310,11 +298,9 @@ class SegmentationPipeline:
             return int(ts)
         shape = (int(shape[0]), int(shape[1]))
         if shape not in self._tile_sizes:
-            from . import tiling
-
             if self._bytes_per_pixel is None:
                 arch = self.bundle.card.architecture
-                self._bytes_per_pixel = _bytes_per_pixel(arch.spec, arch.name)
+                self._bytes_per_pixel = bytes_per_pixel_of(arch.spec, arch.name)
             tile = self.bundle.card.tile
             # Sized for one tile per call: batching saves per-call overhead only, while smaller
             # tiles cost halo FLOPs (4096²: 2×2 tiles 1.13×, 4×4 tiles 1.41× one pass).
@@ -336,7 +322,6 @@ class SegmentationPipeline:
         cap = self.batch_size
         if self.config.tiling != "halo":
             return cap
-        from . import tiling
 
         tile = self.bundle.card.tile
         plan = tiling.plan_tiles(shape, self.tile_size_for(shape), tile.halo_px, tile.multiple_of)
@@ -348,8 +333,6 @@ class SegmentationPipeline:
         return -(-n // -(-n // cap))
 
     def _fit_input_limits(self, shape: tuple[int, int], size: int | None, limit: tuple[int, int]) -> int | None:
-        from . import tiling
-
         tile = self.bundle.card.tile
 
         def fits(candidate: int | None) -> bool:
@@ -394,8 +377,6 @@ class SegmentationPipeline:
                                            and math.isfinite(pixel_size) and pixel_size > 0):
             raise ValueError(f"meta['pixel_size_nm'] must be a positive number (nm/px) or None, got {pixel_size!r}")
 
-        from . import tiling
-        from .preprocess import preprocess
 
         cfg = self.config
         card = self.bundle.card

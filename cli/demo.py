@@ -1,7 +1,7 @@
 """``fringelive demo``: the whole product in one command, ending by itself.
 
 Starts the daemon in-process on the default bundle (or ``--bundle``) with OS-assigned loopback
-ports, streams frames from a :class:`~fringelive.daemon.camera_sim.SimulatedCamera` over the real
+ports, streams frames from a :class:`~fringelive.stream.camera_sim.SimulatedCamera` over the real
 wire protocol, subscribes to the results, prints a live line per frame (frame rate, latency,
 particle count, drift status), and finally writes an overlay PNG of the last frame and a CSV of
 all results. With the sweep on, dose and pixel size change mid-run so drift flags can appear.
@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fringelive.cli import CLIError
+from fringelive.training.metrics import dice_from_masks
+from fringelive.stream.camera_sim import SimulatedCamera, default_sweep
+from fringelive.daemon.config import ControlConfig, DaemonConfig, IngestConfig, MetricsConfig, ModelConfig, QueueConfig, ResultsConfig, default_bundle_path
+from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
+from fringelive.daemon.server import Daemon
 
 __all__ = ["register", "run_demo"]
 
@@ -43,8 +49,6 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .cli import CLIError
-
     if args.frame_px < 64 or args.frame_px > 8192:
         raise CLIError(f"--frame-px must be in 64..8192 pixels, got {args.frame_px}", 2)
     if args.duration <= 0:
@@ -61,17 +65,10 @@ def run_demo(*, duration_s: float = 60.0, frame_px: int = 2048, pixel_size_nm: f
     """Run the demo; returns a summary dict (frames sent/processed/dropped/rejected, fps, files)."""
     import zmq
 
-    from fringelive.training.metrics import dice_from_masks
 
-    from .camera_sim import SimulatedCamera, default_sweep
-    from .config import ControlConfig, DaemonConfig, IngestConfig, MetricsConfig, ModelConfig, \
-        QueueConfig, ResultsConfig, default_bundle_path
-    from .protocol import decode_error, decode_result, encode_frame
-    from .server import Daemon
 
     bundle_path = bundle or default_bundle_path()
     if bundle_path is None:
-        from .cli import CLIError
         raise CLIError("no --bundle given and no default bundle installed", 2)
     cfg = DaemonConfig(
         ingest=IngestConfig(endpoint="tcp://127.0.0.1:0"),

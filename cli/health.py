@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import CLIError
+from fringelive.cli import CLIError
+from fringelive.daemon.control import control_request
+from fringelive.daemon.config import ConfigError, load_config
 
 __all__ = ["HealthError", "HealthTargets", "check_health", "client_endpoint", "metrics_url", "register",
            "targets_from_config"]
@@ -127,7 +129,6 @@ def _remaining(deadline: float, timeout_s: float, where: str, what: str) -> floa
 def _check_control(targets: HealthTargets, deadline: float, timeout_s: float) -> dict[str, Any]:
     import zmq
 
-    from .control import control_request
 
     ep = targets.control
     hint = " (check the CURVE keys)" if targets.curve else " (is `fringelive serve` running there?)"
@@ -219,8 +220,6 @@ def build_targets(args: argparse.Namespace) -> HealthTargets:
     (exit 1)."""
     try:
         if args.config is not None:
-            from .config import ConfigError, load_config
-
             try:
                 cfg = load_config(args.config)
             except ConfigError as e:

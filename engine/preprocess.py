@@ -1,7 +1,7 @@
 """Preprocessing engine shared by training and the daemon: raw camera frame → network input.
 
 Device-agnostic torch, float32; the same code runs on CPU and CUDA. Parameters come from the
-bundle card (:class:`fringelive.export.card.Preprocessing`). :func:`preprocess` runs
+bundle card (:class:`fringelive.bundle.card.Preprocessing`). :func:`preprocess` runs
 
     cast to float32 → :func:`remove_xrays` (if ``xray_removal``) → :func:`flatfield_correct`
     (if ``flatfield``) → :func:`rescale`
@@ -82,7 +82,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fringelive.export.card import RESCALE_MODES, Preprocessing
+from fringelive.bundle.card import RESCALE_MODES, Preprocessing
 
 __all__ = [
     "MAX_FILL_SWEEPS",
@@ -786,7 +786,7 @@ def preprocess(frame: np.ndarray | torch.Tensor, params: Preprocessing, device: 
     Returns an (H, W) float32 tensor on ``device``; ``frame`` is never modified.
     """
     if not isinstance(params, Preprocessing):
-        raise TypeError(f"params must be a fringelive.export.card.Preprocessing, got {type(params).__name__}")
+        raise TypeError(f"params must be a fringelive.bundle.card.Preprocessing, got {type(params).__name__}")
     clock = _StageClock(timings)
     with torch.no_grad():
         x, owned = _to_float32(frame, device)

@@ -29,7 +29,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .cusum import DIRECTIONS
+from fringelive.engine.cusum import DIRECTIONS
 
 __all__ = [
     "SCHEMA",

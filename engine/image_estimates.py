@@ -374,7 +374,7 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
     ((row, column) px, most important first; at most ``windows`` are used).
 
     spacings_nm: the material's d-spacings (all reflections that may show, e.g.
-    :func:`~fringelive.daemon.materials.reflection_spacings_for`); pixel_size_range: (lo, hi) nm/px
+    :func:`~fringelive.engine.materials.reflection_spacings_for`); pixel_size_range: (lo, hi) nm/px
     that are plausible at all (the search band); particle_radius_px: typical particle radius
     (px), the radius of the tapered disc each window keeps; hint_nm: the metadata's pixel size
     (nm/px) or None, which decides between equally good readings; window: FFT side (px, default the

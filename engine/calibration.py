@@ -1,6 +1,6 @@
 """Calibration of a bundle's drift reference from in-distribution frames (``fringelive calibrate``).
 
-1. Every frame runs through the bundle's pipeline and :func:`fringelive.daemon.drift.measure_frame`
+1. Every frame runs through the bundle's pipeline and :func:`fringelive.engine.drift.measure_frame`
    (:func:`measure_frames`).
 2. Frames whose metadata give dose and pixel size calibrate the dose estimate
    (:func:`calibrate_camera`): ``dose_noise_factor = median(N_true / N_shot-noise)`` (the MTF
@@ -9,7 +9,7 @@
 3. Per signal, robust reference statistics (median, 1.4826·MAD floored by
    ``drift_reference.SCALE_FLOORS``) and the values themselves.
 4. The CUSUM threshold ``h`` for the target ARL0, simulated on the standardized reference
-   frames (:func:`fringelive.daemon.cusum.calibrate_threshold`).
+   frames (:func:`fringelive.engine.cusum.calibrate_threshold`).
 
 :func:`build_reference` returns the ``drift_reference`` map the card stores and a report.
 Pure apart from :func:`measure_frames`, which runs the pipeline.
@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 
-from fringelive.export.card import Card, utc_now_iso
+from fringelive.bundle.bundle_io import load_bundle
+from fringelive.bundle.card import Card, utc_now_iso
+from fringelive.engine.cusum import calibrate_threshold
+from fringelive.engine.drift import DriftSettings, FrameMeasurement, evaluate, measure_frame
+from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SIGNAL_DIRECTIONS, parse_drift_reference, robust_centre_scale)
 
-from .cusum import calibrate_threshold
-from .drift import DriftSettings, FrameMeasurement, evaluate, measure_frame
-from .drift_reference import SCALE_FLOORS, SCHEMA, SIGNAL_DIRECTIONS, DriftReference, robust_centre_scale
-
-__all__ = ["measure_frames", "calibrate_camera", "build_reference", "MIN_SIGNAL_FRAMES"]
+__all__ = ["measure_frames", "calibrate_camera", "build_reference", "calibrate_bundle", "MIN_SIGNAL_FRAMES"]
 
 #: A signal enters the reference only when this many frames (and half of them) gave a value.
 MIN_SIGNAL_FRAMES = 10
@@ -39,11 +41,10 @@ def measure_frames(pipeline: Any, frames: Iterable[tuple[np.ndarray, Mapping[str
                    reference: DriftReference | None = None, settings: DriftSettings | None = None
                    ) -> Iterator[FrameMeasurement]:
     """Run each ``(pixels (H, W), metadata)`` through ``pipeline``
-    (:class:`~fringelive.daemon.pipeline.SegmentationPipeline`) and measure it. The camera
+    (:class:`~fringelive.engine.pipeline.SegmentationPipeline`) and measure it. The camera
     calibration is taken from ``reference`` (the card's current one by default) with the
     noise factor reset to 1, so the dose measurements are raw."""
     card: Card = pipeline.bundle.card
-    from .drift_reference import parse_drift_reference
 
     reference = reference if reference is not None else parse_drift_reference(card.drift_reference)
     raw = replace(reference, dose_noise_factor=1.0)
@@ -176,3 +177,55 @@ def build_reference(measurements: Sequence[FrameMeasurement], card: Card, *, bas
               "signals": {n: {k2: v for k2, v in s.items() if k2 != "values"} for n, s in signals.items()},
               "skipped_signals": skipped, "cusum": cusum, "checks": checks}
     return reference, report
+
+
+def calibrate_bundle(bundle_path: str | Path, frames: Iterable[Any], metadata: Iterable[Mapping[str, Any]] | None = None,
+                     *, target_arl: float = 10_000.0, k: float = 0.5, method: str = "bootstrap",
+                     calibrate_dose: bool = True, gain: float | None = None, offset: float | None = None,
+                     read_noise: float | None = None, sources: Sequence[str] = (), min_frames: int | None = None,
+                     seed: int = 0, threads: int | None = None, dry_run: bool = False,
+                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Measure the drift signals of ``bundle_path``'s model on in-distribution ``frames`` (each
+    ``(H, W)`` raw counts, or ``(pixels, metadata)`` pairs when ``metadata`` is None) and write
+    the resulting ``drift_reference`` into its card (unless ``dry_run``).
+
+    metadata: one map per frame (``pixel_size_nm`` nm/px, ``dose_e_per_A2`` e/Å², ...); frames
+    with dose and pixel size also calibrate the dose estimate. target_arl: in-distribution frames
+    between false stream alarms; k: CUSUM allowance (reference standard deviations).
+    Returns the report of :func:`build_reference` plus
+    ``written`` (the card path or None). Raises ``BundleError``/``DriftReferenceError`` for a bad
+    bundle and ``ValueError`` when too few frames or signals were measured. Training
+    (``fringelive.training.run``) calls this on its validation frames.
+    """
+    if not target_arl >= 10:
+        raise ValueError(f"target_arl must be >= 10 frames, got {target_arl!r}")
+    if not k >= 0:
+        raise ValueError(f"k must be >= 0 standard deviations, got {k!r}")
+    if gain is not None and not gain > 0:
+        raise ValueError(f"gain must be > 0 counts per electron, got {gain!r}")
+    pairs: Iterable[tuple[Any, Mapping[str, Any]]]
+    if metadata is None:
+        pairs = frames
+    else:
+        pairs = zip(frames, metadata, strict=True)
+    bundle = load_bundle(bundle_path)
+    base = parse_drift_reference(bundle.card.drift_reference)
+    if threads:
+        torch.set_num_threads(threads)
+    settings = DriftSettings()
+    measurements = []
+    with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
+        for m in measure_frames(pipe, ((f, dict(meta)) for f, meta in pairs), reference=base, settings=settings):
+            measurements.append(m)
+            if progress is not None:
+                progress(len(measurements))
+    reference, report = build_reference(
+        measurements, bundle.card, base=base, settings=settings, target_arl=target_arl, k=k, method=method,
+        calibrate_dose=calibrate_dose, gain=gain, offset=offset, read_noise=read_noise, sources=list(sources),
+        min_frames=min_frames if min_frames is not None else MIN_SIGNAL_FRAMES, seed=seed)
+    written = None
+    if not dry_run:
+        written = bundle.write_card(bundle.card.replace(drift_reference=reference)).path / "card.json"
+    report["written"] = None if written is None else str(written)
+    report.setdefault("bundle", bundle.name)
+    return report

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fringelive.daemon.protocol import ALLOWED_DTYPES, METADATA_KEYS
+from fringelive.engine.frame import ALLOWED_DTYPES, METADATA_KEYS
 
 log = logging.getLogger(__name__)
 

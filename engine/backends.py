@@ -35,11 +35,15 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from fringelive.bundle.triton_names import default_model_prefix, model_name
+from fringelive.bundle.bundle_io import Bundle, load_bundle
+from fringelive.engine.models import build_model
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from fringelive.export.bundle import Bundle
-    from fringelive.export.card import Member
+    from fringelive.bundle.bundle_io import Bundle
+    from fringelive.bundle.card import Member
 
 __all__ = [
     "BACKEND_KINDS",
@@ -408,7 +412,7 @@ class OnnxRuntimeBackend(Backend):
 
 
 class TorchBackend(Backend):
-    """The network rebuilt with ``fringelive.training.models.build_model`` from the card's
+    """The network rebuilt with ``fringelive.engine.models.build_model`` from the card's
     architecture and the member's ``state_dict`` (``torch.load(weights_only=True)``), in eval
     mode under ``torch.inference_mode``. ``device`` "cpu" (default) or "cuda[:N]"."""
 
@@ -418,7 +422,6 @@ class TorchBackend(Backend):
                  device: str | None = None, intra_op_threads: int | None = None, chunk: int = 1) -> None:
         import torch
 
-        from fringelive.training.models import build_model
 
         if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 1):
             raise ValueError(f"intra_op_threads must be a positive integer or None, got {intra_op_threads!r}")
@@ -829,7 +832,7 @@ def create_backend(kind: str, source: "Bundle | str | os.PathLike[str]", *, memb
                    triton_timeout_s: float = 30.0) -> Backend:
     """Build one backend of ``kind`` for one ensemble member.
 
-    ``source`` is a loaded :class:`~fringelive.export.bundle.Bundle` (``member`` selects by index
+    ``source`` is a loaded :class:`~fringelive.bundle.bundle_io.Bundle` (``member`` selects by index
     or file name), a bundle directory, or, for the onnxruntime kinds, an ``.onnx`` file, for
     ``tensorrt`` a ``.plan`` engine file. ``device``: "cpu" or "cuda[:N]"; None picks the kind's
     own ("cpu" for onnxruntime and torch, "cuda:0" for the GPU kinds). ``intra_op_threads``:
@@ -848,7 +851,6 @@ def create_backend(kind: str, source: "Bundle | str | os.PathLike[str]", *, memb
         raise ValueError(f"unknown backend kind {kind!r}; known: {list(BACKEND_KINDS)}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
-    from fringelive.export.bundle import Bundle, load_bundle
 
     if not isinstance(source, Bundle):
         path = Path(source)
@@ -867,8 +869,6 @@ def create_backend(kind: str, source: "Bundle | str | os.PathLike[str]", *, memb
     index, m = _member_of(bundle, member)
     backend: Backend
     if kind == "triton":
-        from fringelive.export.triton_export import default_model_prefix, model_name
-
         if device is not None:
             raise ValueError(f"backend 'triton' runs where the Triton server places the model: device must be None "
                              f"(config: \"auto\"), got {device!r} (choose CPU/GPU with `fringelive export triton --kind`)")
@@ -901,7 +901,6 @@ def create_backends(kind: str, bundle: "Bundle | str | os.PathLike[str]", member
     """One backend per selected member (``members`` indices; None = all), in that order. The
     keyword arguments are those of :func:`create_backend`. On failure the ones already built are
     closed before the error propagates."""
-    from fringelive.export.bundle import Bundle, load_bundle
 
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fringelive.daemon.cli import CLIError
-from fringelive.daemon.cli_types import nonnegative_int, positive_float, positive_int
-from fringelive.daemon.protocol import DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS_ENDPOINT
+from fringelive.cli import CLIError
+from fringelive.cli.argtypes import nonnegative_int, positive_float, positive_int
+from fringelive.daemon.protocol import (DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS_ENDPOINT, ERROR_TOPIC, ProtocolError, RESULT_TOPIC, configure_curve_client, decode_error, decode_result, encode_frame)
+from fringelive.engine.readers import ReaderError, check_readable, read_frames
+from fringelive.stream.recorder import ResultRecorder
 
 DEFAULT_SEND_HWM = 4
 DEFAULT_SEND_TIMEOUT_S = 10.0
@@ -78,8 +80,6 @@ def _add_curve_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _apply_curve(sock: Any, args: argparse.Namespace) -> bool:
-    from fringelive.daemon.protocol import configure_curve_client
-
     server, client = args.curve_server_key, args.curve_client_key
     if server is None and client is None:
         return False
@@ -98,7 +98,6 @@ def _apply_curve(sock: Any, args: argparse.Namespace) -> bool:
 
 def _planned_frames(args: argparse.Namespace) -> Iterator[tuple[Path, str, int, Any]]:
     """Yield (file, series, frame index, ImageFrame) in send order."""
-    from fringelive.daemon.readers import read_frames
 
     counters: dict[str, int] = {}
     for _ in range(args.repeat):
@@ -135,8 +134,6 @@ def wait_for_peers(monitor: Any, count: int, timeout_s: float) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     import zmq
 
-    from fringelive.daemon.protocol import encode_frame
-    from fringelive.daemon.readers import ReaderError, check_readable
 
     # `--meta a=1 b=2 FILE` is greedy in argparse: items without "=" are files.
     meta_items = [m for m in args.meta or [] if "=" in m]
@@ -285,13 +282,9 @@ def format_error_line(header: dict) -> str:
 def cmd_watch(args: argparse.Namespace) -> int:
     import zmq
 
-    from fringelive.daemon.protocol import (ERROR_TOPIC, RESULT_TOPIC, ProtocolError,
-                                            decode_error, decode_result)
 
     recorder = None
     if args.record is not None:
-        from fringelive.daemon.recorder import ResultRecorder
-
         try:
             recorder = ResultRecorder(args.record, endpoint=args.endpoint)
         except (OSError, ImportError) as e:

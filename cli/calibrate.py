@@ -22,7 +22,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from .cli import CLIError
+from fringelive.cli import CLIError
+from fringelive.engine.calibration import calibrate_bundle
+from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
+from fringelive.training.samples import SampleSetError, load_sampleset
+from fringelive.cli.stream import merge_meta, parse_meta
+from fringelive.bundle.bundle_io import BundleError
+from fringelive.engine.drift_reference import DriftReferenceError
 
 
 def register(sub: Any) -> None:
@@ -69,7 +75,6 @@ def _is_sampleset(path: Path) -> bool:
 
 def _files(data: list[Path]) -> list[Path]:
     """Image files, directories of them, and sample sets (kept as their directory)."""
-    from .readers import SUPPORTED_SUFFIXES
 
     out: list[Path] = []
     for d in data:
@@ -90,7 +95,6 @@ def _files(data: list[Path]) -> list[Path]:
 
 def _sampleset_frames(path: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
     """Raw frames and their metadata rows of a sample set (``fringelive synth``/``dataset``)."""
-    from fringelive.training.samples import SampleSetError, load_sampleset
 
     try:
         ss = load_sampleset(path)
@@ -104,9 +108,6 @@ def _sampleset_frames(path: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
 
 
 def _frames(files: list[Path], extra: dict[str, Any], limit: int | None) -> Iterator[tuple[Any, dict[str, Any]]]:
-    from .cli_stream import merge_meta
-    from .readers import ReaderError, read_frames
-
     n = 0
     for f in files:
         try:
@@ -123,72 +124,8 @@ def _frames(files: list[Path], extra: dict[str, Any], limit: int | None) -> Iter
             raise CLIError(str(e), 2) from None
 
 
-def calibrate_bundle(bundle_path: str | Path, frames: Iterable[Any], metadata: Iterable[Mapping[str, Any]] | None = None,
-                     *, target_arl: float = 10_000.0, k: float = 0.5, method: str = "bootstrap",
-                     calibrate_dose: bool = True, gain: float | None = None, offset: float | None = None,
-                     read_noise: float | None = None, sources: Sequence[str] = (), min_frames: int | None = None,
-                     seed: int = 0, threads: int | None = None, dry_run: bool = False,
-                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Measure the drift signals of ``bundle_path``'s model on in-distribution ``frames`` (each
-    ``(H, W)`` raw counts, or ``(pixels, metadata)`` pairs when ``metadata`` is None) and write
-    the resulting ``drift_reference`` into its card (unless ``dry_run``).
-
-    metadata: one map per frame (``pixel_size_nm`` nm/px, ``dose_e_per_A2`` e/Å², ...); frames
-    with dose and pixel size also calibrate the dose estimate. target_arl: in-distribution frames
-    between false stream alarms; k: CUSUM allowance (reference standard deviations).
-    Returns the report of :func:`~fringelive.daemon.drift_calibration.build_reference` plus
-    ``written`` (the card path or None). Raises ``BundleError``/``DriftReferenceError`` for a bad
-    bundle and ``ValueError`` when too few frames or signals were measured. Training
-    (``fringelive.training.run``) calls this on its validation frames.
-    """
-    from fringelive.export.bundle import load_bundle
-
-    from .drift import DriftSettings
-    from .drift_calibration import MIN_SIGNAL_FRAMES, build_reference, measure_frames
-    from .drift_reference import parse_drift_reference
-    from .pipeline import PipelineConfig, SegmentationPipeline
-
-    if not target_arl >= 10:
-        raise ValueError(f"target_arl must be >= 10 frames, got {target_arl!r}")
-    if not k >= 0:
-        raise ValueError(f"k must be >= 0 standard deviations, got {k!r}")
-    if gain is not None and not gain > 0:
-        raise ValueError(f"gain must be > 0 counts per electron, got {gain!r}")
-    pairs: Iterable[tuple[Any, Mapping[str, Any]]]
-    if metadata is None:
-        pairs = frames
-    else:
-        pairs = zip(frames, metadata, strict=True)
-    bundle = load_bundle(bundle_path)
-    base = parse_drift_reference(bundle.card.drift_reference)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    settings = DriftSettings()
-    measurements = []
-    with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
-        for m in measure_frames(pipe, ((f, dict(meta)) for f, meta in pairs), reference=base, settings=settings):
-            measurements.append(m)
-            if progress is not None:
-                progress(len(measurements))
-    reference, report = build_reference(
-        measurements, bundle.card, base=base, settings=settings, target_arl=target_arl, k=k, method=method,
-        calibrate_dose=calibrate_dose, gain=gain, offset=offset, read_noise=read_noise, sources=list(sources),
-        min_frames=min_frames if min_frames is not None else MIN_SIGNAL_FRAMES, seed=seed)
-    written = None
-    if not dry_run:
-        written = bundle.write_card(bundle.card.replace(drift_reference=reference)).path / "card.json"
-    report["written"] = None if written is None else str(written)
-    report.setdefault("bundle", bundle.name)
-    return report
-
-
 def run_calibrate(args: argparse.Namespace) -> int:
-    from fringelive.export.bundle import BundleError
 
-    from .cli_stream import parse_meta
-    from .drift_reference import DriftReferenceError
 
     if args.max_frames is not None and args.max_frames < 2:
         raise CLIError(f"--max-frames must be >= 2, got {args.max_frames}", 2)
@@ -255,6 +192,6 @@ def _print_report(name: str, report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
+    from fringelive.cli import main
 
     sys.exit(main(["calibrate", *sys.argv[1:]]))

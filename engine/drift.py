@@ -32,12 +32,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fringelive.export.card import Card, Tolerances
-
-from . import confidence, envelope, image_estimates
-from .cusum import CusumState, calibrate_threshold
-from .drift_reference import (SIGNAL_DIRECTIONS, DriftReference, parse_drift_reference, tail_p_value)
-from .materials import reflection_spacings_for, spacings_for
+from fringelive.bundle.card import Card, Tolerances
+from fringelive.engine import confidence, envelope, image_estimates
+from fringelive.engine.cusum import CusumState, calibrate_threshold
+from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SIGNAL_DIRECTIONS, parse_drift_reference, tail_p_value)
+from fringelive.engine.materials import reflection_spacings_for, spacings_for
 
 __all__ = [
     "DriftSettings",
@@ -273,7 +272,6 @@ class DriftMonitor:
         for j, r in enumerate(refs):
             if r.values:
                 z[:, j] = [(v - r.centre) / r.scale for v in r.values]
-        from .drift_reference import SCALE_FLOORS
 
         floors = [SCALE_FLOORS.get(x, 0.0) / r.scale for x, r in zip(names, refs)]
         result = calibrate_threshold(z, [self.directions[x] for x in names], k=k, target_arl=target, scale_floors=floors)
@@ -286,7 +284,7 @@ class DriftMonitor:
     def assess(self, pixels: np.ndarray, meta: Mapping[str, Any] | None, result: Any, *, threshold: float = 0.5
                ) -> dict[str, Any]:
         """The ``drift`` header of one frame; updates the CUSUM. ``result``: a
-        :class:`fringelive.daemon.pipeline.PipelineResult`."""
+        :class:`fringelive.engine.pipeline.PipelineResult`."""
         if not self.settings.enabled:
             return {"status": "unknown", "reasons": ["drift_disabled"], "signals": {}, "p_values": {}, "estimates": {},
                     "conditions": {}, "cusum": {}, "alarm": False, "calibrated": False}

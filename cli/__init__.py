@@ -16,14 +16,14 @@ import logging
 import sys
 
 COMMAND_MODULES = (
-    "fringelive.daemon.cli_serve",    # serve
-    "fringelive.daemon.cli_health",   # health (Docker HEALTHCHECK, systemd, monitoring)
-    "fringelive.daemon.cli_stream",   # send, watch
-    "fringelive.daemon.cli_merge",    # merge (results of several workers, in frame order)
-    "fringelive.daemon.cli_demo",     # demo
-    "fringelive.daemon.cli_calibrate",  # calibrate (drift reference statistics)
-    "fringelive.training.cli_train",  # synth, dataset, train, finetune, evaluate
-    "fringelive.export.cli_export",   # import-seed, export onnx|tensorrt
+    "fringelive.cli.serve",    # serve
+    "fringelive.cli.health",   # health (Docker HEALTHCHECK, systemd, monitoring)
+    "fringelive.cli.stream",   # send, watch
+    "fringelive.cli.merge",    # merge (results of several workers, in frame order)
+    "fringelive.cli.demo",     # demo
+    "fringelive.cli.calibrate",  # calibrate (drift reference statistics)
+    "fringelive.cli.train",  # synth, dataset, train, finetune, evaluate
+    "fringelive.cli.export",   # import-seed, export onnx|tensorrt
 )
 
 
@@ -66,11 +66,3 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    # Under `python -m fringelive.daemon.cli` this file runs as __main__, a second copy of the
-    # module whose CLIError is not the one the commands raise: dispatch through the real module.
-    from fringelive.daemon.cli import main as _main
-
-    sys.exit(_main())

@@ -16,7 +16,11 @@ import signal
 import sys
 from typing import Any
 
-from .cli import CLIError
+from fringelive.cli import CLIError
+from fringelive.daemon.config import ConfigError, DaemonConfig, load_config
+from fringelive.bundle.bundle_io import BundleError
+from fringelive.engine.backends import BackendUnavailable
+from fringelive.daemon.server import Daemon, DaemonError
 
 log = logging.getLogger("fringelive.daemon")
 
@@ -50,7 +54,6 @@ def register(sub: Any) -> None:
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`DaemonConfig` from ``--config`` and the override options; raises
     :class:`ConfigError`."""
-    from .config import ConfigError, DaemonConfig, load_config
 
     cfg = load_config(args.config) if args.config else DaemonConfig()
     try:
@@ -79,11 +82,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from fringelive.export.bundle import BundleError
 
-    from .backends import BackendUnavailable
-    from .config import ConfigError
-    from .server import Daemon, DaemonError
 
     stop: dict[str, Any] = {"signal": None}
 
@@ -130,6 +129,6 @@ def _restore(handlers: dict[Any, Any]) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
+    from fringelive.cli import main
 
     sys.exit(main(["serve", *sys.argv[1:]]))

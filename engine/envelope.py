@@ -17,7 +17,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from fringelive.export.card import Envelope, Range, Tolerances
+from fringelive.bundle.card import Envelope, Range, Tolerances
 
 __all__ = [
     "STATUSES",

@@ -1,12 +1,13 @@
 """The preprocessing options shared by the commands that record preprocessing in a card
 (``dataset``, ``train``, ``finetune``, ``export onnx``): argparse options in, a card
-:class:`~fringelive.export.card.Preprocessing` out."""
+:class:`~fringelive.bundle.card.Preprocessing` out."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import replace
 from typing import Any
+from fringelive.bundle.card import Preprocessing
 
 __all__ = ["add_preprocessing_options", "preprocessing_from_args"]
 
@@ -32,7 +33,6 @@ def add_preprocessing_options(p: argparse.ArgumentParser, what: str) -> None:
 def preprocessing_from_args(args: argparse.Namespace, base: Any = None) -> Any:
     """``base`` (default: the card defaults) with the options given on the command line; None
     when no option was given and ``base`` is None. Raises ``CardError`` for a bad value."""
-    from fringelive.export.card import Preprocessing
 
     changes: dict[str, Any] = {}
     if args.xray_threshold is not None:

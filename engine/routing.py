@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from fringelive.export.card import Envelope, Tolerances
-
-from .envelope import Conditions, check_envelope, envelope_distance
+from fringelive.bundle.card import Envelope, Tolerances
+from fringelive.engine.envelope import Conditions, check_envelope, envelope_distance
 
 __all__ = ["Route", "route"]
 

@@ -16,8 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fringelive.daemon.cli import CLIError
-from fringelive.daemon.cli_preprocessing import add_preprocessing_options, preprocessing_from_args
+from fringelive.cli import CLIError
+from fringelive.cli.preprocessing import add_preprocessing_options, preprocessing_from_args
+from fringelive.export.onnx_export import ExportError, command_line, export_bundle
+from fringelive.bundle.bundle_io import BundleError, sha256_file
+from fringelive.export.safe_unpickle import UnpicklingRefused
+from fringelive.export.seed_import import (SEED_PREPROCESSING, SeedImportError, check_parity, import_seed, load_seed_checkpoint, to_resunet)
+from fringelive.bundle.card import CardError, Envelope, Preprocessing, Range, Source
+from fringelive.engine.models import build_model
+from fringelive.export.tensorrt_export import EngineBuildError, TensorRTUnavailable, build_engines
+from fringelive.export.triton_export import TritonExportError, export_triton
 
 __all__ = ["register"]
 
@@ -49,7 +57,6 @@ def _command_line(args: argparse.Namespace, head: str) -> str:
     else (``main(argv)`` called in-process) rebuilt from the parsed arguments."""
     import shlex
 
-    from .onnx_export import command_line
 
     if Path(sys.argv[0]).name == "fringelive":
         return command_line()
@@ -95,11 +102,6 @@ def _register_import_seed(sub: argparse._SubParsersAction) -> None:  # type: ign
 
 
 def _cmd_import_seed(args: argparse.Namespace) -> int:
-    from .bundle import BundleError
-    from .onnx_export import ExportError
-    from .safe_unpickle import UnpicklingRefused
-    from .seed_import import SeedImportError, import_seed
-
     _check_size("--parity-size", args.parity_size)
     sizes = tuple(args.check_size or (512, 1024))
     for s in sizes:
@@ -159,8 +161,6 @@ def _register_onnx(esub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _range(option: str, values: list[float] | None) -> Any:
-    from .card import CardError, Range
-
     if values is None:
         return None
     if len(values) not in (1, 2):
@@ -176,13 +176,10 @@ def _load_checkpoint(path: Path, arch: str, spec_overrides: dict[str, Any]) -> t
     """A network from a .pt state dict or a published .h5; returns (model, source label)."""
     import torch
 
-    from fringelive.training.models import build_model
 
     if not path.is_file():
         raise CLIError(f"checkpoint {path}: no such file")
     if path.suffix.lower() == ".h5":
-        from .seed_import import check_parity, load_seed_checkpoint, to_resunet
-
         seed = load_seed_checkpoint(path)
         model = to_resunet(seed, path.name)
         diff = check_parity(seed, model, size=256)
@@ -212,12 +209,6 @@ def _load_checkpoint(path: Path, arch: str, spec_overrides: dict[str, Any]) -> t
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .bundle import BundleError, sha256_file
-    from .card import CardError, Envelope, Preprocessing, Source
-    from .onnx_export import ExportError, export_bundle
-    from .safe_unpickle import UnpicklingRefused
-    from .seed_import import SEED_PREPROCESSING, SeedImportError
-
     sizes = tuple(args.check_size or (512, 1024))
     for s in sizes:
         _check_size("--check-size", s)
@@ -297,9 +288,6 @@ def _register_tensorrt(esub: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def _cmd_export_tensorrt(args: argparse.Namespace) -> int:
-    from .bundle import BundleError
-    from .tensorrt_export import EngineBuildError, TensorRTUnavailable, build_engines
-
     try:
         bundle = build_engines(args.bundle, precision=args.precision, tile_size=args.tile_size,
                                max_batch=args.max_batch, workspace_mib=args.workspace_mib,
@@ -351,9 +339,6 @@ def _register_triton(esub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _cmd_export_triton(args: argparse.Namespace) -> int:
-    from .bundle import BundleError
-    from .triton_export import TritonExportError, export_triton
-
     for option, v, lo in (("--max-batch", args.max_batch, 1), ("--instances", args.instances, 1),
                           ("--queue-delay-us", args.queue_delay_us, 0)):
         if v < lo:

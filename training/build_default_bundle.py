@@ -11,8 +11,7 @@ bundle is named, with the ordinary commands, so anyone can reproduce it:
     fringelive calibrate --bundle finetune/bundle calib abtem-train abtem-heldout
 
 in a working directory, and copy ``finetune/bundle`` to ``--out``:
-
-    python -m fringelive.training.default_bundle --out daemon/default_bundle [--work DIR]
+    python -m fringelive.training.build_default_bundle --out default_bundle [--work DIR]
 
 The network is the published residual UNet (``resunet-seed``), first trained on fast synthetic
 frames (``fringelive.training.fastsim``: many frames, cheap) and then fine-tuned on those plus
@@ -37,6 +36,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from fringelive.cli import main as fringelive
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,6 @@ def commands(*, train_frames: int = 32, heldout_frames: int = 6, frame_px: int =
 
 def build(out: Path, work: Path, **kwargs: object) -> Path:
     """Run the commands in ``work`` and copy the bundle to ``out`` (replacing it)."""
-    from fringelive.daemon.cli import main as fringelive
 
     out = out.resolve()
     work.mkdir(parents=True, exist_ok=True)
