@@ -33,10 +33,10 @@ import logging
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from fringelive.cli import main as fringelive
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,6 @@ def commands(*, train_frames: int = 32, heldout_frames: int = 6, frame_px: int =
 
 def build(out: Path, work: Path, **kwargs: object) -> Path:
     """Run the commands in ``work`` and copy the bundle to ``out`` (replacing it)."""
-
     out = out.resolve()
     work.mkdir(parents=True, exist_ok=True)
     cwd = os.getcwd()
@@ -97,7 +96,8 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
     try:
         for argv in commands(**kwargs):  # type: ignore[arg-type]
             log.info("fringelive %s", shlex.join(argv))
-            rc = fringelive(argv)
+            # the commands run as `python -m fringelive.cli` (training sits below the CLI layer)
+            rc = subprocess.run([sys.executable, "-m", "fringelive.cli", *argv], check=False).returncode
             if rc != 0:
                 raise SystemExit(f"fringelive {argv[0]} failed with exit code {rc}")
     finally:
