@@ -1,0 +1,59 @@
+"""Inference backends behind one small interface (a registry of kinds, timm style): ``backend(batch) -> logits``.
+
+A :class:`Backend` wraps ONE ensemble member of a bundle. Input ``batch`` is ``(N, 1, h, w)``
+float32 (preprocessed pixels, h and w multiples of the card's ``tile.multiple_of``); output is
+``(N, C, h, w)`` float32 logits as a new numpy array. Kinds:
+
+``onnxruntime``           ONNX Runtime on the CPU (default; ``intra_op_threads`` = usable cores).
+``onnxruntime-cuda``      ONNX Runtime CUDA execution provider, I/O bound on the GPU (io_binding).
+``onnxruntime-tensorrt``  ONNX Runtime TensorRT execution provider, fp16, engine cache on disk.
+``tensorrt``              A native TensorRT 10 engine listed in the card's ``engines``.
+``torch``                 The network rebuilt from ``card.architecture`` + the member's
+                          ``state_dict`` (``Member.weights``), on ``cpu`` or ``cuda``.
+``triton``                Offloaded to an NVIDIA Triton Inference Server: the member is served
+                          there as model ``<prefix>_m<i>`` (``fringelive export triton``), tile
+                          batches go over HTTP (KServe v2 protocol, binary tensors).
+
+On CUDA the torch-driven paths stage each batch through pinned host buffers reused across calls
+and split it into chunks: chunk k+1's host→device copy runs on a copy stream while chunk k
+computes, and outputs come back on a third stream (:class:`~fringelive.engine.backends.cuda_staging.CudaStager`).
+
+A kind whose runtime, GPU or files are missing raises :class:`BackendUnavailable` naming the kind
+and the reason; :func:`available_backends` reports this up front without building anything.
+GPU runtimes (tensorrt, CUDA builds of onnxruntime) and tritonclient are imported lazily.
+"""
+
+from __future__ import annotations
+
+from fringelive.engine.backends.base import (Backend, BackendUnavailable, available_backends, backend_kinds,
+                                             create_backend, create_backends, default_trt_cache_dir, gpu_kinds,
+                                             register_backend, usable_cpu_count)
+# Registration order is the order of BACKEND_KINDS.
+from fringelive.engine.backends.onnxruntime import OnnxRuntimeBackend
+from fringelive.engine.backends.tensorrt import TensorRTBackend
+from fringelive.engine.backends.torch_backend import TorchBackend
+from fringelive.engine.backends.triton import TritonBackend, TritonRequestError, parse_triton_url
+
+__all__ = [
+    "BACKEND_KINDS",
+    "GPU_KINDS",
+    "BackendUnavailable",
+    "Backend",
+    "OnnxRuntimeBackend",
+    "TorchBackend",
+    "TensorRTBackend",
+    "TritonBackend",
+    "TritonRequestError",
+    "parse_triton_url",
+    "register_backend",
+    "create_backend",
+    "create_backends",
+    "available_backends",
+    "default_trt_cache_dir",
+    "usable_cpu_count",
+]
+
+#: Every backend kind, from the registry (the one list: the daemon config validates against it).
+BACKEND_KINDS: tuple[str, ...] = backend_kinds()
+#: The kinds that need a CUDA GPU.
+GPU_KINDS: tuple[str, ...] = gpu_kinds()
