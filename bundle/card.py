@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from fringelive.bundle.typed import Dialect, parse
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -318,81 +318,9 @@ def _to_jsonable(obj: Any) -> Any:
     return obj
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _where(path: str) -> str:
-    return path or "card"
+_JSON = Dialect(error=CardError)
 
 
 def _parse(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _parse(inner[0], value, path)
-        raise CardError(f"{_where(path)}: unsupported union {tp!r}")  # pragma: no cover
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise CardError(f"{_where(path)} must be an object, got {value!r}")
-        hints = _hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise CardError(f"{_where(path)}: unknown key(s) {unknown}; known: {sorted(names)}")
-        kwargs = {}
-        for f in dataclasses.fields(tp):
-            sub = f"{path}.{f.name}" if path else f.name
-            if f.name not in value:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise CardError(f"{sub} is required but missing")
-                continue
-            kwargs[f.name] = _parse(hints[f.name], value[f.name], sub)
-        try:
-            return tp(**kwargs)
-        except CardError as e:
-            raise CardError(f"{_where(path)}: {e}") from None
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise CardError(f"{_where(path)} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_parse(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise CardError(f"{_where(path)} must have {len(args)} items, got {value!r}")
-        return tuple(_parse(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise CardError(f"{_where(path)} must be an object, got {value!r}")
-        return {str(k): _parse(args[1], v, f"{path}.{k}") for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, list):
-            raise CardError(f"{_where(path)} must be a list, got {value!r}")
-        return [_parse(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise CardError(f"{_where(path)} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CardError(f"{_where(path)} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CardError(f"{_where(path)} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise CardError(f"{_where(path)} must be a string, got {value!r}")
-        return value
-    raise CardError(f"{_where(path)}: unsupported type {tp!r}")  # pragma: no cover
+    """Strict parsing of the card's JSON (the parser shared with the daemon config)."""
+    return parse(tp, value, path, _JSON)

@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator
 
 from fringelive.cli import CLIError
 from fringelive.engine.calibration import calibrate_bundle

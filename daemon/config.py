@@ -84,15 +84,15 @@ import dataclasses
 import ipaddress
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from fringelive import default_bundle
+from fringelive.bundle.typed import NOT_HANDLED, Dialect, parse
+from fringelive.engine.backends import BACKEND_KINDS
 from fringelive.engine.drift import DriftSettings
-from fringelive.engine.envelope import ToleranceOverrides
+from fringelive.engine.pipeline import TILING_MODES, PipelineConfig
 
 __all__ = [
     "ConfigError",
@@ -102,9 +102,7 @@ __all__ = [
     "MetricsConfig",
     "QueueConfig",
     "ModelConfig",
-    "PipelineConfig",
     "LifecycleConfig",
-    "DriftConfig",
     "CurveConfig",
     "DaemonConfig",
     "QUEUE_POLICIES",
@@ -119,9 +117,6 @@ __all__ = [
 ]
 
 QUEUE_POLICIES = ("block", "drop-oldest")
-BACKEND_KINDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch", "triton")
-TILING_MODES = ("halo", "gaussian")
-TILE_SIZE_WORDS = ("auto", "whole")
 #: 4096 × 4096 float32 pixels (64 MiB) plus 1 MiB for the header, bytes.
 DEFAULT_MAX_MESSAGE_BYTES = 4096 * 4096 * 4 + (1 << 20)
 #: The package-data directory holding the default bundle (``fringelive.default_bundle``).
@@ -374,45 +369,6 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    """How frames are computed. ``tile_size``: px, ``"auto"`` (largest tile within
-    ``memory_budget_mb`` MiB) or ``"whole"`` (one pass); ``batch_size``: tiles per backend call;
-    ``gaussian_roi``: window side (px) and ``gaussian_overlap``: overlap fraction for
-    ``tiling = "gaussian"``; ``threshold``: class-1 probability; ``min_particle_area_px``: px."""
-
-    tiling: str = "halo"
-    tile_size: int | str = "auto"
-    batch_size: int = 4
-    memory_budget_mb: float = 4096.0
-    gaussian_roi: int = 512
-    gaussian_overlap: float = 0.25
-    threshold: float = 0.5
-    min_particle_area_px: int = 20
-
-    def __post_init__(self) -> None:
-        if self.tiling not in TILING_MODES:
-            raise ConfigError(f"pipeline.tiling must be one of {list(TILING_MODES)}, got {self.tiling!r}")
-        if isinstance(self.tile_size, str):
-            if self.tile_size not in TILE_SIZE_WORDS:
-                raise ConfigError(f"pipeline.tile_size must be \"auto\", \"whole\" or pixels, got {self.tile_size!r}")
-        elif self.tile_size < 16 or self.tile_size % 16:
-            raise ConfigError(f"pipeline.tile_size must be a positive multiple of 16 px, got {self.tile_size!r}")
-        if self.tiling == "gaussian" and self.tile_size == "whole":
-            raise ConfigError("pipeline.tile_size \"whole\" needs pipeline.tiling = \"halo\", got tiling 'gaussian'")
-        _positive_int(self.batch_size, "pipeline.batch_size")
-        if self.gaussian_roi < 16 or self.gaussian_roi % 16:
-            raise ConfigError(f"pipeline.gaussian_roi must be a positive multiple of 16 px, got {self.gaussian_roi!r}")
-        if not 0.0 <= self.gaussian_overlap < 1.0:
-            raise ConfigError(f"pipeline.gaussian_overlap must be >= 0 and < 1, got {self.gaussian_overlap!r}")
-        if not self.memory_budget_mb > 0:
-            raise ConfigError(f"pipeline.memory_budget_mb must be > 0, got {self.memory_budget_mb!r}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"pipeline.threshold must be in (0, 1), got {self.threshold!r}")
-        if self.min_particle_area_px < 0:
-            raise ConfigError(f"pipeline.min_particle_area_px must be >= 0, got {self.min_particle_area_px!r}")
-
-
-@dataclass(frozen=True)
 class LifecycleConfig:
     """``drain_timeout_s``: seconds the worker may spend on queued frames after ingest stops;
     frames still queued then are dropped{reason="shutdown"}."""
@@ -422,53 +378,6 @@ class LifecycleConfig:
     def __post_init__(self) -> None:
         if not self.drain_timeout_s >= 0:
             raise ConfigError(f"lifecycle.drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
-
-
-@dataclass(frozen=True)
-class DriftConfig:
-    """Out-of-distribution checks (``docs/drift.md``). Tolerances: fractions (``*_rel``) or kV;
-    absent keys keep the card's values. ``target_arl``: frames between false stream alarms
-    (absent: the card's calibration; another value re-simulates the threshold at load);
-    ``cusum_k``: standard deviations; ``min_fringe_snr``: robust standard deviations."""
-
-    enabled: bool = True
-    image_estimates: bool = True
-    member_agreement: bool = True
-    pixel_size_tolerance_rel: float | None = None
-    dose_tolerance_rel: float | None = None
-    voltage_tolerance_kv: float | None = None
-    pixel_size_mismatch_rel: float | None = None
-    dose_mismatch_rel: float | None = None
-    target_arl: float | None = None
-    cusum_k: float | None = None
-    fringe_windows: int = 6
-    min_fringe_snr: float = 6.0
-    max_background_blocks: int = 400
-
-    def __post_init__(self) -> None:
-        for name in ("pixel_size_tolerance_rel", "dose_tolerance_rel", "voltage_tolerance_kv", "pixel_size_mismatch_rel",
-                     "dose_mismatch_rel", "cusum_k"):
-            v = getattr(self, name)
-            if v is not None and not v >= 0:
-                raise ConfigError(f"drift.{name} must be >= 0, got {v!r}")
-        if self.target_arl is not None and not self.target_arl >= 10:
-            raise ConfigError(f"drift.target_arl must be >= 10 frames, got {self.target_arl!r}")
-        _positive_int(self.fringe_windows, "drift.fringe_windows")
-        if not self.min_fringe_snr > 0:
-            raise ConfigError(f"drift.min_fringe_snr must be > 0, got {self.min_fringe_snr!r}")
-        if self.max_background_blocks < 6:
-            raise ConfigError(f"drift.max_background_blocks must be >= 6, got {self.max_background_blocks!r}")
-
-    def settings(self) -> Any:
-        """The :class:`fringelive.engine.drift.DriftSettings` these keys describe."""
-
-        return DriftSettings(
-            enabled=self.enabled, image_estimates=self.image_estimates, member_agreement=self.member_agreement,
-            tolerances=ToleranceOverrides(self.pixel_size_tolerance_rel, self.dose_tolerance_rel,
-                                          self.voltage_tolerance_kv),
-            pixel_size_mismatch_rel=self.pixel_size_mismatch_rel, dose_mismatch_rel=self.dose_mismatch_rel,
-            target_arl=self.target_arl, cusum_k=self.cusum_k, fringe_windows=self.fringe_windows,
-            min_fringe_snr=self.min_fringe_snr, max_background_blocks=self.max_background_blocks)
 
 
 @dataclass(frozen=True)
@@ -506,9 +415,9 @@ class DaemonConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)   # the engine's settings, [pipeline]
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
-    drift: DriftConfig = field(default_factory=DriftConfig)
+    drift: DriftSettings = field(default_factory=DriftSettings)        # the engine's settings, [drift]
     curve: CurveConfig = field(default_factory=CurveConfig)
 
     def __post_init__(self) -> None:
@@ -519,6 +428,7 @@ class DaemonConfig:
             if _fixed(ep) and ep in seen:
                 raise ConfigError(f"{key} {ep!r} is the same endpoint as {seen[ep]}")
             seen[ep] = key
+        _check_pipeline(self.pipeline)
         if self.curve.enabled and not self.ingest.bind:
             raise ConfigError("curve.enabled = true needs ingest.bind = true (the daemon is the CURVE server), "
                               "got ingest.bind = false")
@@ -526,7 +436,7 @@ class DaemonConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None) -> "DaemonConfig":
         """Build from parsed TOML; relative paths resolve against ``base_dir`` (default: cwd)."""
-        return _parse_section(cls, data, "", Path(base_dir) if base_dir is not None else Path.cwd())
+        return parse(cls, data, "", _dialect(Path(base_dir) if base_dir is not None else Path.cwd()))
 
     def replace(self, **sections: Any) -> "DaemonConfig":
         """A copy with whole sections replaced, e.g. ``cfg.replace(queue=QueueConfig(8))``."""
@@ -570,32 +480,27 @@ def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
         raise ConfigError(f"config file {str(p)!r}: {e}") from None
 
 
-# --- strict parsing -------------------------------------------------------------------------
+# --- strict parsing (fringelive.bundle.typed, the card's parser, in its TOML dialect) --------
 
-def _parse_section(cls: type, data: Any, prefix: str, base_dir: Path) -> Any:
-    where = prefix.rstrip(".") or "config"
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a table, got {data!r}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]} in {where}; known: {names}")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name in names:
-        if name not in data:
-            continue
-        key = prefix + name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _parse_section(tp, data[name], key + ".", base_dir)
-        else:
-            kwargs[name] = _convert(cls, name, tp, data[name], key, base_dir)
-    return cls(**kwargs)
+#: [drift] keys spelled flat in TOML that fill ``DriftSettings.tolerances``.
+_DRIFT_TOLERANCE_KEYS = {
+    "pixel_size_tolerance_rel": ("tolerances", "pixel_size_rel"),
+    "dose_tolerance_rel": ("tolerances", "dose_rel"),
+    "voltage_tolerance_kv": ("tolerances", "voltage_kv"),
+}
 
 
-def _convert(cls: type, name: str, tp: Any, value: Any, key: str, base_dir: Path) -> Any:
-    # TOML has no null: a few keys spell "default" with a word or 0.
+def _dialect(base_dir: Path) -> Dialect:
+    return Dialect(
+        error=ConfigError, toml=True, hook=_toml_word, base_dir=base_dir,
+        # engine settings that are not [pipeline]/[drift] keys: members come from [model], the
+        # pixel-size search band is fixed
+        exclude={PipelineConfig: frozenset({"members"}), DriftSettings: frozenset({"pixel_size_search"})},
+        flat={DriftSettings: _DRIFT_TOLERANCE_KEYS})
+
+
+def _toml_word(cls: type, name: str, value: Any, key: str, d: Dialect) -> Any:
+    """TOML has no null: a few keys spell "default" with a word or 0; lists of paths/indices."""
     if cls is ModelConfig and name == "members":
         if value == "all":
             return None
@@ -605,45 +510,23 @@ def _convert(cls: type, name: str, tp: Any, value: Any, key: str, base_dir: Path
     if cls is ModelConfig and name == "bundles":
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{key} must be a list of bundle directory paths, got {value!r}")
-        return tuple(_convert(cls, "bundles[]", Path, v, f"{key}[{i}]", base_dir) for i, v in enumerate(value))
+        return tuple(parse(Path, v, f"{key}[{i}]", d) for i, v in enumerate(value))
     if cls is ModelConfig and name == "device" and value == "auto":
         return None
     if cls is ModelConfig and name == "intra_op_threads" and value == 0 and not isinstance(value, bool):
         return None
-    origin = typing.get_origin(tp)
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType):
-        for a in args:
-            try:
-                return _convert(cls, name, a, value, key, base_dir)
-            except ConfigError:
-                continue
-        want = " or ".join(_type_word(a) for a in args)
-        raise ConfigError(f"{key} must be {want}, got {value!r}")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key} must be a path string, got {value!r}")
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (base_dir / p)
-    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover
+    if cls is DriftSettings and name in _DRIFT_TOLERANCE_KEYS:
+        v = parse(float, value, key, d)
+        if not v >= 0:
+            raise ConfigError(f"{key} must be >= 0, got {v!r}")
+        return v
+    return NOT_HANDLED
 
 
-def _type_word(tp: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path string"}.get(
-        tp, str(tp))
+def _check_pipeline(p: PipelineConfig) -> None:
+    """What the daemon asks of ``[pipeline]`` beyond the engine's own checks: tile and window
+    sides in multiples of 16 px (every bundle's ``tile.multiple_of`` divides 16)."""
+    if not isinstance(p.tile_size, str) and p.tile_size is not None and (p.tile_size < 16 or p.tile_size % 16):
+        raise ConfigError(f"pipeline.tile_size must be a positive multiple of 16 px, got {p.tile_size!r}")
+    if p.gaussian_roi < 16 or p.gaussian_roi % 16:
+        raise ConfigError(f"pipeline.gaussian_roi must be a positive multiple of 16 px, got {p.gaussian_roi!r}")

@@ -34,6 +34,7 @@ stored and re-raised in the main thread as :class:`DaemonError` by :meth:`Daemon
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import queue as _queue
@@ -50,7 +51,7 @@ from fringelive.daemon.config import ConfigError, DaemonConfig, is_loopback_endp
 from fringelive.daemon.control import ControlHandler
 from fringelive.daemon.metrics import DaemonMetrics, MetricsServer, RollingStats
 from fringelive.daemon.protocol import REJECT_REASONS, FrameLimits, ProtocolError, decode_frame, encode_error, encode_result, packb
-from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
+from fringelive.engine.pipeline import SegmentationPipeline
 from fringelive.engine.envelope import conditions_from_meta, effective_tolerances
 from fringelive.engine.routing import Route, route
 from fringelive.bundle.bundle_io import BundleError, load_bundle
@@ -461,7 +462,7 @@ class Daemon:
 
 
         bundle = load_bundle(path)
-        settings = self.config.drift.settings()
+        settings = self.config.drift
         try:
             monitor = DriftMonitor(bundle.card, settings)
         except ValueError as e:
@@ -973,12 +974,8 @@ def _make_pipeline(bundle: Any, backends: list[Any], config: DaemonConfig) -> An
     cannot take (e.g. a tile size that is not a multiple of its ``tile.multiple_of``) raises
     :class:`ConfigError`."""
 
-    p = config.pipeline
     try:
-        settings = PipelineConfig(
-            tile_size=p.tile_size, batch_size=p.batch_size, memory_budget_mb=p.memory_budget_mb, tiling=p.tiling,
-            gaussian_roi=p.gaussian_roi, gaussian_overlap=p.gaussian_overlap, threshold=p.threshold,
-            min_particle_area_px=p.min_particle_area_px, members=config.model.members)
+        settings = dataclasses.replace(config.pipeline, members=config.model.members)
         return SegmentationPipeline(bundle, backends, settings)
     except ValueError as e:
         raise ConfigError(f"pipeline: {e}") from None

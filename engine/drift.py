@@ -82,17 +82,21 @@ class DriftSettings:
         for name in ("pixel_size_mismatch_rel", "dose_mismatch_rel", "cusum_k"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be >= 0 or None, got {v!r}")
+                raise ValueError(f"{name} must be >= 0, got {v!r}")
         if self.target_arl is not None and not (math.isfinite(self.target_arl) and self.target_arl >= 10):
-            raise ValueError(f"target_arl must be >= 10 frames or None, got {self.target_arl!r}")
-        if self.fringe_windows < 1:
-            raise ValueError(f"fringe_windows must be >= 1, got {self.fringe_windows!r}")
+            raise ValueError(f"target_arl must be >= 10 frames, got {self.target_arl!r}")
+        if isinstance(self.fringe_windows, bool) or not isinstance(self.fringe_windows, int) or self.fringe_windows < 1:
+            raise ValueError(f"fringe_windows must be a positive integer, got {self.fringe_windows!r}")
         if not self.min_fringe_snr > 0:
             raise ValueError(f"min_fringe_snr must be > 0, got {self.min_fringe_snr!r}")
         if self.max_background_blocks < 6:
             raise ValueError(f"max_background_blocks must be >= 6, got {self.max_background_blocks!r}")
         if not self.pixel_size_search > 1:
             raise ValueError(f"pixel_size_search must be > 1, got {self.pixel_size_search!r}")
+
+    def settings(self) -> "DriftSettings":
+        """These settings (the daemon config's ``[drift]`` section is a :class:`DriftSettings`)."""
+        return self
 
 
 def camera_of(reference: DriftReference) -> image_estimates.CameraCalibration:

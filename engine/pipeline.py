@@ -74,7 +74,7 @@ class PipelineConfig:
         :meth:`SegmentationPipeline.from_bundle` and checked against the backends given).
     """
 
-    tile_size: int | str | None = None
+    tile_size: int | str | None = "auto"
     batch_size: int = 4
     memory_budget_mb: float = 4096
     tiling: str = "halo"

@@ -5,6 +5,7 @@ engine cache on disk)."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from fringelive.engine.backends.base import (Backend, BackendUnavailable, defaul
 from fringelive.engine.backends.cuda_staging import CudaStager, cuda_device
 
 __all__ = ["OnnxRuntimeBackend"]
+
+log = logging.getLogger("fringelive.engine.backends")
 
 
 def _import_onnxruntime(kind: str) -> Any:

@@ -4,9 +4,8 @@ optional (``fringelive[triton]``) and imported in one place, :func:`_import_trit
 
 from __future__ import annotations
 
-import http.client
 import importlib
-import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from fringelive.bundle.triton_names import default_model_prefix, model_name
 from fringelive.engine.backends.base import Backend, BackendUnavailable, register_backend
 
 __all__ = ["TritonBackend", "TritonRequestError", "parse_triton_url"]
+
+log = logging.getLogger("fringelive.engine.backends")
 
 
 _TRITON_URL_RE = re.compile(r"^(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?/?$")
