@@ -24,6 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fringelive.engine import preprocess as P
+from fringelive.engine.preprocess import settings as PS
+from fringelive.engine.preprocess import stats as PST
 from fringelive.bundle.card import (
     Architecture,
     Card,
@@ -79,7 +81,7 @@ def plant_xrays(img, seed=1):
 @pytest.fixture(params=[True, False], ids=["numpy-scans", "torch-scans"])
 def scans(request, monkeypatch):
     """Run with the CPU numpy scan kernels and with the torch kernels (the CUDA code path)."""
-    monkeypatch.setattr(P, "NUMPY_CPU_SCANS", request.param)
+    monkeypatch.setattr(PS, "NUMPY_CPU_SCANS", request.param)
     return request.param
 
 
@@ -128,7 +130,7 @@ def test_order_statistics_fall_back_when_the_sample_misleads(monkeypatch, scans)
     a = rng.normal(size=600 * 600).astype(np.float32)
     t = torch.from_numpy(a)
     # a sample of the smallest values only: every bracket misses the middle ranks
-    monkeypatch.setattr(P, "_weyl_sample", lambda flat, m: torch.sort(flat).values[:m])
+    monkeypatch.setattr(PST, "_weyl_sample", lambda flat, m: torch.sort(flat).values[:m])
     assert P.median(t).item() == np.median(a)
     assert P.order_statistics(t, [5, a.size - 5]).tolist() == np.sort(a)[[5, a.size - 5]].tolist()
 
@@ -448,9 +450,9 @@ def test_preprocess_scan_kernels_agree_exactly(monkeypatch):
     raw = raw_frame((640, 600)).astype(np.uint16)
     for mode in ("standardize", "histogram"):
         params = Preprocessing(rescale=mode)
-        monkeypatch.setattr(P, "NUMPY_CPU_SCANS", True)
+        monkeypatch.setattr(PS, "NUMPY_CPU_SCANS", True)
         a = P.preprocess(raw, params)
-        monkeypatch.setattr(P, "NUMPY_CPU_SCANS", False)
+        monkeypatch.setattr(PS, "NUMPY_CPU_SCANS", False)
         b = P.preprocess(raw, params)
         assert torch.equal(a, b)
 
@@ -461,9 +463,9 @@ def test_preprocess_in_many_chunks_matches_oracle(mode, scans, monkeypatch):
     raw = raw_frame((300, 280)).astype(np.uint16)
     params = Preprocessing(rescale=mode)
     whole = P.preprocess(raw, params).numpy()
-    monkeypatch.setattr(P, "_CHUNK_PIXELS", 5003)
-    monkeypatch.setattr(P, "_DIRECT_MAX", 1000)       # bracketed order statistics too
-    monkeypatch.setattr(P, "_SAMPLE_SIZE", 4096)
+    monkeypatch.setattr(PS, "_CHUNK_PIXELS", 5003)
+    monkeypatch.setattr(PS, "_DIRECT_MAX", 1000)       # bracketed order statistics too
+    monkeypatch.setattr(PS, "_SAMPLE_SIZE", 4096)
     chunked = P.preprocess(raw, params).numpy()
     np.testing.assert_allclose(chunked, O.preprocess(raw, params), rtol=0, atol=5e-5)
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=2e-6)
