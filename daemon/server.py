@@ -33,39 +33,31 @@ stored and re-raised in the main thread as :class:`DaemonError` by :meth:`Daemon
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import logging
 import os
 import queue as _queue
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import msgpack
-import numpy as np
+import zmq
 
-from fringelive.daemon.config import ConfigError, DaemonConfig, is_loopback_endpoint
+from fringelive.daemon.config import ConfigError, DaemonConfig
 from fringelive.daemon.control import ControlHandler
 from fringelive.daemon.metrics import DaemonMetrics, MetricsServer, RollingStats
-from fringelive.daemon.protocol import REJECT_REASONS, FrameLimits, ProtocolError, decode_frame, encode_error, encode_result, packb
-from fringelive.engine.pipeline import SegmentationPipeline
-from fringelive.engine.envelope import conditions_from_meta, effective_tolerances
-from fringelive.engine.routing import Route, route
-from fringelive.bundle.bundle_io import BundleError, load_bundle
-from fringelive.engine.backends import create_backends
-from fringelive.engine.drift import DriftMonitor
+from fringelive.daemon.modelset import Model, ModelSet, describe_model, device_of, load_models, load_replacement
+from fringelive.daemon.protocol import REJECT_REASONS, FrameLimits, ProtocolError, decode_frame, encode_error
+from fringelive.daemon.queues import FrameQueue, RateLimitedLog
+from fringelive.daemon.results import drift_failed, encode_result_message, result_header, stage_timings
+from fringelive.daemon.sockets import POLL_MS, PUB_LINGER_MS, open_sockets
 
-__all__ = ["Daemon", "DaemonError", "FrameQueue", "RateLimitedLog", "STATES"]
+__all__ = ["Daemon", "DaemonError", "STATES"]
 
 log = logging.getLogger("fringelive.daemon")
 
 STATES = ("created", "starting", "running", "draining", "stopped", "failed")
-_POLL_MS = 50            # receiver/control poll interval, ms
 _WAIT_S = 0.05           # worker/publisher queue wait, s
-_PUB_LINGER_MS = 2000    # time the PUB socket may take to flush at close, ms
 _JOIN_EXTRA_S = 120.0    # after the drain deadline: how long a frame already in compute may finish, s
 
 
@@ -75,115 +67,6 @@ class DaemonError(RuntimeError):
     def __init__(self, thread: str, error: BaseException) -> None:
         super().__init__(f"daemon thread {thread!r} failed: {type(error).__name__}: {error}")
         self.thread = thread
-
-
-# --- the bounded queue ------------------------------------------------------------------------
-
-class FrameQueue:
-    """Bounded FIFO between receiver and worker that also tracks the item being worked on, so
-    :meth:`idle` tells when everything queued has been finished. Thread-safe; one lock, three
-    conditions (not empty / not full / idle) so a put wakes only a getter (``queue.Queue``
-    style)."""
-
-    def __init__(self, size: int, on_depth: Callable[[int], None] | None = None) -> None:
-        if size < 1:
-            raise ValueError(f"queue size must be >= 1, got {size!r}")
-        self.size = size
-        self._items: collections.deque[Any] = collections.deque()
-        self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
-        self._not_full = threading.Condition(self._lock)
-        self._idle = threading.Condition(self._lock)
-        self._in_progress = 0
-        self._on_depth = on_depth or (lambda n: None)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: Any, timeout: float | None = None) -> bool:
-        """Append, waiting up to ``timeout`` s (None: for ever) for room; False when still full."""
-        with self._not_full:
-            if len(self._items) >= self.size:
-                if timeout is not None and timeout <= 0:
-                    return False
-                if not self._not_full.wait_for(lambda: len(self._items) < self.size, timeout):
-                    return False
-            self._items.append(item)
-            self._on_depth(len(self._items))
-            self._not_empty.notify()
-            return True
-
-    def put_evict(self, item: Any) -> list[Any]:
-        """Append now; return the oldest items removed to make room (drop-oldest policy)."""
-        with self._lock:
-            evicted = []
-            while len(self._items) >= self.size:
-                evicted.append(self._items.popleft())
-            self._items.append(item)
-            self._on_depth(len(self._items))
-            self._not_empty.notify()
-            return evicted
-
-    def get(self, timeout: float | None = None) -> Any | None:
-        """The oldest item (now *in progress* until :meth:`task_done`), or None after ``timeout`` s."""
-        with self._not_empty:
-            if not self._items and not self._not_empty.wait_for(lambda: len(self._items) > 0, timeout):
-                return None
-            item = self._items.popleft()
-            self._in_progress += 1
-            self._on_depth(len(self._items))
-            self._not_full.notify()
-            return item
-
-    def task_done(self) -> None:
-        with self._lock:
-            self._in_progress -= 1
-            if not self._items and self._in_progress == 0:
-                self._idle.notify_all()
-
-    def idle(self) -> bool:
-        with self._lock:
-            return not self._items and self._in_progress == 0
-
-    def wait_idle(self, timeout: float | None) -> bool:
-        """Wait up to ``timeout`` s until nothing is queued or in progress."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._items and self._in_progress == 0, timeout)
-
-    def take_all(self) -> list[Any]:
-        with self._lock:
-            items = list(self._items)
-            self._items.clear()
-            self._on_depth(0)
-            self._not_full.notify_all()
-            if self._in_progress == 0:
-                self._idle.notify_all()
-            return items
-
-
-class RateLimitedLog:
-    """At most ``burst`` lines per ``interval_s`` seconds per key; the next line after a quiet
-    period reports how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0, burst: int = 5) -> None:
-        self.logger, self.interval_s, self.burst = logger, interval_s, burst
-        self._lock = threading.Lock()
-        self._state: dict[str, list[float | int]] = {}
-
-    def warning(self, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        with self._lock:
-            start, count, suppressed = self._state.get(key, [now, 0, 0])
-            if now - start >= self.interval_s:
-                start, count = now, 0
-            if count >= self.burst:
-                self._state[key] = [start, count, suppressed + 1]
-                return
-            self._state[key] = [start, count + 1, 0]
-        if suppressed:
-            msg = msg + " (%d similar lines suppressed)"
-            args = (*args, suppressed)
-        self.logger.warning(msg, *args)
 
 
 # --- work items -------------------------------------------------------------------------------
@@ -199,7 +82,7 @@ class _Inferred:
     """A frame between the worker and the finisher."""
 
     work: _Work
-    model: Any            # the _Model it was computed with
+    model: Any            # the Model it was computed with
     inference: Any        # pipeline.FrameInference
     t_started: float      # perf_counter when the worker took it off the queue
     t_inferred: float     # perf_counter when the worker handed it over
@@ -216,47 +99,6 @@ class _Outgoing:
 
 
 _STOP = object()
-
-
-@dataclass
-class _Model:
-    """What the worker computes with: the bundle, its backends and the pipeline around them;
-    and what the finisher judges with: the bundle's drift monitor (CUSUM state)."""
-
-    bundle: Any
-    backends: list[Any]
-    pipeline: Any
-    drift: Any            # drift.DriftMonitor
-    tolerances: Any       # export.card.Tolerances in force (card + config overrides), for routing
-
-    def close(self) -> None:
-        try:
-            self.pipeline.close()  # closes its backends
-        except Exception:  # noqa: BLE001 - closing must not mask the real work
-            log.exception("closing the pipeline of bundle %s failed", self.bundle.name)
-
-
-@dataclass
-class _ModelSet:
-    """The bundles being served, in configured order (the first is the default route)."""
-
-    models: list[_Model]
-
-    @property
-    def primary(self) -> _Model:
-        return self.models[0]
-
-    def route(self, meta: dict[str, Any]) -> tuple[_Model, Any]:
-        """The model for a frame with header ``meta`` and the :class:`routing.Route`."""
-
-        if len(self.models) == 1:
-            return self.models[0], Route(0, True, 0.0, (0,))
-        r = route(conditions_from_meta(meta), [(m.bundle.card.envelope, m.tolerances) for m in self.models])
-        return self.models[r.index], r
-
-    def close(self) -> None:
-        for m in self.models:
-            m.close()
 
 
 # --- the daemon -------------------------------------------------------------------------------
@@ -295,8 +137,8 @@ class Daemon:
         self._ctx: Any = None
         self._auth: Any = None
         self._metrics_server: MetricsServer | None = None
-        self._models: _ModelSet | None = None
-        self._pending_models: _ModelSet | None = None
+        self._models: ModelSet | None = None
+        self._pending_models: ModelSet | None = None
         self._swap_lock = threading.Lock()
         self._swapped = threading.Condition(self._swap_lock)
         self._reload_lock = threading.Lock()
@@ -313,7 +155,7 @@ class Daemon:
             raise RuntimeError(f"Daemon.start() called in state {self.state!r}")
         self.state = "starting"
         try:
-            self._models = self._load_models(self.config.model.bundle_paths())
+            self._models = load_models(self.config, self.config.model.bundle_paths())
             self._publish_bundle_info(self._models)
             self._open_sockets()
             if self.config.metrics.enabled:
@@ -337,7 +179,7 @@ class Daemon:
         ms = self._models
         log.info("started: bundle(s) %s (%s member(s), %s on %s), queue %d (%s); ingest %s, results %s, control %s, metrics %s",
                  ", ".join(m.bundle.name for m in ms.models), "/".join(str(len(m.backends)) for m in ms.models),
-                 self.config.model.backend, _device_of([b for m in ms.models for b in m.backends]),
+                 self.config.model.backend, device_of([b for m in ms.models for b in m.backends]),
                  self.config.queue.size, self.config.queue.policy, self.endpoints["ingest"],
                  self.endpoints["results"], self.endpoints["control"], self.endpoints.get("metrics", "disabled"))
         return self
@@ -452,63 +294,15 @@ class Daemon:
 
     # -- model ------------------------------------------------------------------------------------
     @property
-    def _model(self) -> _Model | None:
+    def _model(self) -> Model | None:
         """The first (default-route) model."""
         return None if self._models is None else self._models.primary
 
-    def _load_model(self, path: Path) -> _Model:
-        """Load + validate a bundle (card, files, drift reference), build its backends and
-        pipeline, and warm it up on a test frame. Raises on any failure (nothing left open)."""
-
-
-        bundle = load_bundle(path)
-        settings = self.config.drift
-        try:
-            monitor = DriftMonitor(bundle.card, settings)
-        except ValueError as e:
-            raise BundleError(f"bundle {bundle.path}: {e}") from None
-        cfg = self.config.model
-        backends = create_backends(cfg.backend, bundle, members=list(cfg.members) if cfg.members is not None else None,
-                                   device=cfg.device, intra_op_threads=cfg.intra_op_threads, **cfg.backend_options())
-        try:
-            pipeline = _make_pipeline(bundle, backends, self.config)
-        except BaseException:
-            for b in backends:
-                b.close()
-            raise
-        try:
-            _warm_up(bundle, pipeline)
-        except BaseException:
-            pipeline.close()
-            raise
-        return _Model(bundle, backends, pipeline, monitor,
-                      effective_tolerances(bundle.card.envelope.tolerances, settings.tolerances))
-
-    def _load_models(self, paths: Sequence[Path]) -> _ModelSet:
-        """Load every bundle of ``paths`` (all or nothing)."""
-        loaded: list[_Model] = []
-        try:
-            for p in paths:
-                loaded.append(self._load_model(Path(p)))
-        except BaseException:
-            for m in loaded:
-                m.close()
-            raise
-        names = [m.bundle.name for m in loaded]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            for m in loaded:
-                m.close()
-
-            raise BundleError(f"bundles {[str(p) for p in paths]}: the name(s) {dup} appear twice; routed bundles "
-                              "need distinct card names (results name the bundle used)")
-        return _ModelSet(loaded)
-
-    def _publish_bundle_info(self, models: _ModelSet) -> None:
+    def _publish_bundle_info(self, models: ModelSet) -> None:
         ms = models.models
         self.metrics.set_bundle(name=",".join(m.bundle.name for m in ms), schema=ms[0].bundle.card.schema_version,
                                 members=sum(len(m.backends) for m in ms), backend=self.config.model.backend,
-                                device=_device_of([b for m in ms for b in m.backends]),
+                                device=device_of([b for m in ms for b in m.backends]),
                                 path=",".join(str(m.bundle.path) for m in ms))
 
     def reload(self, bundle: str | os.PathLike[str] | None = None, timeout_s: float = 300.0, *,
@@ -525,40 +319,7 @@ class Daemon:
             old = self._models
             old_names = [m.bundle.name for m in old.models] if old else []
             try:
-                if bundles is not None:
-                    if bundle is not None:
-                        raise ValueError("reload takes 'bundle' or 'bundles', not both")
-                    if not bundles:
-                        raise ValueError("reload: bundles must list at least one bundle directory")
-                    new = self._load_models([Path(b) for b in bundles])
-                    replaced = 0
-                elif bundle is None:
-                    paths = [m.bundle.path for m in old.models] if old else self.config.model.bundle_paths()
-                    new = self._load_models(paths)
-                    replaced = 0
-                else:
-                    one = self._load_model(Path(bundle))
-                    if old is None or len(old.models) == 1:
-                        new, replaced = _ModelSet([one]), 0
-                    else:
-                        target = Path(bundle).resolve()
-                        idx = next((i for i, m in enumerate(old.models) if Path(m.bundle.path).resolve() == target), None)
-                        if idx is None:
-                            idx = next((i for i, m in enumerate(old.models) if m.bundle.name == one.bundle.name), None)
-                        if idx is None:
-                            one.close()
-                            raise BundleError(f"bundle {bundle} ({one.bundle.name}) matches none of the served bundles "
-                                              f"{old_names} by directory or name; pass 'bundles' to replace the set")
-                        # the others are re-read too, so every CUSUM starts afresh on the new set
-                        others = [m.bundle.path for i, m in enumerate(old.models) if i != idx]
-                        try:
-                            rest = self._load_models(others)
-                        except BaseException:
-                            one.close()
-                            raise
-                        models = list(rest.models)
-                        models.insert(idx, one)
-                        new, replaced = _ModelSet(models), idx
+                new, replaced = load_replacement(self.config, old, bundle, bundles)
             except Exception as e:  # noqa: BLE001 - any failure leaves the old bundles in place
                 self.metrics.reloads.labels(outcome="failed").inc()
                 msg = f"{type(e).__name__}: {e}"
@@ -604,22 +365,13 @@ class Daemon:
         ms = self._models
         counts = self.metrics.counts()
 
-        def describe(m: _Model) -> dict[str, Any]:
-            env = m.bundle.card.envelope
-            return {"name": m.bundle.name, "path": str(m.bundle.path), "schema": m.bundle.card.schema_version,
-                    "members": len(m.backends), "backend": self.config.model.backend, "device": _device_of(m.backends),
-                    "envelope": {"material": list(env.material),
-                                 "pixel_size_nm": None if env.pixel_size_nm is None else [env.pixel_size_nm.min, env.pixel_size_nm.max],
-                                 "dose_e_per_A2": None if env.dose_e_per_A2 is None else [env.dose_e_per_A2.min, env.dose_e_per_A2.max]},
-                    "drift": m.drift.describe()}
-
         return {
             "state": self.state,
             "worker": self.worker,
             "pid": os.getpid(),
             "uptime_s": (time.monotonic() - self._started_at) if self._started_at else 0.0,
-            "bundle": None if ms is None else describe(ms.primary),
-            "bundles": [] if ms is None else [describe(m) for m in ms.models],
+            "bundle": None if ms is None else describe_model(ms.primary, self.config.model.backend),
+            "bundles": [] if ms is None else [describe_model(m, self.config.model.backend) for m in ms.models],
             "endpoints": dict(self.endpoints),
             "queue": {"depth": len(self._queue), "size": self.config.queue.size, "policy": self.config.queue.policy},
             "frames": counts,
@@ -632,65 +384,8 @@ class Daemon:
 
     # -- sockets ----------------------------------------------------------------------------------
     def _open_sockets(self) -> None:
-        import zmq
-
-        cfg = self.config
         self._ctx = zmq.Context()
-        curve_keys = None
-        if cfg.curve.enabled:
-            curve_keys = self._start_curve()
-        ingest = self._ctx.socket(zmq.PULL)
-        self._sockets["ingest"] = ingest
-        ingest.rcvhwm = cfg.ingest.rcvhwm
-        ingest.maxmsgsize = cfg.ingest.max_message_bytes
-        ingest.linger = 0
-        ingest.rcvtimeo = _POLL_MS  # the receiver wakes this often to check for stop
-        if curve_keys:
-            _curve_server(ingest, curve_keys)
-        self.endpoints["ingest"] = _attach(ingest, cfg.ingest.endpoint, cfg.ingest.bind, "ingest.endpoint")
-
-        results = self._ctx.socket(zmq.PUB)
-        self._sockets["results"] = results
-        results.sndhwm = cfg.results.sndhwm
-        results.linger = _PUB_LINGER_MS
-        if curve_keys:
-            _curve_server(results, curve_keys)
-        self.endpoints["results"] = _attach(results, cfg.results.endpoint, True, "results.endpoint")
-
-        control = self._ctx.socket(zmq.REP)
-        self._sockets["control"] = control
-        control.linger = 0
-        if curve_keys and cfg.curve.control:
-            _curve_server(control, curve_keys)
-        self.endpoints["control"] = _attach(control, cfg.control.endpoint, True, "control.endpoint")
-        if not is_loopback_endpoint(cfg.control.endpoint) and not (curve_keys and cfg.curve.control):
-            log.warning("control endpoint %s is reachable beyond loopback without CURVE; anyone there can reload "
-                        "bundles (set [curve] control = true)", self.endpoints["control"])
-
-    def _start_curve(self) -> tuple[bytes, bytes]:
-        import zmq
-        import zmq.auth
-        from zmq.auth.thread import ThreadAuthenticator
-
-        cc = self.config.curve
-        if not zmq.has("curve"):
-            raise ConfigError(f"curve.enabled: this libzmq {zmq.zmq_version()} was built without CURVE support")
-        try:
-            public, secret = zmq.auth.load_certificate(cc.server_secret_key)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"curve.server_secret_key: cannot read {str(cc.server_secret_key)!r}: {e}") from None
-        if secret is None:
-            raise ConfigError(f"curve.server_secret_key: {str(cc.server_secret_key)!r} holds no secret key "
-                              "(use the .key_secret file made by zmq.auth.create_certificates)")
-        clients = sorted(Path(cc.authorized_clients_dir).glob("*.key"))
-        if not clients:
-            log.warning("curve: no client public keys (*.key) in %s; every client will be refused", cc.authorized_clients_dir)
-        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("fringelive.daemon.auth"))
-        self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(cc.authorized_clients_dir))
-        log.info("curve: enabled on ingest and results%s, %d authorised client key(s) in %s",
-                 " and control" if cc.control else "", len(clients), cc.authorized_clients_dir)
-        return public, secret
+        self._auth = open_sockets(self._ctx, self.config, self._sockets, self.endpoints)
 
     # -- threads ----------------------------------------------------------------------------------
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
@@ -708,8 +403,6 @@ class Daemon:
         t.start()
 
     def _receiver_loop(self, sock: Any) -> None:
-        import zmq
-
         cfg = self.config
         limits = FrameLimits(max_pixels=cfg.ingest.max_frame_pixels, max_side=cfg.ingest.max_side,
                              max_message_bytes=cfg.ingest.max_message_bytes)
@@ -726,7 +419,7 @@ class Daemon:
                     continue
                 if self._stop_ingest.is_set():
                     return
-                try:  # blocking receive with ZMQ_RCVTIMEO = _POLL_MS: one call per message
+                try:  # blocking receive with ZMQ_RCVTIMEO = POLL_MS: one call per message
                     parts = sock.recv_multipart(copy=False)
                 except zmq.Again:
                     continue
@@ -833,33 +526,15 @@ class Daemon:
             except Exception as e:  # noqa: BLE001 - a drift failure must not cost the frame its result
                 self._rlog.warning("drift_error", "drift checks failed on %s/%s: %s: %s", h.series, h.frame,
                                    type(e).__name__, e)
-                drift = {"status": "unknown", "reasons": ["drift_error"], "signals": {}, "p_values": {},
-                         "estimates": {}, "conditions": {}, "cusum": {}, "alarm": False, "calibrated": False}
-            route = item.route
-            if route is not None and len(self._models.models if self._models else ()) > 1:
-                drift["route"] = {"fits": bool(route.fits), "candidates": len(route.candidates),
-                                  "distance": round(float(route.distance), 4)}
-            timings = {"queue": (item.t_started - work.t_received) * 1e3,
-                       **{k: float(v) for k, v in result.timings_ms.items()},
-                       "drift": (time.perf_counter() - t_drift) * 1e3,
-                       "handoff": (t_begin - item.t_inferred) * 1e3}
-            particles = list(result.particles)
-            header = {
-                "series": h.series, "frame": h.frame, "worker": self.worker, "model": model.bundle.name,
-                "particle_count": len(particles), "particles": particles,
-                "area_fraction": float(result.area_fraction),
-                "drift": _plain(drift),
-                "timings_ms": timings,
-                "queue_depth": len(self._queue),
-                "meta": meta,
-            }
-            t_enc = time.perf_counter()
+                drift = drift_failed()
+            routed = item.route if len(self._models.models if self._models else ()) > 1 else None
+            timings = stage_timings(item.t_started - work.t_received, result.timings_ms, time.perf_counter() - t_drift,
+                                    t_begin - item.t_inferred)
+            header = result_header(h, meta, worker=self.worker, model=model.bundle.name, result=result, drift=drift,
+                                   route=routed, timings=timings, queue_depth=len(self._queue))
             probs = result.probabilities if self.config.results.publish_probabilities else None
-            parts = encode_result(header, result.mask, probs)
-            timings["publish"] = (time.perf_counter() - t_enc) * 1e3
-            sent = msgpack.unpackb(parts[1], raw=False, strict_map_key=False)
-            sent["timings_ms"] = timings
-            parts[1] = packb(sent)
+            parts = encode_result_message(header, result.mask, probs)
+            particles = header["particles"]
         except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
             self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
             return
@@ -887,15 +562,13 @@ class Daemon:
                     self.metrics.particles.observe(out.particles)
                     self.rolling.add(e2e * 1e3, stages, out.particles)
         finally:
-            sock.close(linger=_PUB_LINGER_MS)
+            sock.close(linger=PUB_LINGER_MS)
 
     def _control_loop(self, sock: Any) -> None:
-        import zmq
-
         handler = ControlHandler(self)
         try:
             while not self._stop_control.is_set():
-                if not sock.poll(_POLL_MS, zmq.POLLIN):
+                if not sock.poll(POLL_MS, zmq.POLLIN):
                     continue
                 request = sock.recv(copy=False)
                 sock.send(handler.handle(request.bytes))
@@ -916,66 +589,3 @@ class Daemon:
                   else "daemon shutting down: not processed within the drain timeout")
         self._rlog.warning(f"drop:{reason}", "dropped %s/%s: %s", h.series, h.frame, reason)
         self._outbox.put(_Outgoing(encode_error(event, detail, series=h.series, frame=h.frame, worker=self.worker)))
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-def _attach(sock: Any, endpoint: str, bind: bool, key: str) -> str:
-    """Bind or connect; return the actual endpoint (OS-assigned tcp port resolved)."""
-    import zmq
-
-    try:
-        if bind:
-            sock.bind(endpoint)
-            return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        sock.connect(endpoint)
-        return endpoint
-    except zmq.ZMQError as e:
-        raise ConfigError(f"{key}: cannot {'bind' if bind else 'connect'} {endpoint!r}: {e}") from None
-
-
-def _curve_server(sock: Any, keys: tuple[bytes, bytes]) -> None:
-    sock.curve_publickey, sock.curve_secretkey = keys
-    sock.curve_server = True
-
-
-def _device_of(backends: Sequence[Any]) -> str:
-    devices = sorted({str(getattr(b, "device", "?")) for b in backends})
-    return ",".join(devices) if devices else "?"
-
-
-def _plain(obj: Any) -> Any:
-    """Plain msgpack-able data: numpy scalars to Python numbers, tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _warm_up(bundle: Any, pipeline: Any) -> None:
-    """Run the whole pipeline once on a small synthetic frame (Poisson noise, 100 counts/px):
-    imports the compute stack, initialises the runtimes, and proves the bundle works before it
-    serves (raises ``ValueError`` on non-finite or wrongly shaped output)."""
-    tile = bundle.card.tile
-    side = max(64, tile.min_size_px, 4 * tile.multiple_of)
-    frame = np.random.default_rng(0).poisson(100.0, (side, side)).astype(np.uint16)
-    result = pipeline.run(frame, {})
-    probs = np.asarray(result.probabilities)
-    if probs.shape != (side, side) or not np.isfinite(probs).all():
-        raise ValueError(f"bundle {bundle.path}: a {side}x{side} test frame gave probabilities of shape {probs.shape}"
-                         f"{'' if np.isfinite(probs).all() else ' with non-finite values'}")
-
-
-def _make_pipeline(bundle: Any, backends: list[Any], config: DaemonConfig) -> Any:
-    """``pipeline.SegmentationPipeline`` with the ``[pipeline]`` settings; a setting the bundle
-    cannot take (e.g. a tile size that is not a multiple of its ``tile.multiple_of``) raises
-    :class:`ConfigError`."""
-
-    try:
-        settings = dataclasses.replace(config.pipeline, members=config.model.members)
-        return SegmentationPipeline(bundle, backends, settings)
-    except ValueError as e:
-        raise ConfigError(f"pipeline: {e}") from None

@@ -25,7 +25,8 @@ import zmq
 from fringelive.daemon.config import DaemonConfig
 from fringelive.daemon.control import control_request
 from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
-from fringelive.daemon.server import Daemon, DaemonError, FrameQueue
+from fringelive.daemon.queues import FrameQueue
+from fringelive.daemon.server import Daemon, DaemonError
 
 from polling import wait_until  # tests/polling.py
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -14,7 +15,7 @@ from fringelive.daemon.protocol.header import parse_header
 from fringelive.daemon.protocol.wire import PROTOCOL_VERSION, RESULT_TOPIC, packb
 from fringelive.engine.frame import ALLOWED_DTYPES
 
-__all__ = ["encode_frame", "encode_result"]
+__all__ = ["encode_frame", "encode_result", "encode_result_payload", "pack_result", "ResultPayload"]
 
 
 def encode_frame(pixels: np.ndarray, *, series: str, frame: int, **meta: Any) -> list[bytes]:
@@ -50,6 +51,45 @@ def encode_frame(pixels: np.ndarray, *, series: str, frame: int, **meta: Any) ->
     return [encoded, np.ascontiguousarray(arr).tobytes()]
 
 
+@dataclass(frozen=True)
+class ResultPayload:
+    """The array parts of a result: the header descriptors (``mask``, ``probabilities``) and the
+    packed bytes (``packbits`` mask (, float16 little-endian probabilities))."""
+
+    descriptors: dict[str, Any]
+    parts: list[bytes]
+
+
+def encode_result_payload(mask: np.ndarray, probabilities: np.ndarray | None = None) -> ResultPayload:
+    """Pack ``mask`` (H, W) bool and the optional ``probabilities`` (H, W) class-1 probability."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be a 2-D (H, W) array, got shape {mask.shape}")
+    h, w = (int(mask.shape[0]), int(mask.shape[1]))
+    descriptors: dict[str, Any] = {"mask": {"shape": [h, w], "encoding": "packbits", "bitorder": "big"}}
+    parts = [np.packbits(mask.astype(bool, copy=False), axis=None).tobytes()]
+    if probabilities is not None:
+        probs = np.asarray(probabilities)
+        if probs.shape != mask.shape:
+            raise ValueError(f"probabilities shape {probs.shape} differs from mask shape "
+                             f"{mask.shape}")
+        descriptors["probabilities"] = {"shape": [h, w], "dtype": "float16", "byteorder": "little"}
+        parts.append(np.ascontiguousarray(probs, dtype="<f2").tobytes())
+    return ResultPayload(descriptors, parts)
+
+
+def pack_result(header: Mapping[str, Any], payload: ResultPayload) -> list[bytes]:
+    """``[b"result", header, *payload.parts]``: the header (plus ``version`` and the payload's
+    descriptors) packed once."""
+    if not isinstance(header, Mapping):
+        raise ValueError(f"header must be a mapping, got {type(header).__name__}")
+    out = dict(header)
+    out.setdefault("version", PROTOCOL_VERSION)
+    out.pop("probabilities", None)
+    out.update(payload.descriptors)
+    return [RESULT_TOPIC, packb(out), *payload.parts]
+
+
 def encode_result(header: Mapping[str, Any], mask: np.ndarray,
                   probabilities: np.ndarray | None = None) -> list[bytes]:
     """Encode ``[b"result", header, packbits(mask) (, float16 probabilities)]``.
@@ -59,24 +99,4 @@ def encode_result(header: Mapping[str, Any], mask: np.ndarray,
     (H, W) class-1 probability, sent as float16 little-endian. Adds ``version``, ``mask``
     ({shape, encoding: "packbits", bitorder: "big"}) and ``probabilities`` descriptors.
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be a 2-D (H, W) array, got shape {mask.shape}")
-    if not isinstance(header, Mapping):
-        raise ValueError(f"header must be a mapping, got {type(header).__name__}")
-    h, w = (int(mask.shape[0]), int(mask.shape[1]))
-    out = dict(header)
-    out.setdefault("version", PROTOCOL_VERSION)
-    out["mask"] = {"shape": [h, w], "encoding": "packbits", "bitorder": "big"}
-    parts = [RESULT_TOPIC, b"", np.packbits(mask.astype(bool, copy=False), axis=None).tobytes()]
-    if probabilities is not None:
-        probs = np.asarray(probabilities)
-        if probs.shape != mask.shape:
-            raise ValueError(f"probabilities shape {probs.shape} differs from mask shape "
-                             f"{mask.shape}")
-        out["probabilities"] = {"shape": [h, w], "dtype": "float16", "byteorder": "little"}
-        parts.append(np.ascontiguousarray(probs, dtype="<f2").tobytes())
-    else:
-        out.pop("probabilities", None)
-    parts[1] = packb(out)
-    return parts
+    return pack_result(header, encode_result_payload(mask, probabilities))
