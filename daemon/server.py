@@ -38,26 +38,23 @@ import os
 import queue as _queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import zmq
 
 from fringelive.daemon.config import ConfigError, DaemonConfig
-from fringelive.daemon.control import ControlHandler
 from fringelive.daemon.metrics import DaemonMetrics, MetricsServer, RollingStats
 from fringelive.daemon.modelset import Model, ModelSet, describe_model, device_of, load_models, load_replacement
-from fringelive.daemon.protocol import REJECT_REASONS, FrameLimits, ProtocolError, decode_frame, encode_error
+from fringelive.daemon.protocol import REJECT_REASONS
 from fringelive.daemon.queues import FrameQueue, RateLimitedLog
-from fringelive.daemon.results import drift_failed, encode_result_message, result_header, stage_timings
-from fringelive.daemon.sockets import POLL_MS, PUB_LINGER_MS, open_sockets
+from fringelive.daemon.sockets import open_sockets
+from fringelive.daemon.threads import STOP, FrameThreads
 
 __all__ = ["Daemon", "DaemonError", "STATES"]
 
 log = logging.getLogger("fringelive.daemon")
 
 STATES = ("created", "starting", "running", "draining", "stopped", "failed")
-_WAIT_S = 0.05           # worker/publisher queue wait, s
 _JOIN_EXTRA_S = 120.0    # after the drain deadline: how long a frame already in compute may finish, s
 
 
@@ -71,39 +68,9 @@ class DaemonError(RuntimeError):
 
 # --- work items -------------------------------------------------------------------------------
 
-@dataclass
-class _Work:
-    frame: Any            # protocol.Frame
-    t_received: float     # time.perf_counter() when the message was read, s
-
-
-@dataclass
-class _Inferred:
-    """A frame between the worker and the finisher."""
-
-    work: _Work
-    model: Any            # the Model it was computed with
-    inference: Any        # pipeline.FrameInference
-    t_started: float      # perf_counter when the worker took it off the queue
-    t_inferred: float     # perf_counter when the worker handed it over
-    route: Any = None     # routing.Route
-
-
-@dataclass
-class _Outgoing:
-    parts: list[Any]
-    t_received: float | None = None          # set for results (end-to-end latency)
-    timings_ms: dict[str, float] | None = None
-    particles: int = 0
-    t_ready: float = 0.0                     # perf_counter when the worker handed it over
-
-
-_STOP = object()
-
-
 # --- the daemon -------------------------------------------------------------------------------
 
-class Daemon:
+class Daemon(FrameThreads):
     """The streaming segmentation daemon. ``Daemon(config, registry=None)``; a context manager
     (``__enter__`` starts, ``__exit__`` stops with the configured drain timeout).
 
@@ -240,7 +207,7 @@ class Daemon:
                 worker.join(_JOIN_EXTRA_S)
                 if worker.is_alive():
                     log.error("worker still busy %.0f s after the drain deadline; abandoning its frame", _JOIN_EXTRA_S)
-                    self._try_hand_over(_STOP)
+                    self._try_hand_over(STOP)
             finisher = self._threads.get("finisher")
             if finisher is not None:
                 finisher.join(_JOIN_EXTRA_S)
@@ -249,7 +216,7 @@ class Daemon:
             leftover = self._queue.take_all()
             for work in leftover:
                 self._drop(work, "shutdown")
-            self._outbox.put(_STOP)
+            self._outbox.put(STOP)
             publisher = self._threads.get("publisher")
             if publisher is not None:
                 publisher.join(10.0)
@@ -386,206 +353,3 @@ class Daemon:
     def _open_sockets(self) -> None:
         self._ctx = zmq.Context()
         self._auth = open_sockets(self._ctx, self.config, self._sockets, self.endpoints)
-
-    # -- threads ----------------------------------------------------------------------------------
-    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
-        def run() -> None:
-            try:
-                target(*args)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                log.exception("thread %s failed", name)
-                self._errors.append((name, e))
-                self.state = "failed"
-                self._wake.set()
-
-        t = threading.Thread(target=run, name=f"fringelive-{name}", daemon=True)
-        self._threads[name] = t
-        t.start()
-
-    def _receiver_loop(self, sock: Any) -> None:
-        cfg = self.config
-        limits = FrameLimits(max_pixels=cfg.ingest.max_frame_pixels, max_side=cfg.ingest.max_side,
-                             max_message_bytes=cfg.ingest.max_message_bytes)
-        block = cfg.queue.policy == "block"
-        held: _Work | None = None
-        try:
-            while True:
-                if held is not None:  # block policy: wait for room, keep ZeroMQ's buffers full meanwhile
-                    if self._queue.put(held, timeout=_WAIT_S):
-                        held = None
-                    elif self._abort.is_set():
-                        self._drop(held, "shutdown")
-                        held = None
-                    continue
-                if self._stop_ingest.is_set():
-                    return
-                try:  # blocking receive with ZMQ_RCVTIMEO = POLL_MS: one call per message
-                    parts = sock.recv_multipart(copy=False)
-                except zmq.Again:
-                    continue
-                held = self._accept(parts, limits, block)
-        finally:
-            sock.close(linger=0)
-
-    def _accept(self, parts: Sequence[Any], limits: Any, block: bool) -> _Work | None:
-        """Count, decode and enqueue one message; return it when the queue is full under the
-        block policy (the receiver then holds it and stops reading)."""
-        t = time.perf_counter()
-        self.metrics.frame_received()
-        try:
-            frame = decode_frame(parts, limits)
-        except ProtocolError as e:
-            self._reject(e.reason, e.detail, e.series, e.frame)
-            return None
-        except Exception as e:  # noqa: BLE001 - a decoder bug must not stop ingest
-            self._reject("internal_error", f"decoder raised {type(e).__name__}: {e}", None, None)
-            return None
-        work = _Work(frame, t)
-        if block:
-            return None if self._queue.put(work, timeout=0) else work
-        for old in self._queue.put_evict(work):
-            self._drop(old, "queue_full")
-        return None
-
-    def _worker_loop(self) -> None:
-        try:
-            while not self._abort.is_set():
-                self._maybe_swap()
-                work = self._queue.get(timeout=_WAIT_S)
-                if work is None:
-                    continue
-                handed = False
-                try:
-                    handed = bool(self._process(work))
-                finally:
-                    if not handed:  # else the finisher marks it done
-                        self._queue.task_done()
-            self._maybe_swap()
-        finally:
-            self._hand_over(_STOP)
-
-    def _process(self, work: _Work) -> bool:
-        """The worker's part of one frame: the backend half of the pipeline, then the hand-off
-        to the finisher. True when handed over (the finisher then owns its accounting)."""
-        t0 = time.perf_counter()
-        models = self._models
-        assert models is not None
-        h = work.frame.header
-        try:
-            model, route = models.route(h.to_dict())
-            inference = model.pipeline.infer(work.frame.pixels, h.to_dict())
-        except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
-            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
-            return False
-        self._hand_over(_Inferred(work, model, inference, t0, time.perf_counter(), route))
-        return True
-
-    def _hand_over(self, item: Any) -> None:
-        """Put ``item`` into the 1-deep hand-off, waiting while the finisher is busy; raises
-        when the finisher thread has died (the daemon has failed then)."""
-        while True:
-            try:
-                self._handoff.put(item, timeout=_WAIT_S)
-                return
-            except _queue.Full:
-                finisher = self._threads.get("finisher")
-                if finisher is None or not finisher.is_alive():
-                    raise RuntimeError("the finisher thread is not running") from None
-
-    def _try_hand_over(self, item: Any) -> None:
-        try:
-            self._handoff.put_nowait(item)
-        except _queue.Full:
-            pass
-
-    def _finisher_loop(self) -> None:
-        while True:
-            try:
-                item = self._handoff.get(timeout=_WAIT_S)
-            except _queue.Empty:
-                continue
-            if item is _STOP:
-                return
-            try:
-                self._finish(item)
-            finally:
-                self._queue.task_done()
-
-    def _finish(self, item: _Inferred) -> None:
-        """The finisher's part of one frame: mask, particles, result header, encoding; then to
-        the publisher."""
-        t_begin = time.perf_counter()
-        work, model = item.work, item.model
-        h = work.frame.header
-        meta = h.to_dict()
-        try:
-            result = model.pipeline.finish(item.inference)
-            t_drift = time.perf_counter()
-            try:
-                drift = model.drift.assess(work.frame.pixels, meta, result, threshold=model.pipeline.config.threshold)
-            except Exception as e:  # noqa: BLE001 - a drift failure must not cost the frame its result
-                self._rlog.warning("drift_error", "drift checks failed on %s/%s: %s: %s", h.series, h.frame,
-                                   type(e).__name__, e)
-                drift = drift_failed()
-            routed = item.route if len(self._models.models if self._models else ()) > 1 else None
-            timings = stage_timings(item.t_started - work.t_received, result.timings_ms, time.perf_counter() - t_drift,
-                                    t_begin - item.t_inferred)
-            header = result_header(h, meta, worker=self.worker, model=model.bundle.name, result=result, drift=drift,
-                                   route=routed, timings=timings, queue_depth=len(self._queue))
-            probs = result.probabilities if self.config.results.publish_probabilities else None
-            parts = encode_result_message(header, result.mask, probs)
-            particles = header["particles"]
-        except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
-            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
-            return
-        self.metrics.observe_drift(model.bundle.name, header["drift"])
-        self._outbox.put(_Outgoing(parts, work.t_received, timings, len(particles), time.perf_counter()))
-
-    def _publisher_loop(self, sock: Any) -> None:
-        try:
-            while True:
-                try:
-                    out = self._outbox.get(timeout=_WAIT_S)
-                except _queue.Empty:
-                    continue
-                if out is _STOP:
-                    return
-                sock.send_multipart(out.parts, copy=False)
-                if out.t_received is not None:
-                    now = time.perf_counter()
-                    e2e = now - out.t_received
-                    self.metrics.frame_processed()
-                    self.metrics.frame_latency.observe(e2e)
-                    stages = dict(out.timings_ms or {})
-                    stages["publish"] = stages.get("publish", 0.0) + (now - out.t_ready) * 1e3
-                    self.metrics.observe_stages(stages)
-                    self.metrics.particles.observe(out.particles)
-                    self.rolling.add(e2e * 1e3, stages, out.particles)
-        finally:
-            sock.close(linger=PUB_LINGER_MS)
-
-    def _control_loop(self, sock: Any) -> None:
-        handler = ControlHandler(self)
-        try:
-            while not self._stop_control.is_set():
-                if not sock.poll(POLL_MS, zmq.POLLIN):
-                    continue
-                request = sock.recv(copy=False)
-                sock.send(handler.handle(request.bytes))
-        finally:
-            sock.close(linger=0)
-
-    # -- accounting helpers (any thread) ----------------------------------------------------------
-    def _reject(self, reason: str, detail: str, series: str | None, frame: int | None) -> None:
-        self.metrics.frame_rejected(reason)
-        self._rlog.warning(f"reject:{reason}", "rejected %s/%s: %s: %s", series, frame, reason, detail)
-        self._outbox.put(_Outgoing(encode_error(reason, detail, series=series, frame=frame, worker=self.worker)))
-
-    def _drop(self, work: _Work, reason: str) -> None:
-        h = work.frame.header
-        self.metrics.frame_dropped(reason)
-        event = "overloaded" if reason == "queue_full" else reason
-        detail = ("queue full (drop-oldest policy): a newer frame took its place" if reason == "queue_full"
-                  else "daemon shutting down: not processed within the drain timeout")
-        self._rlog.warning(f"drop:{reason}", "dropped %s/%s: %s", h.series, h.frame, reason)
-        self._outbox.put(_Outgoing(encode_error(event, detail, series=h.series, frame=h.frame, worker=self.worker)))

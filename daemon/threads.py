@@ -1,0 +1,289 @@
+"""The daemon's frame threads (each ZeroMQ socket used by exactly one of them): receiver (decode,
+enqueue under the queue policy), worker (route, backends), finisher (mask, particles, drift,
+result), publisher (the results PUB) and control (REP), and the per-frame accounting (every
+message ends processed, dropped(reason) or rejected(reason)).
+
+:class:`FrameThreads` is the half of :class:`~fringelive.daemon.server.Daemon` that runs while
+it serves; the daemon holds the state these loops share (queue, hand-off, outbox, events, model
+set, metrics) and owns the lifecycle (start, drain, stop, reload)."""
+
+from __future__ import annotations
+
+import logging
+import queue as _queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import zmq
+
+from fringelive.daemon.control import ControlHandler
+from fringelive.daemon.protocol import FrameLimits, ProtocolError, decode_frame, encode_error
+from fringelive.daemon.results import drift_failed, encode_result_message, result_header, stage_timings
+from fringelive.daemon.sockets import POLL_MS, PUB_LINGER_MS
+
+__all__ = ["FrameThreads", "STOP", "WAIT_S"]
+
+log = logging.getLogger("fringelive.daemon")
+
+WAIT_S = 0.05           # worker/publisher queue wait, s
+STOP = object()         # end-of-stream marker in the hand-off and the outbox
+
+
+@dataclass
+class _Work:
+    frame: Any            # protocol.Frame
+    t_received: float     # time.perf_counter() when the message was read, s
+
+
+@dataclass
+class _Inferred:
+    """A frame between the worker and the finisher."""
+
+    work: _Work
+    model: Any            # the Model it was computed with
+    inference: Any        # pipeline.FrameInference
+    t_started: float      # perf_counter when the worker took it off the queue
+    t_inferred: float     # perf_counter when the worker handed it over
+    route: Any = None     # routing.Route
+
+
+@dataclass
+class _Outgoing:
+    parts: list[Any]
+    t_received: float | None = None          # set for results (end-to-end latency)
+    timings_ms: dict[str, float] | None = None
+    particles: int = 0
+    t_ready: float = 0.0                     # perf_counter when the worker handed it over
+
+
+STOP = object()
+
+
+class FrameThreads:
+    """The thread loops of the daemon (mixed into :class:`~fringelive.daemon.server.Daemon`)."""
+
+    # state provided by the daemon
+    config: Any
+    metrics: Any
+    rolling: Any
+    worker: str
+    state: str
+    _queue: Any
+    _handoff: Any
+    _outbox: Any
+    _models: Any
+    _rlog: Any
+    _threads: dict[str, threading.Thread]
+    _errors: list[tuple[str, BaseException]]
+    _stop_ingest: threading.Event
+    _abort: threading.Event
+    _stop_control: threading.Event
+    _wake: threading.Event
+
+    def _maybe_swap(self) -> None:  # pragma: no cover - provided by the daemon
+        raise NotImplementedError
+
+    # -- threads ----------------------------------------------------------------------------------
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        def run() -> None:
+            try:
+                target(*args)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                log.exception("thread %s failed", name)
+                self._errors.append((name, e))
+                self.state = "failed"
+                self._wake.set()
+
+        t = threading.Thread(target=run, name=f"fringelive-{name}", daemon=True)
+        self._threads[name] = t
+        t.start()
+
+    def _receiver_loop(self, sock: Any) -> None:
+        cfg = self.config
+        limits = FrameLimits(max_pixels=cfg.ingest.max_frame_pixels, max_side=cfg.ingest.max_side,
+                             max_message_bytes=cfg.ingest.max_message_bytes)
+        block = cfg.queue.policy == "block"
+        held: _Work | None = None
+        try:
+            while True:
+                if held is not None:  # block policy: wait for room, keep ZeroMQ's buffers full meanwhile
+                    if self._queue.put(held, timeout=WAIT_S):
+                        held = None
+                    elif self._abort.is_set():
+                        self._drop(held, "shutdown")
+                        held = None
+                    continue
+                if self._stop_ingest.is_set():
+                    return
+                try:  # blocking receive with ZMQ_RCVTIMEO = POLL_MS: one call per message
+                    parts = sock.recv_multipart(copy=False)
+                except zmq.Again:
+                    continue
+                held = self._accept(parts, limits, block)
+        finally:
+            sock.close(linger=0)
+
+    def _accept(self, parts: Sequence[Any], limits: Any, block: bool) -> _Work | None:
+        """Count, decode and enqueue one message; return it when the queue is full under the
+        block policy (the receiver then holds it and stops reading)."""
+        t = time.perf_counter()
+        self.metrics.frame_received()
+        try:
+            frame = decode_frame(parts, limits)
+        except ProtocolError as e:
+            self._reject(e.reason, e.detail, e.series, e.frame)
+            return None
+        except Exception as e:  # noqa: BLE001 - a decoder bug must not stop ingest
+            self._reject("internal_error", f"decoder raised {type(e).__name__}: {e}", None, None)
+            return None
+        work = _Work(frame, t)
+        if block:
+            return None if self._queue.put(work, timeout=0) else work
+        for old in self._queue.put_evict(work):
+            self._drop(old, "queue_full")
+        return None
+
+    def _worker_loop(self) -> None:
+        try:
+            while not self._abort.is_set():
+                self._maybe_swap()
+                work = self._queue.get(timeout=WAIT_S)
+                if work is None:
+                    continue
+                handed = False
+                try:
+                    handed = bool(self._process(work))
+                finally:
+                    if not handed:  # else the finisher marks it done
+                        self._queue.task_done()
+            self._maybe_swap()
+        finally:
+            self._hand_over(STOP)
+
+    def _process(self, work: _Work) -> bool:
+        """The worker's part of one frame: the backend half of the pipeline, then the hand-off
+        to the finisher. True when handed over (the finisher then owns its accounting)."""
+        t0 = time.perf_counter()
+        models = self._models
+        assert models is not None
+        h = work.frame.header
+        try:
+            model, route = models.route(h.to_dict())
+            inference = model.pipeline.infer(work.frame.pixels, h.to_dict())
+        except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
+            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
+            return False
+        self._hand_over(_Inferred(work, model, inference, t0, time.perf_counter(), route))
+        return True
+
+    def _hand_over(self, item: Any) -> None:
+        """Put ``item`` into the 1-deep hand-off, waiting while the finisher is busy; raises
+        when the finisher thread has died (the daemon has failed then)."""
+        while True:
+            try:
+                self._handoff.put(item, timeout=WAIT_S)
+                return
+            except _queue.Full:
+                finisher = self._threads.get("finisher")
+                if finisher is None or not finisher.is_alive():
+                    raise RuntimeError("the finisher thread is not running") from None
+
+    def _try_hand_over(self, item: Any) -> None:
+        try:
+            self._handoff.put_nowait(item)
+        except _queue.Full:
+            pass
+
+    def _finisher_loop(self) -> None:
+        while True:
+            try:
+                item = self._handoff.get(timeout=WAIT_S)
+            except _queue.Empty:
+                continue
+            if item is STOP:
+                return
+            try:
+                self._finish(item)
+            finally:
+                self._queue.task_done()
+
+    def _finish(self, item: _Inferred) -> None:
+        """The finisher's part of one frame: mask, particles, result header, encoding; then to
+        the publisher."""
+        t_begin = time.perf_counter()
+        work, model = item.work, item.model
+        h = work.frame.header
+        meta = h.to_dict()
+        try:
+            result = model.pipeline.finish(item.inference)
+            t_drift = time.perf_counter()
+            try:
+                drift = model.drift.assess(work.frame.pixels, meta, result, threshold=model.pipeline.config.threshold)
+            except Exception as e:  # noqa: BLE001 - a drift failure must not cost the frame its result
+                self._rlog.warning("drift_error", "drift checks failed on %s/%s: %s: %s", h.series, h.frame,
+                                   type(e).__name__, e)
+                drift = drift_failed()
+            routed = item.route if len(self._models.models if self._models else ()) > 1 else None
+            timings = stage_timings(item.t_started - work.t_received, result.timings_ms, time.perf_counter() - t_drift,
+                                    t_begin - item.t_inferred)
+            header = result_header(h, meta, worker=self.worker, model=model.bundle.name, result=result, drift=drift,
+                                   route=routed, timings=timings, queue_depth=len(self._queue))
+            probs = result.probabilities if self.config.results.publish_probabilities else None
+            parts = encode_result_message(header, result.mask, probs)
+            particles = header["particles"]
+        except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
+            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
+            return
+        self.metrics.observe_drift(model.bundle.name, header["drift"])
+        self._outbox.put(_Outgoing(parts, work.t_received, timings, len(particles), time.perf_counter()))
+
+    def _publisher_loop(self, sock: Any) -> None:
+        try:
+            while True:
+                try:
+                    out = self._outbox.get(timeout=WAIT_S)
+                except _queue.Empty:
+                    continue
+                if out is STOP:
+                    return
+                sock.send_multipart(out.parts, copy=False)
+                if out.t_received is not None:
+                    now = time.perf_counter()
+                    e2e = now - out.t_received
+                    self.metrics.frame_processed()
+                    self.metrics.frame_latency.observe(e2e)
+                    stages = dict(out.timings_ms or {})
+                    stages["publish"] = stages.get("publish", 0.0) + (now - out.t_ready) * 1e3
+                    self.metrics.observe_stages(stages)
+                    self.metrics.particles.observe(out.particles)
+                    self.rolling.add(e2e * 1e3, stages, out.particles)
+        finally:
+            sock.close(linger=PUB_LINGER_MS)
+
+    def _control_loop(self, sock: Any) -> None:
+        handler = ControlHandler(self)
+        try:
+            while not self._stop_control.is_set():
+                if not sock.poll(POLL_MS, zmq.POLLIN):
+                    continue
+                request = sock.recv(copy=False)
+                sock.send(handler.handle(request.bytes))
+        finally:
+            sock.close(linger=0)
+
+    # -- accounting helpers (any thread) ----------------------------------------------------------
+    def _reject(self, reason: str, detail: str, series: str | None, frame: int | None) -> None:
+        self.metrics.frame_rejected(reason)
+        self._rlog.warning(f"reject:{reason}", "rejected %s/%s: %s: %s", series, frame, reason, detail)
+        self._outbox.put(_Outgoing(encode_error(reason, detail, series=series, frame=frame, worker=self.worker)))
+
+    def _drop(self, work: _Work, reason: str) -> None:
+        h = work.frame.header
+        self.metrics.frame_dropped(reason)
+        event = "overloaded" if reason == "queue_full" else reason
+        detail = ("queue full (drop-oldest policy): a newer frame took its place" if reason == "queue_full"
+                  else "daemon shutting down: not processed within the drain timeout")
+        self._rlog.warning(f"drop:{reason}", "dropped %s/%s: %s", h.series, h.frame, reason)
+        self._outbox.put(_Outgoing(encode_error(event, detail, series=h.series, frame=h.frame, worker=self.worker)))
