@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from fringelive.cli.merge import ResultMerger
+from fringelive.stream.merger import ResultMerger
 from fringelive.daemon.config import DaemonConfig, default_bundle_path
 from fringelive.stream.merge import ReorderSettings
 from fringelive.daemon.protocol import decode_error, decode_result, encode_frame

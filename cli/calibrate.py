@@ -22,13 +22,13 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from fringelive.bundle.bundle_io import BundleError
 from fringelive.cli import CLIError
 from fringelive.engine.calibration import calibrate_bundle
-from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
-from fringelive.training.samples import SampleSetError, load_sampleset
-from fringelive.cli.stream import merge_meta, parse_meta
-from fringelive.bundle.bundle_io import BundleError
 from fringelive.engine.drift_reference import DriftReferenceError
+from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
+from fringelive.stream.send import merge_meta, parse_meta
+from fringelive.training.samples import SampleSetError, load_sampleset
 
 
 def register(sub: Any) -> None:

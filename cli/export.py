@@ -16,14 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fringelive.bundle.bundle_io import BundleError, sha256_file
+from fringelive.bundle.card import CardError, Envelope, Preprocessing, Range, Source
 from fringelive.cli import CLIError
 from fringelive.cli.preprocessing import add_preprocessing_options, preprocessing_from_args
-from fringelive.export.onnx_export import ExportError, command_line, export_bundle
-from fringelive.bundle.bundle_io import BundleError, sha256_file
-from fringelive.export.safe_unpickle import UnpicklingRefused
-from fringelive.export.seed_import import (SEED_PREPROCESSING, SeedImportError, check_parity, import_seed, load_seed_checkpoint, to_resunet)
-from fringelive.bundle.card import CardError, Envelope, Preprocessing, Range, Source
 from fringelive.engine.models import build_model
+from fringelive.export.onnx_export import ExportError, command_line, export_bundle
+from fringelive.export.safe_unpickle import UnpicklingRefused
+from fringelive.export.seed_import import (SEED_PREPROCESSING, SeedImportError, check_parity, import_seed,
+                                           load_seed_checkpoint, to_resunet)
 from fringelive.export.tensorrt_export import EngineBuildError, TensorRTUnavailable, build_engines
 from fringelive.export.triton_export import TritonExportError, export_triton
 

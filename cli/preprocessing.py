@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from typing import Any
+
 from fringelive.bundle.card import Preprocessing
 
 __all__ = ["add_preprocessing_options", "preprocessing_from_args"]

@@ -16,11 +16,11 @@ import signal
 import sys
 from typing import Any
 
+from fringelive.bundle.bundle_io import BundleError
 from fringelive.cli import CLIError
 from fringelive.daemon.config import ConfigError, DaemonConfig, load_config
-from fringelive.bundle.bundle_io import BundleError
-from fringelive.engine.backends import BackendUnavailable
 from fringelive.daemon.server import Daemon, DaemonError
+from fringelive.engine.backends import BackendUnavailable
 
 log = logging.getLogger("fringelive.daemon")
 

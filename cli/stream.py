@@ -12,62 +12,19 @@ from typing import Any
 
 from fringelive.cli import CLIError
 from fringelive.cli.argtypes import nonnegative_int, positive_float, positive_int
-from fringelive.daemon.protocol import (DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS_ENDPOINT, ERROR_TOPIC, ProtocolError, RESULT_TOPIC, configure_curve_client, decode_error, decode_result, encode_frame)
+from fringelive.daemon.protocol import (DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS_ENDPOINT, ERROR_TOPIC,
+                                        ProtocolError, RESULT_TOPIC, configure_curve_client, decode_error,
+                                        decode_result, encode_frame)
 from fringelive.engine.readers import ReaderError, check_readable, read_frames
 from fringelive.stream.recorder import ResultRecorder
-
-DEFAULT_SEND_HWM = 4
-DEFAULT_SEND_TIMEOUT_S = 10.0
+from fringelive.stream.send import (DEFAULT_SEND_HWM, DEFAULT_SEND_TIMEOUT_S, SendError, merge_meta, parse_meta,
+                                    wait_for_peers)
+from fringelive.stream.watch import format_error_line, format_result_line
 
 
 # --------------------------------------------------------------------------------------------
 # argument helpers (pure)
 # --------------------------------------------------------------------------------------------
-
-def parse_meta_value(text: str) -> Any:
-    """``"3"`` → 3, ``"0.5"`` → 0.5, ``"true"``/``"false"`` → bool, ``"null"``/``"none"`` →
-    None, anything else → the string itself."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "none"):
-        return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_meta(items: list[str] | None) -> dict[str, Any]:
-    """``["pixel_size_nm=0.02", "tags.grid=3"]`` → ``{"pixel_size_nm": 0.02, "tags": {"grid": 3}}``.
-    Dotted keys nest. Raises ``ValueError`` naming the bad item."""
-    meta: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        path = key.strip().split(".")
-        if not sep or not all(path):
-            raise ValueError(f"--meta needs KEY=VALUE (dotted keys nest), got {item!r}")
-        node = meta
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"--meta {item!r}: {part!r} is already a value, not a map")
-            node = child
-        node[path[-1]] = parse_meta_value(value)
-    return meta
-
-
-def merge_meta(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``override`` into a copy of ``base`` (maps merge, values replace)."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_meta(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _add_curve_options(parser: argparse.ArgumentParser) -> None:
@@ -107,28 +64,6 @@ def _planned_frames(args: argparse.Namespace) -> Iterator[tuple[Path, str, int, 
                 index = counters.get(series, args.start_frame)
                 counters[series] = index + 1
                 yield path, series, index, image
-
-
-def wait_for_peers(monitor: Any, count: int, timeout_s: float) -> int:
-    """Read a PUSH socket's monitor events until ``count`` peers have completed the ZeroMQ
-    handshake (minus those that disconnected again); return the count. Raises :class:`CLIError`
-    after ``timeout_s`` seconds with fewer."""
-    import zmq
-    from zmq.utils.monitor import recv_monitor_message
-
-    peers = 0
-    deadline = time.monotonic() + timeout_s
-    while peers < count:
-        left_ms = int((deadline - time.monotonic()) * 1000)
-        if left_ms <= 0 or not monitor.poll(left_ms):
-            raise CLIError(f"only {peers} of {count} worker(s) connected within {timeout_s:g} s "
-                           "(are the daemons running with [ingest] bind = false and this endpoint?)", 1)
-        event = recv_monitor_message(monitor)["event"]
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            peers += 1
-        elif event == zmq.EVENT_DISCONNECTED:
-            peers = max(0, peers - 1)
-    return peers
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -187,7 +122,10 @@ def cmd_send(args: argparse.Namespace) -> int:
                 print(f"send: bound {args.endpoint}" + (f", waiting for {args.wait_workers} worker(s)"
                                                         if args.wait_workers else ""), flush=True)
                 if args.wait_workers:
-                    wait_for_peers(monitor, args.wait_workers, args.timeout)
+                    try:
+                        wait_for_peers(monitor, args.wait_workers, args.timeout)
+                    except SendError as e:
+                        raise CLIError(str(e), 1) from None
             finally:
                 sock.disable_monitor()
                 monitor.close(linger=0)
@@ -245,38 +183,6 @@ def cmd_send(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # watch
 # --------------------------------------------------------------------------------------------
-
-def format_result_line(header: dict) -> str:
-    """One line per result: series, frame, model, particles, area fraction, drift, total ms
-    (and the worker that computed it, when the header names one)."""
-    drift = header.get("drift")
-    status = drift.get("status", "?") if isinstance(drift, dict) else "?"
-    timings = header.get("timings_ms")
-    total: Any = None
-    if isinstance(timings, dict):
-        total = timings.get("total")
-        if not isinstance(total, (int, float)) or isinstance(total, bool):
-            numbers = [v for v in timings.values()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            total = sum(numbers) if numbers else None
-    area = header.get("area_fraction")
-    area_text = f"{area:.4f}" if isinstance(area, (int, float)) else "?"
-    total_text = f"{total:.1f} ms" if total is not None else "? ms"
-    count = header.get("particle_count", len(header.get("particles") or []))
-    worker = f" worker={header['worker']}" if header.get("worker") is not None else ""
-    return (f"{header.get('series', '?')} #{header.get('frame', '?')} "
-            f"model={header.get('model', '?')} particles={count} area={area_text} "
-            f"drift={status} total={total_text}{worker}")
-
-
-def format_error_line(header: dict) -> str:
-    """``ERROR reason detail`` (+ ``[series #frame]`` when known, `` worker=NAME`` when named)."""
-    where = ""
-    if header.get("series") is not None or header.get("frame") is not None:
-        where = f" [{header.get('series', '?')} #{header.get('frame', '?')}]"
-    if header.get("worker") is not None:
-        where += f" worker={header['worker']}"
-    return f"ERROR {header.get('reason', '?')} {header.get('detail', '')}{where}"
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

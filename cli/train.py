@@ -24,18 +24,18 @@ import math
 import shlex
 from typing import Any, Sequence
 
-from fringelive.cli.preprocessing import add_preprocessing_options, preprocessing_from_args
-from fringelive.cli import CLIError
+from fringelive.bundle.bundle_io import BundleError, load_bundle
 from fringelive.bundle.card import CardError, Preprocessing
-from fringelive.training.fastsim import CameraModel
-from fringelive.training.synth import SynthConfig, SynthError, synthesize
+from fringelive.cli import CLIError
+from fringelive.cli.preprocessing import add_preprocessing_options, preprocessing_from_args
+from fringelive.engine.backends import BackendUnavailable
+from fringelive.training.evaluate import generalization_matrix, write_results
 from fringelive.training.experimental import DatasetConfig, DatasetError, Selection, build_dataset
+from fringelive.training.fastsim import CameraModel
 from fringelive.training.run import RunConfig, RunError, run_training
 from fringelive.training.samples import SampleSetError, resolve_sampleset_path
+from fringelive.training.synth import SynthConfig, SynthError, synthesize
 from fringelive.training.trainer import TrainConfig, init_distributed
-from fringelive.engine.backends import BackendUnavailable
-from fringelive.bundle.bundle_io import BundleError, load_bundle
-from fringelive.training.evaluate import generalization_matrix, write_results
 from fringelive.training.transfer import load_initial_weights
 
 __all__ = ["register"]

@@ -28,6 +28,7 @@ import math
 from typing import Any, Mapping, Protocol
 
 import msgpack
+
 from fringelive.daemon.protocol import configure_curve_client
 
 __all__ = ["COMMANDS", "ControlTarget", "ControlHandler", "control_request", "decode_request", "encode_reply"]

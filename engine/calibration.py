@@ -29,8 +29,9 @@ from fringelive.bundle.bundle_io import load_bundle
 from fringelive.bundle.card import Card, utc_now_iso
 from fringelive.engine.cusum import calibrate_threshold
 from fringelive.engine.drift import DriftSettings, FrameMeasurement, evaluate, measure_frame
+from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SIGNAL_DIRECTIONS,
+                                               parse_drift_reference, robust_centre_scale)
 from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
-from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SIGNAL_DIRECTIONS, parse_drift_reference, robust_centre_scale)
 
 __all__ = ["measure_frames", "calibrate_camera", "build_reference", "calibrate_bundle", "MIN_SIGNAL_FRAMES"]
 

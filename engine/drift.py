@@ -35,7 +35,8 @@ import numpy as np
 from fringelive.bundle.card import Card, Tolerances
 from fringelive.engine import confidence, envelope, image_estimates
 from fringelive.engine.cusum import CusumState, calibrate_threshold
-from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SIGNAL_DIRECTIONS, parse_drift_reference, tail_p_value)
+from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SIGNAL_DIRECTIONS,
+                                               parse_drift_reference, tail_p_value)
 from fringelive.engine.materials import reflection_spacings_for, spacings_for
 
 __all__ = [

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from fringelive.bundle.netspec import bytes_per_pixel_of
-from fringelive.engine.particles import area_fraction, particle_stats
 from fringelive.bundle.bundle_io import Bundle, load_bundle
-from fringelive.engine.backends import create_backends
+from fringelive.bundle.netspec import bytes_per_pixel_of
 from fringelive.engine import tiling
+from fringelive.engine.backends import create_backends
+from fringelive.engine.particles import area_fraction, particle_stats
 from fringelive.engine.preprocess import preprocess
 
 if TYPE_CHECKING:  # pragma: no cover

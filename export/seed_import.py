@@ -33,9 +33,9 @@ from torch import nn
 
 from fringelive.bundle.bundle_io import Bundle, sha256_file
 from fringelive.bundle.card import Envelope, Preprocessing, Range, Source
-from fringelive.export.safe_unpickle import UnpicklingRefused, make_pickle_module
 from fringelive.engine.models import build_model
 from fringelive.export.onnx_export import export_bundle
+from fringelive.export.safe_unpickle import UnpicklingRefused, make_pickle_module
 
 __all__ = [
     "SeedResidualBlock",

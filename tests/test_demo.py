@@ -9,7 +9,7 @@ import pytest
 
 from fringelive.stream.camera_sim import Condition, SimulatedCamera, default_sweep
 from fringelive.cli import main
-from fringelive.cli.demo import overlay_rgb, write_png
+from fringelive.stream.demo import overlay_rgb, write_png
 from fringelive.training.fastsim import FastSimConfig, electrons_per_pixel, simulate_frame
 
 

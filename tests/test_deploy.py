@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from fringelive.cli import build_parser, main
-from fringelive.cli.health import (HealthTargets, check_health, client_endpoint, metrics_url,
-                                          targets_from_config)
+from fringelive.stream.health import (HealthTargets, check_health, client_endpoint, metrics_url,
+                                    targets_from_config)
 from fringelive.daemon.config import DEFAULT_BUNDLE_DIR, DaemonConfig, load_config
 from fringelive.daemon.server import Daemon
 

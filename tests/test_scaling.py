@@ -79,7 +79,7 @@ def test_worker_name_config_default_and_validation(tmp_path: Path) -> None:
 
 
 def test_watch_lines_name_the_worker() -> None:
-    from fringelive.cli.stream import format_error_line, format_result_line
+    from fringelive.stream.watch import format_error_line, format_result_line
 
     line = format_result_line({"series": "s", "frame": 4, "model": "m", "particle_count": 0, "worker": "w1"})
     assert line == "s #4 model=m particles=0 area=? drift=? total=? ms worker=w1"
@@ -350,7 +350,7 @@ class Publishers:
 def test_result_merger_orders_passes_bytes_through_and_exports_metrics() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from fringelive.cli.merge import ResultMerger
+    from fringelive.stream.merger import ResultMerger
 
     ctx = zmq.Context()
     pubs = Publishers(ctx, 2)
@@ -392,7 +392,7 @@ def test_result_merger_orders_passes_bytes_through_and_exports_metrics() -> None
 
 
 def test_result_merger_checks_arguments() -> None:
-    from fringelive.cli.merge import ResultMerger
+    from fringelive.stream.merger import ResultMerger
 
     with pytest.raises(ValueError, match="at least one"):
         ResultMerger([])
@@ -475,7 +475,7 @@ def sync_workers(push: zmq.Socket, subs: list[zmq.Socket], names: set[str], time
 
 
 def test_three_daemons_on_one_bound_push_merged_in_frame_order(tiny_bundle: Any) -> None:
-    from fringelive.cli.merge import ResultMerger
+    from fringelive.stream.merger import ResultMerger
     from fringelive.daemon.server import Daemon
 
     n_frames, side = 30, 256

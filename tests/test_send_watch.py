@@ -17,7 +17,8 @@ import tifffile
 import zmq
 
 from fringelive.cli import main
-from fringelive.cli.stream import format_error_line, format_result_line, parse_meta
+from fringelive.stream.send import parse_meta
+from fringelive.stream.watch import format_error_line, format_result_line
 from fringelive.daemon.protocol import (
     Frame,
     decode_frame,

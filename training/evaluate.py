@@ -33,8 +33,8 @@ import numpy as np
 from fringelive.bundle.bundle_io import Bundle, load_bundle, sha256_file
 from fringelive.engine.backends import create_backend
 from fringelive.engine.preprocess import preprocess
-from fringelive.training.samples import SampleSet, load_sampleset, preprocessing_to_json
 from fringelive.engine.tiling import infer_tiled
+from fringelive.training.samples import SampleSet, load_sampleset, preprocessing_to_json
 
 __all__ = [
     "PairResult",

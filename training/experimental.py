@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from fringelive.bundle.card import Preprocessing
-from fringelive.training.progress import progress_bar
-from fringelive.training.samples import SampleSetWriter
 from fringelive.engine.preprocess import preprocess
 from fringelive.engine.readers import ReaderError, read_frames
+from fringelive.training.progress import progress_bar
+from fringelive.training.samples import SampleSetWriter
 
 __all__ = [
     "COLUMN_ALIASES",

@@ -41,13 +41,13 @@ import numpy as np
 
 from fringelive.bundle.bundle_io import sha256_file, tile_constraints_for
 from fringelive.bundle.card import Envelope, Preprocessing
-from fringelive.training.samples import SampleSet, envelope_from_metadata, load_sampleset, preprocessing_to_json
-from fringelive.training.trainer import DistInfo, TrainConfig, evaluate_model, train_model
 from fringelive.engine.calibration import calibrate_bundle
 from fringelive.engine.models import build_model
+from fringelive.engine.preprocess import preprocess
 from fringelive.export.onnx_export import export_bundle
 from fringelive.training.evaluate import score_members, torch_member
-from fringelive.engine.preprocess import preprocess
+from fringelive.training.samples import SampleSet, envelope_from_metadata, load_sampleset, preprocessing_to_json
+from fringelive.training.trainer import DistInfo, TrainConfig, evaluate_model, train_model
 
 __all__ = [
     "LOG_FORMATS",

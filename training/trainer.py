@@ -44,11 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fringelive.engine.models import UNetSpec
 from fringelive.training.augment import gaussian_noise, random_dihedral, random_rotation
+from fringelive.training.metrics import hard_dice
 from fringelive.training.progress import progress_bar
 from fringelive.training.transfer import FREEZE_CHOICES, freeze, set_frozen_eval
-from fringelive.training.metrics import hard_dice
-from fringelive.engine.models import UNetSpec
 
 __all__ = [
     "TrainConfig",

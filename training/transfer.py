@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from fringelive.engine.models import UNetSpec, build_model
+
 from fringelive.bundle.bundle_io import load_bundle
+from fringelive.engine.models import UNetSpec, build_model
 
 __all__ = [
     "FREEZE_CHOICES",
