@@ -84,8 +84,7 @@ from fringelive.engine.preprocess import settings
 from fringelive.engine.preprocess.flatfield import (_block_coords, _check_flatfield_args, _flatfield, bernstein_basis,
                                                     evaluate_flatfield, fit_flatfield, fit_flatfield_coefficients,
                                                     flatfield_correct)
-from fringelive.engine.preprocess.frames import (_ship_narrow, _to_float32,
-                                                 as_float32_frame  # noqa: F401 (_ship_narrow: tests)
+from fringelive.engine.preprocess.frames import _ship_narrow, _to_float32, as_float32_frame  # noqa: F401 (tests)
 from fringelive.engine.preprocess.normalise import _rescale, rescale
 from fringelive.engine.preprocess.settings import MAX_FILL_SWEEPS, NUMPY_CPU_SCANS, SURFACE_FLOOR_REL
 from fringelive.engine.preprocess.stats import median, order_statistics, percentiles
