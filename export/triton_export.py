@@ -18,7 +18,7 @@ batcher merges requests whose H and W are equal, so tile batches of several daem
 same tile size share one network call.
 
 Every ``config.pbtxt`` carries ``parameters`` ``fringelive_bundle``, ``fringelive_member`` and
-``fringelive_member_sha256``: the ``triton`` backend (``engine/backends.py``) refuses a model
+``fringelive_member_sha256``: the ``triton`` backend (``engine/backends/triton.py``) refuses a model
 whose sha256 differs from the member in the local card, so the daemon's preprocessing and tiling
 (read from the local bundle) always match the network Triton serves. Files at the top of a
 repository are not models: Triton ignores the ``.fringelive.json`` index. Several bundles may

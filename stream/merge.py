@@ -1,7 +1,7 @@
 """Put the results of several daemon workers back into frame order, per series.
 
 Pure logic: no sockets, no threads, no clock (callers pass ``now``, monotonic seconds). The
-sockets live in ``cli_merge.py`` (``fringelive merge``); the rules are documented in
+sockets live in ``stream/merger.py`` (``fringelive merge``); the rules are documented in
 ``docs/scaling.md``. Items are opaque (the merger passes ZeroMQ frames through byte for byte);
 each comes with its ``series`` (str), ``frame`` index (int >= 0) and size (bytes).
 

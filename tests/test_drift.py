@@ -2,7 +2,7 @@
 simulated frames (binomially thinned to lower doses, resampled to other pixel sizes), the
 per-frame status and reasons, the drift reference, and the CUSUM and its calibration.
 
-Frames come from ``training/fastsim`` and ``daemon/camera_sim`` with exact masks, which stand in
+Frames come from ``training/fastsim`` and ``stream/camera_sim`` with exact masks, which stand in
 for the model's mask here (the model-in-the-loop tests are in test_drift_stream.py)."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 an in-envelope stream of 2,000 frames raises no alarm at the calibrated threshold, a dose drift
 raises it at once, and the CLI's errors.
 
-Frames: ``daemon/camera_sim`` re-exposing two fixed 128² scenes (Au, 0.02 nm/px, 423 e/Å²); model:
+Frames: ``stream/camera_sim`` re-exposing two fixed 128² scenes (Au, 0.02 nm/px, 423 e/Å²); model:
 the ``tiny_bundle`` fixture (random weights: its entropy signals are arbitrary but stationary)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Wire protocol v1: frames, results, errors (daemon/protocol.py, docs/protocol.md)."""
+"""Wire protocol v1: frames, results, errors (daemon/protocol/, docs/protocol.md)."""
 
 from __future__ import annotations
 
