@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     from fringelive.engine.backends import create_backend, usable_cpu_count
     from fringelive.daemon.config import default_bundle_path
     from fringelive.bundle.bundle_io import load_bundle
-    from fringelive.export.triton_export import LocalTritonServer, export_triton
+    from fringelive.export.triton_export import export_triton
+    from fringelive.export.triton_server import LocalTritonServer
 
     bundle_dir = Path(args.bundle) if args.bundle else default_bundle_path()
     if bundle_dir is None:

@@ -29,14 +29,12 @@ from fringelive.bundle.bundle_io import Bundle, sha256_file, write_bundle
 from fringelive.bundle.card import Card
 from fringelive.export.triton_export import (
     INDEX_SUFFIX,
-    LocalTritonServer,
     TritonExportError,
-    TritonServerError,
     default_model_prefix,
     export_triton,
-    find_tritonserver,
     model_name,
 )
+from fringelive.export.triton_server import LocalTritonServer, TritonServerError, find_tritonserver
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
