@@ -233,7 +233,7 @@ def test_committed_default_bundle_records_its_recipe_and_heldout_dice() -> None:
     from fringelive.bundle.bundle_io import load_bundle
     from fringelive.training.build_default_bundle import BENCHMARK, BENCHMARK_ABTEM, commands
 
-    path = Path(__file__).resolve().parents[1] / "daemon" / "default_bundle"
+    path = Path(__file__).resolve().parents[1] / "default_bundle"
     if not (path / "card.json").is_file():
         pytest.skip(f"no default bundle at {path}")
     card = load_bundle(path).card

@@ -28,7 +28,6 @@ Steps (:func:`run_training`):
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -43,10 +42,12 @@ from fringelive.bundle.bundle_io import sha256_file, tile_constraints_for
 from fringelive.bundle.card import Envelope, Preprocessing
 from fringelive.engine.calibration import calibrate_bundle
 from fringelive.engine.models import build_model
-from fringelive.engine.preprocess import preprocess
 from fringelive.export.onnx_export import export_bundle
 from fringelive.training.evaluate import score_members, torch_member
-from fringelive.training.samples import SampleSet, envelope_from_metadata, load_sampleset, preprocessing_to_json
+from fringelive.training.patches import fold_split, index_ranges, network_input, patchify, prepare_patches
+from fringelive.training.patches import RunError
+from fringelive.training.run_report import _card_metrics, _description, _write_evaluation
+from fringelive.training.samples import envelope_from_metadata, load_sampleset, preprocessing_to_json
 from fringelive.training.trainer import DistInfo, TrainConfig, evaluate_model, train_model
 
 __all__ = [
@@ -67,10 +68,6 @@ log = logging.getLogger(__name__)
 
 LOG_FORMATS = ("csv", "tensorboard", "both", "none")
 RUN_FILE = "run.json"
-
-
-class RunError(ValueError):
-    """A run that cannot start or resume; the message names the bad input."""
 
 
 @dataclass(frozen=True)
@@ -151,67 +148,6 @@ class RunResult:
 
 
 # --- splits and patches ----------------------------------------------------------------------
-
-def fold_split(n: int, fold: int, folds: int = 5, split: Sequence[float] = (0.7, 0.1, 0.2)
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Contiguous k-fold assignment of ``n`` samples: (train, val, test) index arrays of fold
-    ``fold``. The order ``0..n-1`` is rotated left by ``round(fold·n/folds)``; the first
-    ``round(test·n)`` are test, the next ``round(val·n)`` validation, the rest training."""
-    if not 0 <= fold < folds:
-        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold!r}")
-    order = np.roll(np.arange(n), -int(round(fold * n / folds)))
-    n_test = int(round(split[2] * n))
-    n_val = int(round(split[1] * n))
-    if n - n_test - n_val < 1:
-        raise ValueError(f"{n} samples leave no training sample with split {tuple(split)}")
-    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
-
-
-def index_ranges(indices: Sequence[int]) -> list[list[int]]:
-    """Indices as sorted half-open ``[start, stop)`` runs (compact JSON for the card)."""
-    out: list[list[int]] = []
-    for i in sorted(int(v) for v in indices):
-        if out and out[-1][1] == i:
-            out[-1][1] = i + 1
-        else:
-            out.append([i, i + 1])
-    return out
-
-
-def patchify(image: np.ndarray, label: np.ndarray, patch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping ``patch``² tiles from the top-left corner, ``(n, patch, patch)`` each;
-    a remainder narrower than ``patch`` is dropped."""
-    h, w = image.shape
-    ny, nx = h // patch, w // patch
-    if ny == 0 or nx == 0:
-        raise RunError(f"samples of {h}×{w} px are smaller than the patch size {patch} px; use a smaller --patch")
-    def cut(a: np.ndarray) -> np.ndarray:
-        a = a[: ny * patch, : nx * patch]
-        return a.reshape(ny, patch, nx, patch).transpose(0, 2, 1, 3).reshape(-1, patch, patch)
-    return np.ascontiguousarray(cut(image)), np.ascontiguousarray(cut(label))
-
-
-def prepare_patches(ss: SampleSet, indices: Sequence[int], params: Preprocessing, patch_px: int,
-                    inputs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Network-input patches ``(M, p, p)`` float32 and labels ``(M, p, p)`` uint8 of the
-    samples ``indices`` (raw samples preprocessed with ``params`` first, unless ``inputs``, the
-    set's preprocessed images, are given)."""
-    xs, ys = [], []
-    for i in indices:
-        px, py = patchify(network_input(ss, i, params) if inputs is None else inputs[i], ss.labels[i], patch_px)
-        xs.append(px)
-        ys.append(py)
-    if not xs:
-        return (np.zeros((0, patch_px, patch_px), np.float32), np.zeros((0, patch_px, patch_px), np.uint8))
-    return np.concatenate(xs), np.concatenate(ys).astype(np.uint8)
-
-
-def network_input(ss: SampleSet, i: int, params: Preprocessing) -> np.ndarray:
-    """Sample ``i`` as the network sees it ``(H, W)`` float32: raw counts go through the shared
-    preprocessing engine with ``params``; preprocessed samples are taken as they are."""
-    if ss.content == "raw":
-        return preprocess(ss.images[i], params).numpy()
-    return np.asarray(ss.images[i], dtype=np.float32)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -493,78 +429,3 @@ def _barrier(info: Any) -> None:
         dist.barrier()
 
 
-def _description(cfg: RunConfig, data_info: list[dict[str, Any]], env: Envelope) -> str:
-    kind = "fine-tuned from " + cfg.init.source if cfg.init is not None else f"{cfg.arch} trained"
-    srcs = ", ".join(f"{Path(d['path']).parent.name or d['path']} ({d['samples']} {d['source']} samples)" for d in data_info)
-    return f"{kind} on {srcs}; {len(cfg.fold_list)} of {cfg.folds} cross-validation folds as ensemble members"
-
-
-def _card_metrics(cfg: RunConfig, data_info: list[dict[str, Any]], folds: list[dict[str, Any]], mean: float,
-                  std: float, bench_names: list[str]) -> dict[str, Any]:
-    t = cfg.train
-    test_keys = ("dice", "false_positive_rate", "false_negative_rate", "oversegment_fraction")
-    test = {"dice_mean": mean, "dice_std": std, "folds": len(folds),
-            "per_fold": [{"fold": r["fold"], **{k: r["test"].get(k) for k in test_keys}} for r in folds if r.get("test")]}
-    for k in test_keys[1:]:
-        vals = [r["test"][k] for r in folds if r.get("test") and k in r["test"]]
-        if vals:
-            test[f"{k}_mean"] = float(np.mean(vals))
-            test[f"{k}_std"] = float(np.std(vals))
-    benchmarks = {}
-    for name in bench_names:
-        vals = [r["benchmarks"][name]["dice"] for r in folds]
-        benchmarks[name] = {"path": dict(cfg.benchmarks)[name], "per_patch": {
-            "patch_px": cfg.patch_px, "dice_mean": float(np.mean(vals)), "dice_std": float(np.std(vals)),
-            "per_fold": vals}}
-    return _finite_or_null({
-        "training": {
-            "recipe": {"loss": "cross-entropy", "optimizer": "Adam", "lr": t.lr, "weight_decay": t.weight_decay,
-                       "batch_size": t.batch_size, "epochs": t.epochs, "max_steps": t.max_steps,
-                       "dihedral": t.dihedral, "rotation_p": t.rotation_p, "noise_rho": t.noise_rho,
-                       "noise_rho_max": t.noise_rho_max, "amp": t.amp, "freeze": t.freeze,
-                       "lr_schedule": t.lr_schedule, "lr_min": t.lr_min, "select_metric": t.select_metric,
-                       "checkpoint": f"best validation {t.select_metric}"},
-            "arch": cfg.arch if cfg.init is None else cfg.init.arch, "patch_px": cfg.patch_px,
-            "data": data_info, "folds": cfg.folds, "split": list(cfg.split),
-            "assignment": "contiguous: order rotated by round(k*N/K), then test, val, train",
-            "seeds": {f"fold{r['fold']}": r["seed"] for r in folds},
-            "init": getattr(cfg.init, "source", None),
-            "fold_runs": [{k: r[k] for k in ("fold", "seed", "best_epoch", "best_val_dice", "steps", "seconds",
-                                             "patches", "train_samples", "val_samples", "test_samples") if k in r}
-                          for r in folds],
-        },
-        "test": test,
-        **({"benchmarks": benchmarks} if benchmarks else {}),
-    })
-
-
-def _finite_or_null(obj: Any) -> Any:
-    """``obj`` with every NaN/±inf float replaced by None: JSON (the card) has no NaN, and a run
-    without a test or validation split has no Dice to report."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_null(v) for v in obj]
-    return obj
-
-
-def _write_evaluation(path: Path, folds: list[dict[str, Any]], bench_names: list[str]) -> None:
-    keys = ("dice", "false_positive_rate", "false_negative_rate", "oversegment_fraction", "loss")
-    rows = []
-    for r in folds:
-        rows.append({"fold": r["fold"], "set": "test", **{k: r.get("test", {}).get(k) for k in keys}})
-        for name in bench_names:
-            rows.append({"fold": r["fold"], "set": name, **{k: r["benchmarks"][name].get(k) for k in keys}})
-    for set_name in ["test", *bench_names]:
-        vals = [row for row in rows if row["set"] == set_name and row["dice"] is not None]
-        if vals:
-            rows.append({"fold": "mean", "set": set_name,
-                         **{k: float(np.mean([v[k] for v in vals])) for k in keys}})
-            rows.append({"fold": "std", "set": set_name,
-                         **{k: float(np.std([v[k] for v in vals])) for k in keys}})
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["fold", "set", *keys])
-        w.writeheader()
-        w.writerows(rows)

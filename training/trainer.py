@@ -29,11 +29,9 @@ Logs: a CSV row per epoch (``log_csv``) and/or TensorBoard scalars (``tensorboar
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,8 +44,11 @@ from torch import nn
 
 from fringelive.engine.models import UNetSpec
 from fringelive.training.augment import gaussian_noise, random_dihedral, random_rotation
+from fringelive.training.checkpoints import _atomic_save, _rng_state, _set_rng_state
+from fringelive.training.distributed import DistInfo, _average_buffers, init_distributed, resolve_device
 from fringelive.training.metrics import hard_dice
 from fringelive.training.progress import progress_bar
+from fringelive.training.train_logs import _Logs
 from fringelive.training.transfer import FREEZE_CHOICES, freeze, set_frozen_eval
 
 __all__ = [
@@ -160,62 +161,6 @@ class TrainResult:
     frozen: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a distributed run (rank 0 of 1 when not distributed)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def current(cls) -> "DistInfo":
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-        return cls()
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the
-    environment): NCCL when CUDA is available, else gloo. A no-op otherwise."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
-    return DistInfo.current()
-
-
-def resolve_device(device: str, dist_info: DistInfo | None = None) -> torch.device:
-    """"auto" → CUDA when available (this rank's ``cuda:LOCAL_RANK`` in a distributed run)."""
-    info = dist_info or DistInfo()
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", info.local_rank if info.distributed else torch.cuda.current_device())
-        return torch.device("cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-    if d.type == "cuda" and d.index is None and info.distributed:
-        d = torch.device("cuda", info.local_rank)
-    return d
-
-
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     h = hashlib.blake2b(f"{seed}:{epoch}:{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
@@ -295,48 +240,7 @@ def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray, bat
     return _finish(sums)
 
 
-def _average_buffers(model: nn.Module, world_size: int) -> None:
-    """Average the floating-point buffers (BatchNorm running statistics) over the ranks, so every
-    rank evaluates and saves the same network (DDP syncs parameters, and buffers only from rank 0
-    at the start of each forward)."""
-    import torch.distributed as dist
-
-    for buf in model.buffers():
-        if buf.is_floating_point():
-            dist.all_reduce(buf)
-            buf.div_(world_size)
-
-
 # --- checkpoints -----------------------------------------------------------------------------
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    """RNG states as tensors and plain values only, so checkpoints load with weights_only=True."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {"torch": torch.get_rng_state(),
-                             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                                       float(cached)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(state["cuda"])
-        except (RuntimeError, IndexError):  # a different GPU count than when it was saved
-            log.warning("could not restore the CUDA RNG states (different GPUs); continuing")
 
 
 def _arch_of(model: nn.Module) -> dict[str, Any]:
@@ -366,55 +270,6 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 
 # --- training --------------------------------------------------------------------------------
-
-class _Logs:
-    """CSV and TensorBoard epoch logs (rank 0 only); appends when resuming."""
-
-    def __init__(self, cfg: TrainConfig, enabled: bool, resuming: bool) -> None:
-        self.csv_path = Path(cfg.log_csv) if (enabled and cfg.log_csv) else None
-        self._fh: Any = None
-        self._writer: Any = None
-        self._tb: Any = None
-        if self.csv_path is not None:
-            self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-            append = resuming and self.csv_path.is_file() and self.csv_path.stat().st_size > 0
-            if append:
-                with open(self.csv_path, newline="") as fh:
-                    header = next(csv.reader(fh), None)
-                self._fh = open(self.csv_path, "a", newline="")
-                if header:
-                    self._writer = csv.DictWriter(self._fh, fieldnames=header, extrasaction="ignore")
-            else:
-                self._fh = open(self.csv_path, "w", newline="")
-        if enabled and cfg.tensorboard_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                self.close()
-                raise RuntimeError(f"TensorBoard logs need the tensorboard package (pip install tensorboard): {e}") from None
-            self._tb = SummaryWriter(log_dir=cfg.tensorboard_dir)
-
-    def write(self, row: Mapping[str, float]) -> None:
-        if self._fh is not None:
-            if self._writer is None:
-                self._writer = csv.DictWriter(self._fh, fieldnames=list(row), extrasaction="ignore")
-                self._writer.writeheader()
-            self._writer.writerow({k: row.get(k) for k in self._writer.fieldnames})
-            self._fh.flush()
-        if self._tb is not None:
-            step = int(row["epoch"])
-            for k, v in row.items():
-                if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(k.replace("_", "/", 1) if k.startswith(("train_", "val_")) else k, v, step)
-            self._tb.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
 
 
 def train_model(
