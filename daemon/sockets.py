@@ -11,7 +11,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from fringelive.daemon.config import ConfigError, CurveConfig, DaemonConfig, is_loopback_endpoint
+from fringelive.daemon.config import CurveConfig, DaemonConfig
+from fringelive.daemon.endpoints import ConfigError, is_loopback_endpoint
 
 __all__ = ["open_sockets", "start_curve", "POLL_MS", "PUB_LINGER_MS"]
 
