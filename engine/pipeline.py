@@ -20,22 +20,17 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from fringelive.bundle.bundle_io import Bundle, load_bundle
 from fringelive.bundle.netspec import bytes_per_pixel_of
 from fringelive.engine import tiling
-from fringelive.engine.backends import create_backends
+from fringelive.engine.backends import Backend, create_backends
 from fringelive.engine.particles import area_fraction, particle_stats
 from fringelive.engine.preprocess import preprocess
 from fringelive.engine.probabilities import class1_probability, class1_probability_into
-
-if TYPE_CHECKING:  # pragma: no cover
-    from fringelive.bundle.bundle_io import Bundle
-
-    from fringelive.engine.backends import Backend
 
 __all__ = [
     "TILING_MODES",
