@@ -1,8 +1,9 @@
 """The ``fringelive`` console script: one entry point, subcommands registered by modules.
 
-Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
-subcommands with ``set_defaults(func=...)``; ``func(args) -> int`` is the exit code. Modules keep
-heavy imports (torch, onnxruntime) inside their functions so ``fringelive --help`` stays fast.
+Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds the
+subcommands listed for it with ``set_defaults(func=...)``; ``func(args) -> int`` is the exit
+code. :func:`main` imports only the module of the command given (all of them for ``--help`` or
+an unknown command), so a light command (``send``, ``watch``) does not load the engine.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error or a missing optional dependency
 (e.g. TensorRT without a GPU).
@@ -15,16 +16,17 @@ import importlib
 import logging
 import sys
 
-COMMAND_MODULES = (
-    "fringelive.cli.serve",    # serve
-    "fringelive.cli.health",   # health (Docker HEALTHCHECK, systemd, monitoring)
-    "fringelive.cli.stream",   # send, watch
-    "fringelive.cli.merge",    # merge (results of several workers, in frame order)
-    "fringelive.cli.demo",     # demo
-    "fringelive.cli.calibrate",  # calibrate (drift reference statistics)
-    "fringelive.cli.train",  # synth, dataset, train, finetune, evaluate
-    "fringelive.cli.export",   # import-seed, export onnx|tensorrt
-)
+#: Command module → the subcommands its ``register`` adds.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "fringelive.cli.serve": ("serve",),
+    "fringelive.cli.health": ("health",),  # Docker HEALTHCHECK, systemd, monitoring
+    "fringelive.cli.stream": ("send", "watch"),
+    "fringelive.cli.merge": ("merge",),  # results of several workers, in frame order
+    "fringelive.cli.demo": ("demo",),
+    "fringelive.cli.calibrate": ("calibrate",),  # drift reference statistics
+    "fringelive.cli.train": ("synth", "dataset", "train", "finetune", "evaluate"),
+    "fringelive.cli.export": ("import-seed", "export"),  # export onnx|tensorrt|triton
+}
 
 
 class CLIError(Exception):
@@ -35,7 +37,22 @@ class CLIError(Exception):
         self.code = code
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option or its value)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--log-level":
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or, given ``argv`` naming a known command, with that
+    command's module only."""
     parser = argparse.ArgumentParser(
         prog="fringelive",
         description="Streaming nanoparticle segmentation for HRTEM cameras, and the tools that "
@@ -44,14 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging verbosity (default: INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    command = None if argv is None else _command_of(argv)
+    modules = [m for m, commands in COMMAND_MODULES.items() if command in commands] or list(COMMAND_MODULES)
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.argv = ["fringelive", *argv]  # the command line, for provenance records
     logging.basicConfig(level=getattr(logging, args.log_level),
