@@ -93,9 +93,9 @@ def _parse_dataclass(cls: type, value: Any, path: str, d: Dialect) -> Any:
         if key in value:
             tp = type_hints(typing.cast(type, type_hints(cls)[outer]))[inner]
             nested.setdefault(outer, {})[inner] = _parse_field(cls, key, tp, value[key], _sub(path, key), d)
-    for outer, inner_values in nested.items():
-        kwargs[outer] = type_hints(cls)[outer](**inner_values)
     try:
+        for outer, inner_values in nested.items():  # a nested section's checks name its field
+            kwargs[outer] = type_hints(cls)[outer](**inner_values)
         return cls(**kwargs)
     except d.error as e:
         if d.toml:

@@ -6,6 +6,7 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     endpoint = "tcp://127.0.0.1:5555"   # tcp://HOST:PORT (port 0 or * = OS-assigned), ipc://PATH, inproc://NAME
     bind = true                         # bind (camera connects) or connect (camera binds)
     rcvhwm = 4                          # messages held by ZeroMQ before the sender blocks
+    rcvbuf_bytes = 65536                # kernel receive buffer (ZMQ_RCVBUF): bounds what a restart can lose
     max_message_bytes = 68157440        # 64 MiB (4096² float32) + 1 MiB header room, bytes
     max_frame_pixels = 16777216         # H*W, pixels (4096²)
     max_side = 8192                     # max H or W, pixels
@@ -26,7 +27,8 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     [model]
     bundle = "path/to/bundle"           # default: the installed default bundle
     bundles = ["a", "b"]                # more bundles: each frame goes to the one whose envelope fits it
-    backend = "onnxruntime"             # onnxruntime | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch | triton
+    backend = "auto"                    # auto (fastest installed + verified) | onnxruntime | openvino | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch | triton
+    precision = "fp32"                  # fp32 | bf16 | fp16 (openvino; used only after the parity check, else fp32)
     device = "auto"                     # auto (the backend's own: cpu, or cuda:0 for GPU kinds) | cpu | cuda | cuda:N
     members = "all"                     # "all" or a list of member indices, e.g. [0, 2]
     intra_op_threads = 0                # CPU threads per inference (and torch preprocessing under `serve`); 0 = runtime default
@@ -41,7 +43,13 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     gaussian_roi = 512                  # window side for tiling = "gaussian", px
     gaussian_overlap = 0.25             # window overlap for tiling = "gaussian", fraction
     threshold = 0.5                     # class-1 probability above which a pixel is particle
-    min_particle_area_px = 20           # smaller connected components are ignored, pixels
+    min_particle_area_px = 20           # smallest particle when the frame has no pixel size, pixels
+    [particles]   # what a particle is (docs/protocol.md, particle_summary)
+    min_diameter_nm = 1.0               # smaller components (equivalent-circle diameter) are specks, nm
+    fill_holes = true                   # fill enclosed holes of each component
+    remove_specks = true                # drop specks from the published mask (counted either way)
+    exclude_edge_from_stats = true      # particles touching the frame edge stay out of size statistics
+    size_bin_nm = 1.0                   # bin width of the area-weighted size distribution, nm
     [drift]       # out-of-distribution checks (docs/drift.md)
     enabled = true
     image_estimates = true              # dose from shot noise, pixel size from lattice fringes
@@ -56,13 +64,34 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     fringe_windows = 6                  # particle windows for the pixel-size estimate
     min_fringe_snr = 6.0                # lattice peak significance, robust standard deviations
     max_background_blocks = 400         # background blocks for the dose estimate
+    [camera]      # the detector (docs/drift.md "The camera"); absent gain/offset = unknown, learned
+    name = "K3 counting"
+    gain_counts_per_e = 8.0             # counts per electron
+    offset_counts = 100.0               # dark level, counts
+    read_noise_counts = 3.5             # rms, counts (default 0)
+    noise_factor = 0.42                 # true / apparent shot-noise electrons (detector MTF; default 1)
+    learn = true                        # fit gain and offset from the stream while either is unknown
+    learn_every = 1                     # feed every n-th frame to the fit
+    refit_every = 25                    # refit (background thread) every n fed frames
+    [tracking]    # stage-drift registration + particle track ids and events per series (docs/protocol.md)
+    enabled = true
+    max_gap_frames = 3                  # processed frames a track may be missing and still continue
+    max_displacement_nm = 2.0           # largest drift-corrected move per frame for a link without overlap, nm
     [lifecycle]
     drain_timeout_s = 10.0              # seconds to finish queued frames at shutdown
+    [journal]     # results journal for catch-up (daemon/journal.py; docs/protocol.md "Delivery guarantees")
+    enabled = false
+    path = "journal/results.sqlite"     # SQLite file (WAL), created with its directory
+    max_bytes = 268435456               # messages kept, bytes (256 MiB); the oldest go first
+    max_age_s = 3600.0                  # messages older than this are deleted, s
     [curve]       # ZeroMQ CURVE on ingest and results (control too with control = true)
     enabled = false
     server_secret_key = "certs/server.key_secret"   # from zmq.auth.create_certificates
     authorized_clients_dir = "certs/clients"        # *.key files of the allowed clients
     control = false
+    [[source]]    # more frame sources, any number (docs/acquisition.md; daemon/sources/config.py)
+    kind = "folder"                     # "zmq" (the [ingest] socket, always on) | "folder" | "dectris" | "deapi"
+    path = "/data/insitu"               # per-kind keys: daemon/sources/folder.py, dectris_config.py, deapi_config.py
 
 Relative paths are resolved against the config file's directory. The metrics endpoint
 ``http://127.0.0.1:9108/metrics`` is the default (port 9108 as the de-facto registry entry for
@@ -89,10 +118,16 @@ from typing import Any, Mapping
 
 from fringelive import default_bundle
 from fringelive.bundle.typed import NOT_HANDLED, Dialect, parse
+from fringelive.daemon.camera import CameraConfig
 from fringelive.daemon.endpoints import ConfigError, _fixed, parse_endpoint
+from fringelive.daemon.journal import JournalConfig
+from fringelive.daemon.sources.config import parse_sources
 from fringelive.engine.backends import BACKEND_KINDS
+from fringelive.engine.backends.openvino import PRECISIONS
 from fringelive.engine.drift import DriftSettings
+from fringelive.engine.particle_measure import ParticleSettings
 from fringelive.engine.pipeline import TILING_MODES, PipelineConfig
+from fringelive.engine.tracking import TrackingSettings
 
 __all__ = [
     "ConfigError",
@@ -140,19 +175,22 @@ def _positive_int(value: int, key: str) -> None:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """Frames in (ZeroMQ PULL). ``rcvhwm``: messages; ``max_message_bytes``: bytes per message
-    (also ``ZMQ_MAXMSGSIZE``); ``max_frame_pixels``: H*W, px; ``max_side``: px."""
+    """Frames in (ZeroMQ PULL). ``rcvhwm``: messages; ``rcvbuf_bytes``: kernel receive buffer
+    (``ZMQ_RCVBUF``, bytes; bounds what a restart can lose in plain PUSH mode, ``docs/protocol.md``);
+    ``max_message_bytes``: bytes per message (also ``ZMQ_MAXMSGSIZE``); ``max_frame_pixels``:
+    H*W, px; ``max_side``: px."""
 
     endpoint: str = "tcp://127.0.0.1:5555"
     bind: bool = True
     rcvhwm: int = 4
+    rcvbuf_bytes: int = 65536
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_frame_pixels: int = 4096 * 4096
     max_side: int = 8192
 
     def __post_init__(self) -> None:
         parse_endpoint(self.endpoint, bind=self.bind, key="ingest.endpoint")
-        for name in ("rcvhwm", "max_message_bytes", "max_frame_pixels", "max_side"):
+        for name in ("rcvhwm", "rcvbuf_bytes", "max_message_bytes", "max_frame_pixels", "max_side"):
             _positive_int(getattr(self, name), f"ingest.{name}")
 
 
@@ -238,7 +276,10 @@ class QueueConfig:
 class ModelConfig:
     """Which bundle(s) to serve and how. ``bundle`` None and no ``bundles`` → the installed
     default bundle; ``bundles``: further bundles, each frame is routed to the one whose envelope
-    fits its metadata (``routing.py``); ``device`` None ("auto") → the backend kind's own (cpu,
+    fits its metadata (``routing.py``); ``backend`` "auto" → the fastest kind installed and
+    verified here, chosen at start-up (``engine/backends/auto.py``; the reason is logged);
+    ``precision`` other than "fp32" → used by ``openvino`` only after the parity check against
+    FP32 (``engine/precision.py``), else FP32 with a logged reason; ``device`` None ("auto") → the backend kind's own (cpu,
     or cuda:0 for GPU kinds); ``members`` None → all members; ``intra_op_threads`` None →
     runtime default. With ``backend = "triton"`` the bundles are still read locally (card:
     preprocessing, tiling, envelope) and member ``i`` runs as Triton model
@@ -248,7 +289,8 @@ class ModelConfig:
 
     bundle: Path | None = None
     bundles: tuple[Path, ...] = ()
-    backend: str = "onnxruntime"
+    backend: str = "auto"
+    precision: str = "fp32"
     device: str | None = None
     members: tuple[int, ...] | None = None
     intra_op_threads: int | None = None
@@ -257,8 +299,10 @@ class ModelConfig:
     triton_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKEND_KINDS:
-            raise ConfigError(f"model.backend must be one of {list(BACKEND_KINDS)}, got {self.backend!r}")
+        if self.backend not in ("auto",) + BACKEND_KINDS:
+            raise ConfigError(f"model.backend must be one of {['auto', *BACKEND_KINDS]}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"model.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"model.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.members is not None:
@@ -374,7 +418,13 @@ class DaemonConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)   # the engine's settings, [pipeline]
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     drift: DriftSettings = field(default_factory=DriftSettings)        # the engine's settings, [drift]
+    camera: CameraConfig = field(default_factory=CameraConfig)         # [camera]: engine CameraSettings + learning
+    particles: ParticleSettings = field(default_factory=ParticleSettings)  # the engine's settings, [particles]
     curve: CurveConfig = field(default_factory=CurveConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)     # [journal]: results journal (daemon/journal.py)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)  # the engine's settings, [tracking]
+    #: ``[[source]]`` tables: frame sources besides the ZeroMQ ingest (daemon/sources/config.py)
+    source: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         eps = {"ingest.endpoint": self.ingest.endpoint, "results.endpoint": self.results.endpoint,
@@ -440,17 +490,30 @@ _DRIFT_TOLERANCE_KEYS = {
 }
 
 
+#: [camera] keys spelled flat in TOML that fill ``CameraConfig.settings`` (the engine's CameraSettings).
+_CAMERA_KEYS = {name: ("settings", name)
+                for name in ("name", "gain_counts_per_e", "offset_counts", "read_noise_counts", "noise_factor")}
+
+
+#: [tracking] fields that stay engine constants (the config keys are enabled, max_gap_frames,
+#: max_displacement_nm).
+_TRACKING_ENGINE_ONLY = frozenset({"max_displacement_px", "merge_overlap", "split_overlap", "overlap_side_px"})
+
+
 def _dialect(base_dir: Path) -> Dialect:
     return Dialect(
         error=ConfigError, toml=True, hook=_toml_word, base_dir=base_dir,
         # engine settings that are not [pipeline]/[drift] keys: members come from [model], the
         # pixel-size search band is fixed
-        exclude={PipelineConfig: frozenset({"members"}), DriftSettings: frozenset({"pixel_size_search"})},
-        flat={DriftSettings: _DRIFT_TOLERANCE_KEYS})
+        exclude={PipelineConfig: frozenset({"members", "particles"}), DriftSettings: frozenset({"pixel_size_search"}),
+                 TrackingSettings: _TRACKING_ENGINE_ONLY},
+        flat={DriftSettings: _DRIFT_TOLERANCE_KEYS, CameraConfig: _CAMERA_KEYS})
 
 
 def _toml_word(cls: type, name: str, value: Any, key: str, d: Dialect) -> Any:
     """TOML has no null: a few keys spell "default" with a word or 0; lists of paths/indices."""
+    if cls is DaemonConfig and name == "source":
+        return parse_sources(value, key, d)
     if cls is ModelConfig and name == "members":
         if value == "all":
             return None

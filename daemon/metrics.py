@@ -16,7 +16,13 @@ Exported series (all names prefixed ``fringelive_``):
 ``frame_latency_seconds``                histogram    end to end: received → result sent (s)
 ``stage_latency_seconds{stage}``         histogram    per stage (s): queue, preprocess, inference, ...
 ``queue_depth``                          gauge        frames waiting for the worker
+``frames_drained_total``                 counter      messages read from ZeroMQ's buffers at shutdown (also received)
+``frames_duplicate_total``               counter      ack mode: duplicates of a recent (series, frame), dropped
+``journal_degraded``                     gauge        1 while the results journal cannot be written, else 0
+``journal_entries``                      gauge        messages held by the results journal
+``results_last_seq``                     gauge        ``seq`` of the last published result or error
 ``queue_capacity``                       gauge        configured queue size (frames)
+``source_frames_*_total{source,...}``    counter      the same accounting per frame source (daemon/sources/metrics.py)
 ``particles_per_frame``                  histogram    particles found per processed frame (count)
 ``bundle_info{name,schema,members,...}`` info         the model bundle being served
 ``reloads_total{outcome}``               counter      control ``reload`` commands, ``ok``/``failed``
@@ -27,6 +33,7 @@ Exported series (all names prefixed ``fringelive_``):
 ``drift_cusum{signal}``                  gauge        CUSUM statistic per signal (standard deviations)
 ``drift_cusum_threshold``                gauge        the CUSUM threshold h in force (standard deviations)
 ``drift_alarm``                          gauge        1 while the stream alarm is raised, else 0
+``camera_*``                             gauge        camera gain/offset in force and the learned fit (daemon/camera_metrics.py)
 =======================================  ===========  ===============================================
 """
 
@@ -42,6 +49,9 @@ from typing import Any, Iterable, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from fringelive.daemon.camera_metrics import CameraMetrics
+from fringelive.daemon.sources.metrics import SourceCounters
 
 __all__ = [
     "DRIFT_STATUSES",
@@ -106,7 +116,18 @@ class DaemonMetrics:
         self.stage_latency = Histogram("fringelive_stage_latency_seconds", "Latency of one stage (seconds).",
                                        ["stage"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue_depth = Gauge("fringelive_queue_depth", "Frames waiting for the worker.", registry=r)
+        # delivery (issue #13): shutdown drain, ack-mode duplicates, results journal
+        self.drained = Counter("fringelive_frames_drained", "Messages read from ZeroMQ's buffers after ingest stopped "
+                               "(shutdown drain; also counted as received).", registry=r)
+        self.duplicates = Counter("fringelive_frames_duplicate", "Ack-mode frames dropped as duplicates of a "
+                                  "(series, frame) seen within the dedupe window (not counted as received).", registry=r)
+        self.journal_degraded = Gauge("fringelive_journal_degraded", "1 while the results journal cannot be written "
+                                      "(disk full, I/O error), else 0.", registry=r)
+        self.journal_entries = Gauge("fringelive_journal_entries", "Messages held by the results journal.", registry=r)
+        self.last_seq = Gauge("fringelive_results_last_seq", "Sequence number of the last published result or error.",
+                              registry=r)
         self.queue_capacity = Gauge("fringelive_queue_capacity", "Configured queue size (frames).", registry=r)
+        self.sources = SourceCounters(r)   # per-source accounting (daemon/sources/metrics.py)
         self.particles = Histogram("fringelive_particles_per_frame", "Particles found per processed frame.",
                                    buckets=PARTICLE_BUCKETS, registry=r)
         self.bundle = Info("fringelive_bundle", "The model bundle being served.", registry=r)
@@ -114,6 +135,7 @@ class DaemonMetrics:
                                registry=r)
         self.routed = Counter("fringelive_routed_frames", "Frames computed by each bundle (routing).", ["model"],
                               registry=r)
+        self.camera = CameraMetrics(r)   # camera gain/offset and the learned fit (daemon/camera_metrics.py)
         self.drift_frames = Counter("fringelive_drift_frames", "Processed frames by drift status.", ["status"],
                                     registry=r)
         self.drift_reasons = Counter("fringelive_drift_reasons", "Drift reasons reported, by reason.", ["reason"],
@@ -147,6 +169,9 @@ class DaemonMetrics:
         with self._lock:
             self._received += 1
         self.received.inc()
+
+    def frame_drained(self) -> None:
+        self.drained.inc()
 
     def frame_processed(self) -> None:
         with self._lock:
@@ -204,6 +229,10 @@ class DaemonMetrics:
         if cusum.get("h") is not None:
             self.drift_threshold.set(cusum["h"])
         self.drift_alarm.set(1.0 if drift.get("alarm") else 0.0)
+
+    def observe_camera(self, camera: Mapping[str, Any] | None) -> None:
+        """Set the camera gauges from a result header's ``drift.camera`` map."""
+        self.camera.observe(camera)
 
     def set_bundle(self, *, name: str, schema: int, members: int, backend: str, device: str, path: str) -> None:
         self.bundle.info({"name": name, "schema": str(schema), "members": str(members), "backend": backend,

@@ -42,12 +42,19 @@ from typing import Any, Sequence
 
 import zmq
 
+from fringelive.daemon.camera import CameraLearner
 from fringelive.daemon.config import ConfigError, DaemonConfig
+from fringelive.daemon.journal import MAX_REPLAY_MESSAGES, ResultsJournal
+from fringelive.daemon.insitu import TrackingStage
 from fringelive.daemon.metrics import DaemonMetrics, MetricsServer, RollingStats
 from fringelive.daemon.modelset import Model, ModelSet, describe_model, device_of, load_models, load_replacement
 from fringelive.daemon.protocol import REJECT_REASONS
 from fringelive.daemon.queues import FrameQueue, RateLimitedLog
+from fringelive.daemon.reject_log import RejectLog
+from fringelive.daemon.unknown_keys import UnknownKeyCounter
 from fringelive.daemon.sockets import open_sockets
+from fringelive.daemon.sources.config import open_source
+from fringelive.daemon.sources.feed import SOURCE_THREAD_PREFIX, join_sources, source_loop
 from fringelive.daemon.threads import STOP, FrameThreads
 
 __all__ = ["Daemon", "DaemonError", "STATES"]
@@ -87,10 +94,15 @@ class Daemon(FrameThreads):
         self.worker = config.results.worker_name()
         self.metrics = DaemonMetrics(registry, reject_reasons=(*REJECT_REASONS, "pipeline_error", "internal_error"))
         self.registry = self.metrics.registry
+        self.unknown_keys = UnknownKeyCounter(self.registry)   # fringelive_header_unknown_keys_total{key}
         self.rolling = RollingStats()
+        self._tracking = TrackingStage(config.tracking, self.registry) if config.tracking.enabled else None
+        #: The camera (``[camera]`` + the fit learned from the stream); survives reloads.
+        self.camera = CameraLearner(config.camera)
         self.endpoints: dict[str, str] = {}
         self.state = "created"
         self._rlog = RateLimitedLog(log)
+        self._reject_log = RejectLog(log)
         self._queue = FrameQueue(config.queue.size, on_depth=self.metrics.queue_depth.set)
         self.metrics.queue_capacity.set(config.queue.size)
         self._outbox: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
@@ -112,6 +124,9 @@ class Daemon(FrameThreads):
         self._started_at: float | None = None
         self._stopped = False
         self._sockets: dict[str, Any] = {}
+        self._journal: ResultsJournal | None = None   # [journal] (journal.py), opened by start()
+        self._next_seq = 1                            # the publisher's next ``seq`` (sequence.py)
+        self._sources: list[Any] = []     # daemon/sources: opened at start, each fed by its own thread
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Daemon":
@@ -124,7 +139,9 @@ class Daemon(FrameThreads):
         try:
             self._models = load_models(self.config, self.config.model.bundle_paths())
             self._publish_bundle_info(self._models)
+            self._open_journal()
             self._open_sockets()
+            self._open_sources()
             if self.config.metrics.enabled:
                 mc = self.config.metrics
                 try:
@@ -143,6 +160,8 @@ class Daemon(FrameThreads):
         self._spawn("worker", self._worker_loop)
         self._spawn("receiver", self._receiver_loop, self._sockets.pop("ingest"))
         self._spawn("control", self._control_loop, self._sockets.pop("control"))
+        for src in self._sources:
+            self._spawn(SOURCE_THREAD_PREFIX + src.name, source_loop, self, src)
         ms = self._models
         log.info("started: bundle(s) %s (%s member(s), %s on %s), queue %d (%s); ingest %s, results %s, control %s, metrics %s",
                  ", ".join(m.bundle.name for m in ms.models), "/".join(str(len(m.backends)) for m in ms.models),
@@ -198,10 +217,12 @@ class Daemon(FrameThreads):
             receiver = self._threads.get("receiver")
             if receiver is not None:
                 receiver.join(max(0.0, deadline - time.monotonic()))
+            join_sources(self._threads, max(0.0, deadline - time.monotonic()))
             self._queue.wait_idle(max(0.0, deadline - time.monotonic()))
             self._abort.set()
             if receiver is not None:
                 receiver.join()
+            join_sources(self._threads, None)
             worker = self._threads.get("worker")
             if worker is not None:
                 worker.join(_JOIN_EXTRA_S)
@@ -231,6 +252,7 @@ class Daemon(FrameThreads):
         self._stop_control.set()
         self._close_everything()
         self.state = "failed" if self._errors or self.state == "failed" else "stopped"
+        self._reject_log.flush()
         counts = self.metrics.counts()
         log.info("stopped: received %d, processed %d, dropped %s, rejected %s", counts["received"],
                  counts["processed"], counts["dropped"], counts["rejected"])
@@ -238,7 +260,26 @@ class Daemon(FrameThreads):
             self.raise_if_failed()
         return counts
 
+    def _open_journal(self) -> None:
+        """Open the results journal when configured; ``seq`` goes on from its last message."""
+        if self.config.journal.enabled:
+            def on_state(degraded: bool, entries: int) -> None:
+                self.metrics.journal_degraded.set(1 if degraded else 0)
+                self.metrics.journal_entries.set(entries)
+
+            self._journal = ResultsJournal(self.config.journal, on_state)
+            self._next_seq = self._journal.last_seq + 1
+
+    def replay(self, since: int, limit: int | None = None) -> dict[str, Any]:
+        """Journalled messages from ``seq`` ``since`` on, one chunk (control ``replay``)."""
+        if self._journal is None:
+            return {"ok": False, "error": "replay: the results journal is not enabled ([journal] enabled = true)"}
+        return {"ok": True, **self._journal.read(since, limit or MAX_REPLAY_MESSAGES)}
+
     def _close_everything(self) -> None:
+        for src in self._sources:  # those not fed by a thread (a failed start): the feeding thread closes the others
+            if not (self._threads.get(SOURCE_THREAD_PREFIX + src.name) and self._threads[SOURCE_THREAD_PREFIX + src.name].is_alive()):
+                src.close()
         for s in self._sockets.values():
             s.close(linger=0)
         self._sockets.clear()
@@ -255,6 +296,10 @@ class Daemon(FrameThreads):
             else:
                 self._ctx.term()
             self._ctx = None
+        publisher = self._threads.get("publisher")
+        if self._journal is not None and not (publisher is not None and publisher.is_alive()):
+            self._journal.close()
+            self._journal = None
         for ms in (self._pending_models, self._models):
             if ms is not None and not (self._threads.get("worker") and self._threads["worker"].is_alive()):
                 ms.close()
@@ -342,7 +387,11 @@ class Daemon(FrameThreads):
             "endpoints": dict(self.endpoints),
             "queue": {"depth": len(self._queue), "size": self.config.queue.size, "policy": self.config.queue.policy},
             "frames": counts,
+            "sources": self.metrics.sources.counts(),
             "errors": [f"{n}: {type(e).__name__}: {e}" for n, e in self._errors],
+            "last_seq": self._next_seq - 1,
+            "journal": self._journal.describe() if self._journal is not None else {"enabled": False},
+            "camera": self.camera.status(),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -350,6 +399,18 @@ class Daemon(FrameThreads):
         return {"frames": self.metrics.counts(), **self.rolling.summary()}
 
     # -- sockets ----------------------------------------------------------------------------------
+    def _open_sources(self) -> None:
+        """Build and start every ``[[source]]`` (kind ``zmq`` is the ingest socket itself)."""
+        self.metrics.sources.add_source("zmq")
+        for cfg in self.config.source:
+            src = open_source(cfg)
+            if src is None:
+                continue
+            self._sources.append(src)
+            getattr(src, "start", lambda: None)()
+            self.metrics.sources.add_source(src.name)
+            log.info("source %s (%s) started", src.name, src.kind)
+
     def _open_sockets(self) -> None:
         self._ctx = zmq.Context()
         self._auth = open_sockets(self._ctx, self.config, self._sockets, self.endpoints)

@@ -9,6 +9,7 @@ set, metrics) and owns the lifecycle (start, drain, stop, reload)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue as _queue
 import threading
@@ -19,9 +20,13 @@ from typing import Any, Callable, Sequence
 import zmq
 
 from fringelive.daemon.control import ControlHandler
+from fringelive.daemon.ingest_drain import detach_ingest, drain_one
+from fringelive.daemon.protocol.header_keys import unknown_header_keys
 from fringelive.daemon.protocol import FrameLimits, ProtocolError, decode_frame, encode_error
 from fringelive.daemon.results import drift_failed, encode_result_message, result_header, stage_timings
+from fringelive.daemon.sequence import stamp_seq
 from fringelive.daemon.sockets import POLL_MS, PUB_LINGER_MS
+from fringelive.engine.preprocess import min_frame_side
 
 __all__ = ["FrameThreads", "STOP", "WAIT_S"]
 
@@ -35,6 +40,7 @@ STOP = object()         # end-of-stream marker in the hand-off and the outbox
 class _Work:
     frame: Any            # protocol.Frame
     t_received: float     # time.perf_counter() when the message was read, s
+    source: str = "zmq"   # the frame source's name (per-source counters, daemon/sources/metrics.py)
 
 
 @dataclass
@@ -56,9 +62,17 @@ class _Outgoing:
     timings_ms: dict[str, float] | None = None
     particles: int = 0
     t_ready: float = 0.0                     # perf_counter when the worker handed it over
+    source: str = "zmq"                      # the frame source's name
 
 
 STOP = object()
+
+
+def min_side_of(models: Any) -> int:
+    """The smallest frame side (px) every served bundle's preprocessing can process (1 before
+    models are loaded)."""
+    members = getattr(models, "models", None) or ()
+    return max((min_frame_side(m.bundle.card.preprocessing) for m in members), default=1)
 
 
 class FrameThreads:
@@ -70,17 +84,23 @@ class FrameThreads:
     rolling: Any
     worker: str
     state: str
+    endpoints: dict[str, str]
     _queue: Any
     _handoff: Any
     _outbox: Any
     _models: Any
     _rlog: Any
+    _tracking: Any        # insitu.TrackingStage or None ([tracking] enabled = false)
+    _reject_log: Any      # reject_log.RejectLog
+    unknown_keys: Any     # unknown_keys.UnknownKeyCounter
     _threads: dict[str, threading.Thread]
     _errors: list[tuple[str, BaseException]]
     _stop_ingest: threading.Event
     _abort: threading.Event
     _stop_control: threading.Event
     _wake: threading.Event
+    _journal: Any           # journal.ResultsJournal | None
+    _next_seq: int          # the publisher's next sequence number (sequence.py)
 
     def _maybe_swap(self) -> None:  # pragma: no cover - provided by the daemon
         raise NotImplementedError
@@ -103,20 +123,32 @@ class FrameThreads:
     def _receiver_loop(self, sock: Any) -> None:
         cfg = self.config
         limits = FrameLimits(max_pixels=cfg.ingest.max_frame_pixels, max_side=cfg.ingest.max_side,
-                             max_message_bytes=cfg.ingest.max_message_bytes)
+                             max_message_bytes=cfg.ingest.max_message_bytes, min_side=min_side_of(self._models))
         block = cfg.queue.policy == "block"
         held: _Work | None = None
+        draining = False
         try:
             while True:
                 if held is not None:  # block policy: wait for room, keep ZeroMQ's buffers full meanwhile
-                    if self._queue.put(held, timeout=WAIT_S):
-                        held = None
-                    elif self._abort.is_set():
+                    if self._abort.is_set():
                         self._drop(held, "shutdown")
                         held = None
+                    elif self._queue.put(held, timeout=WAIT_S):
+                        held = None
                     continue
-                if self._stop_ingest.is_set():
-                    return
+                if self._stop_ingest.is_set():  # drain what ZeroMQ already holds (ingest_drain.py)
+                    if not draining:
+                        draining = True
+                        detach_ingest(sock, self.endpoints.get("ingest", cfg.ingest.endpoint), cfg.ingest.bind)
+                    parts = drain_one(sock)
+                    if parts is None:
+                        return
+                    self.metrics.frame_drained()
+                    held = self._accept(parts, limits, block)
+                    continue
+                self._reject_log.flush_due()
+                if limits.min_side != min_side_of(self._models):  # a reload changed the preprocessing
+                    limits = dataclasses.replace(limits, min_side=min_side_of(self._models))
                 try:  # blocking receive with ZMQ_RCVTIMEO = POLL_MS: one call per message
                     parts = sock.recv_multipart(copy=False)
                 except zmq.Again:
@@ -130,6 +162,7 @@ class FrameThreads:
         block policy (the receiver then holds it and stops reading)."""
         t = time.perf_counter()
         self.metrics.frame_received()
+        self.metrics.sources.received("zmq")
         try:
             frame = decode_frame(parts, limits)
         except ProtocolError as e:
@@ -138,6 +171,9 @@ class FrameThreads:
         except Exception as e:  # noqa: BLE001 - a decoder bug must not stop ingest
             self._reject("internal_error", f"decoder raised {type(e).__name__}: {e}", None, None)
             return None
+        unknown = unknown_header_keys(frame.header.extra)
+        if unknown:  # kept, but counted (and listed in the result header)
+            self.unknown_keys.observe(unknown)
         work = _Work(frame, t)
         if block:
             return None if self._queue.put(work, timeout=0) else work
@@ -173,7 +209,7 @@ class FrameThreads:
             model, route = models.route(h.to_dict())
             inference = model.pipeline.infer(work.frame.pixels, h.to_dict())
         except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
-            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
+            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame, source=work.source)
             return False
         self._hand_over(_Inferred(work, model, inference, t0, time.perf_counter(), route))
         return True
@@ -220,7 +256,10 @@ class FrameThreads:
             result = model.pipeline.finish(item.inference)
             t_drift = time.perf_counter()
             try:
-                drift = model.drift.assess(work.frame.pixels, meta, result, threshold=model.pipeline.config.threshold)
+                camera = self.camera  # the daemon's, not the bundle's (daemon/camera.py)
+                drift = model.drift.assess(work.frame.pixels, meta, result, threshold=model.pipeline.config.threshold,
+                                           camera=camera.settings, learned=camera.learned)
+                camera.observe(work.frame.pixels, meta, result.mask)
             except Exception as e:  # noqa: BLE001 - a drift failure must not cost the frame its result
                 self._rlog.warning("drift_error", "drift checks failed on %s/%s: %s: %s", h.series, h.frame,
                                    type(e).__name__, e)
@@ -230,14 +269,22 @@ class FrameThreads:
                                     t_begin - item.t_inferred)
             header = result_header(h, meta, worker=self.worker, model=model.bundle.name, result=result, drift=drift,
                                    route=routed, timings=timings, queue_depth=len(self._queue))
+            if self._tracking is not None:  # registration + track ids + events (daemon/insitu.py)
+                try:
+                    self._tracking.apply(header, work.frame.pixels, result.mask)
+                except Exception as e:  # noqa: BLE001 - a tracking failure must not cost the frame its result
+                    self._rlog.warning("tracking_error", "tracking failed on %s/%s: %s: %s", h.series, h.frame,
+                                       type(e).__name__, e)
+            header["unknown_keys"] = unknown_header_keys(h.extra)
             probs = result.probabilities if self.config.results.publish_probabilities else None
             parts = encode_result_message(header, result.mask, probs)
             particles = header["particles"]
         except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
-            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame)
+            self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame, source=work.source)
             return
         self.metrics.observe_drift(model.bundle.name, header["drift"])
-        self._outbox.put(_Outgoing(parts, work.t_received, timings, len(particles), time.perf_counter()))
+        self.metrics.observe_camera(header["drift"].get("camera"))
+        self._outbox.put(_Outgoing(parts, work.t_received, timings, len(particles), time.perf_counter(), work.source))
 
     def _publisher_loop(self, sock: Any) -> None:
         try:
@@ -248,11 +295,18 @@ class FrameThreads:
                     continue
                 if out is STOP:
                     return
-                sock.send_multipart(out.parts, copy=False)
+                seq = self._next_seq
+                self._next_seq += 1
+                parts = stamp_seq(out.parts, seq)
+                if self._journal is not None:  # before sending: whatever a subscriber saw can be replayed
+                    self._journal.append(seq, parts)
+                sock.send_multipart(parts, copy=False)
+                self.metrics.last_seq.set(seq)
                 if out.t_received is not None:
                     now = time.perf_counter()
                     e2e = now - out.t_received
                     self.metrics.frame_processed()
+                    self.metrics.sources.processed(out.source)
                     self.metrics.frame_latency.observe(e2e)
                     stages = dict(out.timings_ms or {})
                     stages["publish"] = stages.get("publish", 0.0) + (now - out.t_ready) * 1e3
@@ -274,14 +328,16 @@ class FrameThreads:
             sock.close(linger=0)
 
     # -- accounting helpers (any thread) ----------------------------------------------------------
-    def _reject(self, reason: str, detail: str, series: str | None, frame: int | None) -> None:
+    def _reject(self, reason: str, detail: str, series: str | None, frame: int | None, *, source: str = "zmq") -> None:
         self.metrics.frame_rejected(reason)
-        self._rlog.warning(f"reject:{reason}", "rejected %s/%s: %s: %s", series, frame, reason, detail)
+        self.metrics.sources.rejected(source, reason)
+        self._reject_log.add(reason, series, frame, detail)  # one line per reason per 10 s, with counts
         self._outbox.put(_Outgoing(encode_error(reason, detail, series=series, frame=frame, worker=self.worker)))
 
     def _drop(self, work: _Work, reason: str) -> None:
         h = work.frame.header
         self.metrics.frame_dropped(reason)
+        self.metrics.sources.dropped(work.source, reason)
         event = "overloaded" if reason == "queue_full" else reason
         detail = ("queue full (drop-oldest policy): a newer frame took its place" if reason == "queue_full"
                   else "daemon shutting down: not processed within the drain timeout")

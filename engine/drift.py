@@ -26,7 +26,9 @@ Everything here is arrays + card → numbers: no sockets, no threads.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
@@ -34,6 +36,8 @@ import numpy as np
 
 from fringelive.bundle.card import Card, Tolerances
 from fringelive.engine import confidence, envelope, image_estimates
+from fringelive.engine.camera import CameraSettings, PhotonTransferResult, resolve_camera
+from fringelive.engine.camera import estimate_dose as camera_dose
 from fringelive.engine.cusum import CusumState, calibrate_threshold
 from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SIGNAL_DIRECTIONS,
                                                parse_drift_reference, tail_p_value)
@@ -43,6 +47,7 @@ __all__ = [
     "DriftSettings",
     "FrameMeasurement",
     "camera_of",
+    "card_camera",
     "measure_frame",
     "evaluate",
     "DriftMonitor",
@@ -106,6 +111,20 @@ def camera_of(reference: DriftReference) -> image_estimates.CameraCalibration:
         read_noise_counts=reference.read_noise_counts, noise_factor=reference.dose_noise_factor)
 
 
+def card_camera(reference: DriftReference) -> CameraSettings | None:
+    """The camera constants a (schema-1) card's ``drift_reference`` carries, as the last-resort
+    fallback of :func:`fringelive.engine.camera.resolve_camera`; None when it has none."""
+    if not reference.has_camera:
+        return None
+    return CameraSettings(name="card", gain_counts_per_e=reference.camera_gain_counts_per_e,
+                          offset_counts=reference.camera_offset_counts, read_noise_counts=reference.read_noise_counts,
+                          noise_factor=min(reference.dose_noise_factor, 1.5))
+
+
+_log = logging.getLogger(__name__)
+_CAMERA_FIELDS = ("gain_counts_per_e", "offset_counts")
+
+
 @dataclass(frozen=True)
 class FrameMeasurement:
     """What one frame shows, before any judgement. conditions: from the metadata; estimates:
@@ -132,9 +151,14 @@ def _search_range(card: Card, px_meta: float | None, factor: float) -> tuple[flo
 def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabilities: np.ndarray,
                   mask: np.ndarray, member_masks: Sequence[np.ndarray], particles: Sequence[Mapping[str, Any]],
                   card: Card, reference: DriftReference | None = None, settings: DriftSettings | None = None,
-                  threshold: float = 0.5) -> FrameMeasurement:
+                  threshold: float = 0.5, camera: CameraSettings | None = None) -> FrameMeasurement:
     """Measure one frame: ``pixels (H, W)`` raw counts, the pipeline's ``probabilities``
-    (H, W) float32, ``mask`` (H, W) bool, ``member_masks`` and ``particles``."""
+    (H, W) float32, ``mask`` (H, W) bool, ``member_masks`` and ``particles``.
+
+    camera: the frame's resolved camera (:func:`fringelive.engine.camera.resolve_camera`): the
+    dose is ``(m − o)/g`` when gain and offset are known (``estimates.dose_verified``), else the
+    shot-noise estimate or None, *unverified*. None: the card's constants and the raw shot-noise
+    measurement (``dose_measurement``), as bundle calibration (``engine/calibration.py``) needs."""
     settings = settings or DriftSettings()
     reference = reference or DriftReference()
     cond = envelope.conditions_from_meta(meta)
@@ -144,7 +168,6 @@ def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabi
     estimates: dict[str, Any] = {}
     measurement = None
     if settings.image_estimates:
-        camera = camera_of(reference)
         # pixel size from fringes
         # The stated material's spacings and the envelope's: the fringes tell which one is there.
         materials = ((cond.material,) if cond.material else ()) + tuple(card.envelope.material)
@@ -164,22 +187,48 @@ def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabi
         estimates["pixel_size_confidence"] = None if px_est is None else px_est.confidence
         estimates["pixel_size_snr"] = None if px_est is None else round(float(px_est.snr), 2)
         estimates["pixel_size_spacing_nm"] = None if px_est is None else px_est.spacing_nm
-        # dose from shot noise; the pixel size the image supports when the metadata's is absent or wrong
-        measurement = image_estimates.measure_background_noise(pixels, mask, camera=camera,
-                                                               max_blocks=settings.max_background_blocks)
+        # dose; the pixel size the image supports when the metadata's is absent or wrong
         px_for_dose = cond.pixel_size_nm
         if px_est is not None and (px_for_dose is None or _disagree(px_est.pixel_size_nm, px_for_dose,
                                                                     _px_tol(card, settings))):
             px_for_dose = float(px_est.pixel_size_nm)
-        dose = image_estimates.estimate_dose(measurement, camera, px_for_dose)
-        estimates.update({k: (None if v is None else float(v)) for k, v in dose.items()})
-        estimates["background_blocks"] = 0 if measurement is None else measurement.blocks
-        estimates["dose_basis"] = None if measurement is None else measurement.basis
+        if camera is not None:
+            estimates.update(_camera_dose_estimates(pixels, mask, camera, px_for_dose, settings))
+        else:
+            legacy = camera_of(reference)
+            measurement = image_estimates.measure_background_noise(pixels, mask, camera=legacy,
+                                                                   max_blocks=settings.max_background_blocks)
+            dose = image_estimates.estimate_dose(measurement, legacy, px_for_dose)
+            estimates.update({k: (None if v is None else float(v)) for k, v in dose.items()})
+            estimates["background_blocks"] = 0 if measurement is None else measurement.blocks
+            estimates["dose_basis"] = None if measurement is None else measurement.basis
         d = estimates.get("dose_e_per_A2")
-        signals["log_dose_estimate"] = math.log(d) if d else None
+        # an unverified dose must not drive the CUSUM into a stream alarm
+        signals["log_dose_estimate"] = math.log(d) if d and estimates.get("dose_verified", True) else None
         signals["log_pixel_size_estimate"] = (math.log(estimates["pixel_size_nm"])
                                               if estimates.get("pixel_size_nm") else None)
     return FrameMeasurement(cond, estimates, signals, measurement)
+
+
+def _camera_dose_estimates(pixels: np.ndarray, mask: np.ndarray, camera: CameraSettings, px_nm: float | None,
+                           settings: DriftSettings) -> dict[str, Any]:
+    est = camera_dose(pixels, camera, px_nm, mask=mask, max_blocks=settings.max_background_blocks)
+    if est is None:
+        return {"electrons_per_px": None, "dose_e_per_A2": None, "dose_e_per_A2_from_gain": None,
+                "dose_e_per_A2_shot_noise": None, "camera_gain_counts_per_e": None, "camera_noise_factor_implied": None,
+                "background_blocks": 0, "dose_basis": None, "dose_method": None, "dose_verified": False}
+    area = None if px_nm is None else (10.0 * float(px_nm)) ** 2
+
+    def per_area(n: float | None) -> float | None:
+        return None if n is None or area is None else float(n) / area
+
+    return {"electrons_per_px": est.electrons_per_px, "dose_e_per_A2": est.dose_e_per_A2,
+            "dose_e_per_A2_from_gain": per_area(est.electrons_per_px_from_gain),
+            "dose_e_per_A2_shot_noise": per_area(est.electrons_per_px_shot_noise),
+            "camera_gain_counts_per_e": est.implied_gain_counts_per_e,
+            "camera_noise_factor_implied": est.implied_noise_factor,
+            "background_blocks": est.blocks, "dose_basis": "background", "dose_method": est.method,
+            "dose_verified": bool(est.verified)}
 
 
 def _px_tol(card: Card, settings: DriftSettings) -> float:
@@ -219,6 +268,10 @@ def evaluate(m: FrameMeasurement, card: Card, settings: DriftSettings | None = N
             reasons.append("pixel_size_metadata_mismatch")
             statuses.append("warn")
             px, px_src = px_img, "image"
+    if dose_img is not None and not m.estimates.get("dose_verified", True):
+        # the camera is not known: the image's dose is no evidence either way (issue #12)
+        reasons.append("dose_unverified")
+        dose_img = None
     if dose_img is not None:
         if dose is None:
             dose, dose_src = dose_img, "image"
@@ -252,6 +305,14 @@ class DriftMonitor:
         self.settings = settings or DriftSettings()
         self.reference = parse_drift_reference(card.drift_reference)
         ref = self.reference
+        self.card_camera = card_camera(ref)
+        self.card_camera_contradicted = False
+        self._implied_gains: deque[float] = deque(maxlen=20)
+        self._card_used_logged = False
+        if self.card_camera is not None and self.card_camera.gain_counts_per_e is not None:
+            _log.info("bundle %s: camera constants from its drift_reference (gain %.3g counts/e, offset %.3g) are used "
+                      "only where [camera], the frame header and the learned fit say nothing; set [camera] for this "
+                      "microscope", card.name, self.card_camera.gain_counts_per_e, self.card_camera.offset_counts or 0.0)
         self.directions = {name: s.direction for name, s in ref.signals.items()}
         self.cusum: CusumState | None = None
         self.cusum_record: dict[str, Any] = {}
@@ -286,16 +347,50 @@ class DriftMonitor:
         if self.cusum is not None:
             self.cusum.reset()
 
-    def assess(self, pixels: np.ndarray, meta: Mapping[str, Any] | None, result: Any, *, threshold: float = 0.5
-               ) -> dict[str, Any]:
+    def _frame_camera(self, pixels: np.ndarray, mask: np.ndarray, meta: Mapping[str, Any] | None,
+                      config: CameraSettings | None, learned: PhotonTransferResult | None
+                      ) -> tuple[CameraSettings, dict[str, str]]:
+        """Resolve the frame's camera; the card's constants only while the frames agree with
+        them (the frame's implied gain within the dose tolerance of the card's)."""
+        card = None if self.card_camera_contradicted else self.card_camera
+        cam, sources = resolve_camera(config, meta, card, learned)
+        if not any(sources[f] == "card" for f in _CAMERA_FIELDS) or not self.settings.image_estimates:
+            return cam, sources
+        est = camera_dose(pixels, cam, None, mask=mask, max_blocks=min(self.settings.max_background_blocks, 100))
+        implied = None if est is None else est.implied_gain_counts_per_e
+        g = cam.gain_counts_per_e
+        tol = _dose_tol(self.card, self.settings)
+        if implied is not None and g is not None:
+            self._implied_gains.append(implied)
+            med = float(np.median(self._implied_gains))
+            if len(self._implied_gains) >= 3 and _disagree(med, g, tol):
+                self.card_camera_contradicted = True
+                _log.warning("camera constants of bundle %s contradicted by the frames: implied gain %.3g vs %.3g "
+                             "counts/e; dose unverified until [camera] is set or the fit is confident",
+                             self.card.name, med, g)
+        if self.card_camera_contradicted or implied is None or g is None or _disagree(implied, g, tol):
+            drop = {f: (None if f in _CAMERA_FIELDS and sources[f] == "card" else getattr(cam, f)) for f in _CAMERA_FIELDS}
+            sources = {f: ("default" if f in _CAMERA_FIELDS and sources[f] == "card" else s) for f, s in sources.items()}
+            return replace(cam, **drop), sources
+        if not self._card_used_logged:
+            self._card_used_logged = True
+            _log.warning("bundle %s: dose checked with the camera constants of its drift_reference; set [camera]",
+                         self.card.name)
+        return cam, sources
+
+    def assess(self, pixels: np.ndarray, meta: Mapping[str, Any] | None, result: Any, *, threshold: float = 0.5,
+               camera: CameraSettings | None = None, learned: PhotonTransferResult | None = None) -> dict[str, Any]:
         """The ``drift`` header of one frame; updates the CUSUM. ``result``: a
-        :class:`fringelive.engine.pipeline.PipelineResult`."""
+        :class:`fringelive.engine.pipeline.PipelineResult`. camera: the daemon's ``[camera]``
+        (None = nothing configured); learned: the daemon's photon-transfer fit (used when
+        confident). Precedence: header > ``[camera]`` > learned > the card's constants."""
         if not self.settings.enabled:
             return {"status": "unknown", "reasons": ["drift_disabled"], "signals": {}, "p_values": {}, "estimates": {},
                     "conditions": {}, "cusum": {}, "alarm": False, "calibrated": False}
+        cam, sources = self._frame_camera(pixels, result.mask, meta, camera, learned)
         m = measure_frame(pixels, meta, probabilities=result.probabilities, mask=result.mask,
                           member_masks=result.member_masks, particles=result.particles, card=self.card,
-                          reference=self.reference, settings=self.settings, threshold=threshold)
+                          reference=self.reference, settings=self.settings, threshold=threshold, camera=cam)
         status, reasons, _ = evaluate(m, self.card, self.settings)
         signals = {k: _finite(v) for k, v in m.signals.items()}
         z: dict[str, float | None] = {}
@@ -329,6 +424,9 @@ class DriftMonitor:
             "cusum": cusum,
             "alarm": alarm,
             "calibrated": self.reference.calibrated,
+            "camera": {"gain_counts_per_e": cam.gain_counts_per_e, "offset_counts": cam.offset_counts,
+                       "read_noise_counts": cam.read_noise_counts, "noise_factor": cam.noise_factor,
+                       "sources": sources, "learned": _learned_summary(learned)},
         }
 
     def describe(self) -> dict[str, Any]:
@@ -339,9 +437,20 @@ class DriftMonitor:
             "signals": sorted(ref.signals),
             "camera_gain_counts_per_e": ref.camera_gain_counts_per_e,
             "dose_noise_factor": ref.dose_noise_factor,
+            "card_camera": None if self.card_camera is None else self.card_camera.to_dict(),
+            "card_camera_contradicted": self.card_camera_contradicted,
             "cusum": None if self.cusum is None else {"k": self.cusum.k, "h": self.cusum.h, "frames": self.cusum.frames,
                                                       **{k: v for k, v in self.cusum_record.items() if k != "channels"}},
         }
+
+
+def _learned_summary(learned: PhotonTransferResult | None) -> dict[str, Any] | None:
+    """The learned fit in every result header (the full fit is in control ``status``)."""
+    if learned is None:
+        return None
+    d = learned.to_dict()
+    return {k: d[k] for k in ("gain_counts_per_e", "gain_se", "offset_counts", "offset_se", "offset_method", "levels",
+                              "frames", "confident")}
 
 
 def signal_directions() -> dict[str, str]:

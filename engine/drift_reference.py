@@ -64,6 +64,8 @@ SCALE_FLOORS: dict[str, float] = {
 }
 _TOP_KEYS = ("schema", "created", "frames", "sources", "camera_gain_counts_per_e", "camera_offset_counts",
              "read_noise_counts", "dose_noise_factor", "signals", "cusum", "checks")
+#: Camera constants of schema 1; they belong to the daemon's ``[camera]`` since schema 2.
+_CAMERA_KEYS = ("camera_gain_counts_per_e", "camera_offset_counts", "read_noise_counts")
 _CUSUM_KEYS = ("k", "h", "target_arl", "arl_simulated", "method", "chains", "steps", "alarms", "h_siegmund",
                "channels", "signals")
 
@@ -130,6 +132,11 @@ class DriftReference:
     signals: dict[str, SignalReference] = field(default_factory=dict)
     cusum: CusumReference | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_camera(self) -> bool:
+        """The card carries camera constants (schema 1): a fallback only (docs/drift.md)."""
+        return any(k in self.raw for k in _CAMERA_KEYS)
 
     @property
     def calibrated(self) -> bool:

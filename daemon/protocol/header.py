@@ -29,7 +29,9 @@ MAX_FRAME_INDEX = 2**63 - 1
 class FrameLimits:
     """Refuse input before allocating for it.
 
-    ``max_side`` (px) bounds height and width, ``max_pixels`` (px) their product,
+    ``max_side`` (px) bounds height and width, ``max_pixels`` (px) their product, ``min_side``
+    (px) is the smallest height and width the served pipeline can process (the daemon sets it
+    from its bundles' preprocessing, :func:`fringelive.engine.preprocess.min_frame_side`),
     ``max_message_bytes`` the sum of all parts (bytes; the daemon also sets ZMQ_MAXMSGSIZE to it,
     which ZeroMQ applies per part), ``max_header_bytes`` the msgpack header part (bytes).
     """
@@ -38,9 +40,10 @@ class FrameLimits:
     max_side: int = 8192
     max_message_bytes: int = 4 * 4096 * 4096 + 2**20
     max_header_bytes: int = 256 * 1024
+    min_side: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_pixels", "max_side", "max_message_bytes", "max_header_bytes"):
+        for name in ("max_pixels", "max_side", "max_message_bytes", "max_header_bytes", "min_side"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -55,7 +58,9 @@ class FrameHeader:
     derived as ``dose_rate_e_per_A2_s × exposure_s`` when only those were sent),
     ``dose_rate_e_per_A2_s`` (e/Å²/s), ``exposure_s`` (s), ``magnification`` (×), ``voltage_kv``
     (kV), ``defocus_nm`` (nm, negative = underfocus), ``timestamp`` (Unix s), ``camera`` (name),
-    ``tags`` (free map). Unknown header keys are kept verbatim in ``extra``.
+    ``tags`` (free map); the camera's constants ``camera_gain_counts_per_e`` (counts/e, > 0),
+    ``camera_offset_counts`` (counts), ``camera_read_noise_counts`` (rms counts, ≥ 0), which
+    override the daemon's ``[camera]`` for this frame. Unknown header keys are kept verbatim in ``extra``.
     """
 
     series: str
@@ -74,6 +79,9 @@ class FrameHeader:
     timestamp: float | None = None
     camera: str | None = None
     tags: Mapping[str, Any] = field(default_factory=dict)
+    camera_gain_counts_per_e: float | None = None
+    camera_offset_counts: float | None = None
+    camera_read_noise_counts: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -185,6 +193,10 @@ def parse_header(header: Mapping[str, Any], limits: FrameLimits | None = None) -
         if max(height, width) > limits.max_side:
             raise ProtocolError("shape_limit", f"shape [{height}, {width}] has a side above "
                                                f"max_side {limits.max_side} px", series, frame)
+        if min(height, width) < limits.min_side:
+            raise ProtocolError("frame_too_small", f"shape [{height}, {width}] has a side below the "
+                                                   f"minimum {limits.min_side} px the pipeline needs (flat-field "
+                                                   "fit on binned blocks)", series, frame)
         if height * width > limits.max_pixels:
             raise ProtocolError("shape_limit", f"shape [{height}, {width}] has {height * width} "
                                                f"pixels, above max_pixels {limits.max_pixels}",
@@ -212,6 +224,11 @@ def parse_header(header: Mapping[str, Any], limits: FrameLimits | None = None) -
     for key in ("dose_e_per_A2", "dose_rate_e_per_A2_s", "timestamp"):
         kw[key] = _check_number(header, key, nonnegative=True, series=series, frame=frame)
     kw["defocus_nm"] = _check_number(header, "defocus_nm", series=series, frame=frame)
+    kw["camera_gain_counts_per_e"] = _check_number(header, "camera_gain_counts_per_e", positive=True, series=series,
+                                                   frame=frame)
+    kw["camera_offset_counts"] = _check_number(header, "camera_offset_counts", series=series, frame=frame)
+    kw["camera_read_noise_counts"] = _check_number(header, "camera_read_noise_counts", nonnegative=True, series=series,
+                                                   frame=frame)
     if kw["dose_e_per_A2"] is None and kw["dose_rate_e_per_A2_s"] is not None \
             and kw["exposure_s"] is not None:
         kw["dose_e_per_A2"] = kw["dose_rate_e_per_A2_s"] * kw["exposure_s"]
