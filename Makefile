@@ -13,8 +13,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Core dependencies only (torch CPU, ONNX Runtime, OpenVINO, ZeroMQ, ...): all `make demo` needs.
+$(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# The test and tool extras on top (abTEM, MONAI, TensorBoard, Triton client, ...).
+$(VENV)/.installed: $(VENV)/.core-installed
 	$(BIN)/pip install -q -e ".[dev,io,train,sim,triton]"
 # A real tritonserver (python backend only) for tests/test_triton.py. --no-deps: pytriton's own
 # Python API pins numpy<2, we only run its bundled server binary. Linux x86_64/aarch64 wheels only.
@@ -23,7 +29,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.core-installed
 	$(BIN)/fringelive demo
 
 test: $(VENV)/.installed

@@ -44,8 +44,12 @@ def register(sub: Any) -> None:
                    "(port 0 = OS-assigned; overrides [control] endpoint)")
     p.add_argument("--metrics-port", metavar="N", type=int, help="Prometheus HTTP port number "
                    "(TCP port; 0 = OS-assigned, -1 = disable metrics; overrides [metrics] port)")
-    p.add_argument("--backend", metavar="KIND", help="inference backend: onnxruntime, onnxruntime-cuda, "
-                   "onnxruntime-tensorrt, tensorrt, torch or triton (a name, no unit; overrides [model] backend)")
+    p.add_argument("--backend", metavar="KIND", help="inference backend: auto (default: the fastest installed and "
+                   "verified here, reason logged), onnxruntime, openvino, onnxruntime-cuda, onnxruntime-tensorrt, "
+                   "tensorrt, torch or triton (a name, no unit; overrides [model] backend)")
+    p.add_argument("--precision", metavar="P", help="network arithmetic: fp32 (default), bf16 or fp16; a non-fp32 "
+                   "precision serves (openvino) only after its parity check against fp32, else fp32 with a "
+                   "logged reason (overrides [model] precision)")
     p.add_argument("--drain-timeout", metavar="S", type=float, help="seconds to finish queued frames at "
                    "shutdown (overrides [lifecycle] drain_timeout_s)")
     p.set_defaults(func=run_serve)
@@ -64,6 +68,8 @@ def build_config(args: argparse.Namespace) -> Any:
             cfg = cfg.override("model", bundle=paths[0], bundles=tuple(paths[1:]))
         if args.backend is not None:
             cfg = cfg.override("model", backend=args.backend)
+        if getattr(args, "precision", None) is not None:
+            cfg = cfg.override("model", precision=args.precision)
         if args.ingest is not None:
             cfg = cfg.override("ingest", endpoint=args.ingest)
         if args.results is not None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from fringelive.bundle.bundle_io import BundleError, load_bundle
 from fringelive.daemon.config import ConfigError, DaemonConfig
-from fringelive.engine.backends import create_backends
+from fringelive.engine.backends.auto import create_serving_backends
 from fringelive.engine.drift import DriftMonitor
 from fringelive.engine.envelope import conditions_from_meta, effective_tolerances
 from fringelive.engine.pipeline import SegmentationPipeline
@@ -37,6 +37,7 @@ class Model:
     pipeline: Any
     drift: Any            # drift.DriftMonitor
     tolerances: Any       # export.card.Tolerances in force (card + config overrides), for routing
+    backend_reason: str = ""  # why this kind and precision serve (``backend = "auto"``, precision gate)
 
     def close(self) -> None:
         try:
@@ -77,8 +78,10 @@ def load_model(config: DaemonConfig, path: Path) -> Model:
     except ValueError as e:
         raise BundleError(f"bundle {bundle.path}: {e}") from None
     cfg = config.model
-    backends = create_backends(cfg.backend, bundle, members=list(cfg.members) if cfg.members is not None else None,
-                               device=cfg.device, intra_op_threads=cfg.intra_op_threads, **cfg.backend_options())
+    backends, reason = create_serving_backends(
+        cfg.backend, bundle, members=list(cfg.members) if cfg.members is not None else None, device=cfg.device,
+        intra_op_threads=cfg.intra_op_threads, precision=cfg.precision, **cfg.backend_options())
+    log.info("bundle %s: %s", bundle.name, reason)
     try:
         pipeline = make_pipeline(bundle, backends, config)
     except BaseException:
@@ -91,7 +94,7 @@ def load_model(config: DaemonConfig, path: Path) -> Model:
         pipeline.close()
         raise
     return Model(bundle, backends, pipeline, monitor,
-                  effective_tolerances(bundle.card.envelope.tolerances, settings.tolerances))
+                  effective_tolerances(bundle.card.envelope.tolerances, settings.tolerances), reason)
 
 
 def load_models(config: DaemonConfig, paths: Sequence[Path]) -> ModelSet:
@@ -165,6 +168,9 @@ def describe_model(m: Model, backend: str) -> dict[str, Any]:
     env = m.bundle.card.envelope
     return {"name": m.bundle.name, "path": str(m.bundle.path), "schema": m.bundle.card.schema_version,
             "members": len(m.backends), "backend": backend, "device": device_of(m.backends),
+            "kind": ",".join(sorted({str(getattr(b, "name", "?")) for b in m.backends})),
+            "precision": ",".join(sorted({str(getattr(b, "precision", "fp32")) for b in m.backends})),
+            "backend_reason": m.backend_reason,
             "envelope": {"material": list(env.material),
                          "pixel_size_nm": None if env.pixel_size_nm is None else [env.pixel_size_nm.min, env.pixel_size_nm.max],
                          "dose_e_per_A2": None if env.dose_e_per_A2 is None else [env.dose_e_per_A2.min, env.dose_e_per_A2.max]},

@@ -32,7 +32,7 @@ def test_defaults_are_loopback_cpu() -> None:
     assert cfg.control.endpoint == "tcp://127.0.0.1:5557"
     assert (cfg.metrics.host, cfg.metrics.port, cfg.metrics.enabled) == ("127.0.0.1", 9108, True)
     assert cfg.ingest.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES == 4096 * 4096 * 4 + 2**20
-    assert cfg.model.backend == "onnxruntime" and cfg.model.device is None and cfg.model.members is None
+    assert cfg.model.backend == "auto" and cfg.model.precision == "fp32" and cfg.model.device is None and cfg.model.members is None
     assert cfg.queue == QueueConfig(size=4, policy="block")
     assert not cfg.curve.enabled
 

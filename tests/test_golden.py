@@ -50,7 +50,8 @@ def _masks_through_daemon() -> dict[str, str]:
         "results": {"endpoint": "tcp://127.0.0.1:0"},
         "control": {"endpoint": "tcp://127.0.0.1:0"},
         "metrics": {"enabled": False},
-        "model": {"bundle": str(bundle), "intra_op_threads": 1},
+        # pinned: the golden tests the pipeline, not the engine choice of the default "auto" (issue #14)
+        "model": {"bundle": str(bundle), "backend": "onnxruntime", "intra_op_threads": 1},
     })
     ctx = zmq.Context.instance()
     digests: dict[str, str] = {}

@@ -4,7 +4,9 @@ A :class:`Backend` wraps ONE ensemble member of a bundle. Input ``batch`` is ``(
 float32 (preprocessed pixels, h and w multiples of the card's ``tile.multiple_of``); output is
 ``(N, C, h, w)`` float32 logits as a new numpy array. Kinds:
 
-``onnxruntime``           ONNX Runtime on the CPU (default; ``intra_op_threads`` = usable cores).
+``onnxruntime``           ONNX Runtime on the CPU (``intra_op_threads`` = usable cores).
+``openvino``              The member's ONNX on OpenVINO's CPU plugin, reshaped per tile batch;
+                          ``precision`` fp32 (default) | bf16 | fp16 where the CPU runs it natively.
 ``onnxruntime-cuda``      ONNX Runtime CUDA execution provider, I/O bound on the GPU (io_binding).
 ``onnxruntime-tensorrt``  ONNX Runtime TensorRT execution provider, fp16, engine cache on disk.
 ``tensorrt``              A native TensorRT 10 engine listed in the card's ``engines``.
@@ -18,6 +20,10 @@ On CUDA the torch-driven paths stage each batch through pinned host buffers reus
 and split it into chunks: chunk k+1's host→device copy runs on a copy stream while chunk k
 computes, and outputs come back on a third stream (:class:`~fringelive.engine.backends.cuda_staging.CudaStager`).
 
+Every backend declares ``precision`` (``fp32``; ``fp16`` for ``onnxruntime-tensorrt``; the card
+engine's for ``tensorrt``). ``backend = "auto"`` is not a kind: ``auto.create_serving_backends``
+resolves it to the fastest installed and verified kind before any backend is built.
+
 A kind whose runtime, GPU or files are missing raises :class:`BackendUnavailable` naming the kind
 and the reason; :func:`available_backends` reports this up front without building anything.
 GPU runtimes (tensorrt, CUDA builds of onnxruntime) and tritonclient are imported lazily.
@@ -30,6 +36,7 @@ from fringelive.engine.backends.base import (Backend, BackendUnavailable, availa
                                              register_backend, usable_cpu_count)
 # Registration order is the order of BACKEND_KINDS.
 from fringelive.engine.backends.onnxruntime import OnnxRuntimeBackend
+from fringelive.engine.backends.openvino import OpenVinoBackend
 from fringelive.engine.backends.tensorrt import TensorRTBackend
 from fringelive.engine.backends.torch_backend import TorchBackend
 from fringelive.engine.backends.triton import TritonBackend, TritonRequestError, parse_triton_url
@@ -40,6 +47,7 @@ __all__ = [
     "BackendUnavailable",
     "Backend",
     "OnnxRuntimeBackend",
+    "OpenVinoBackend",
     "TorchBackend",
     "TensorRTBackend",
     "TritonBackend",

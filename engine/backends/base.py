@@ -74,6 +74,9 @@ class Backend:
     """
 
     name: str = "backend"
+    #: Numerical precision of the network's arithmetic: "fp32" | "bf16" | "fp16" | "int8" (inputs and
+    #: outputs are always float32); set by the subclass from what actually runs.
+    precision: str = "fp32"
     #: Largest input ``(N, h, w)`` the runtime accepts (a TensorRT engine's profile), else None.
     input_limits: tuple[int, int, int] | None = None
 
@@ -117,7 +120,7 @@ class Backend:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} {self.member} on {self.device}>"
+        return f"<{type(self).__name__} {self.name} {self.precision} {self.member} on {self.device}>"
 
     # --- construction by kind (the registry calls these) ------------------------------------
 
@@ -188,7 +191,7 @@ def create_backend(kind: str, source: "Bundle | str | os.PathLike[str]", *, memb
                    device: str | None = None, intra_op_threads: int | None = None,
                    trt_cache_dir: str | os.PathLike[str] | None = None, chunk: int = 1,
                    triton_url: str = "http://127.0.0.1:8000", triton_model_prefix: str | None = None,
-                   triton_timeout_s: float = 30.0) -> Backend:
+                   triton_timeout_s: float = 30.0, precision: str = "fp32") -> Backend:
     """Build one backend of ``kind`` for one ensemble member.
 
     ``source`` is a loaded :class:`~fringelive.bundle.bundle_io.Bundle` (``member`` selects by index
@@ -204,6 +207,10 @@ def create_backend(kind: str, source: "Bundle | str | os.PathLike[str]", *, memb
     None (the server places the model), ``intra_op_threads``, ``trt_cache_dir`` and ``chunk`` do
     not apply.
 
+    ``precision``: the arithmetic ``openvino`` compiles for (``fp32`` | ``bf16`` | ``fp16``; other
+    kinds run their own and ignore it). Whether a non-FP32 precision may serve is decided by the
+    parity gate (``engine/precision.py``), not here.
+
     Raises :class:`BackendUnavailable` when the runtime, GPU, server or a needed file is missing.
     """
     kinds = backend_kinds()
@@ -214,7 +221,7 @@ def create_backend(kind: str, source: "Bundle | str | os.PathLike[str]", *, memb
     cls = _REGISTRY[kind]
     options: dict[str, Any] = dict(device=device, intra_op_threads=intra_op_threads, trt_cache_dir=trt_cache_dir,
                                    chunk=chunk, triton_url=triton_url, triton_model_prefix=triton_model_prefix,
-                                   triton_timeout_s=triton_timeout_s)
+                                   triton_timeout_s=triton_timeout_s, precision=precision)
     if not isinstance(source, Bundle):
         path = Path(source)
         if not path.is_dir():

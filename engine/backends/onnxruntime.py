@@ -94,6 +94,7 @@ class OnnxRuntimeBackend(Backend):
                 "CPUExecutionProvider",
             ]
             self.trt_cache_dir = cache
+            self.precision = "fp16"  # trt_fp16_enable
         if wanted not in available:
             raise BackendUnavailable(
                 kind, f"onnxruntime {ort.__version__} has no {wanted} (available providers: {available})"

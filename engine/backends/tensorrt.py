@@ -38,7 +38,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, engine_path: str | os.PathLike[str], *, device: str | None = None,
                  input_name: str = "image", output_name: str = "logits",
-                 profile: dict[str, list[int]] | None = None, chunk: int = 1) -> None:
+                 profile: dict[str, list[int]] | None = None, chunk: int = 1, precision: str = "fp16") -> None:
         trt = _import_tensorrt()
         dev = cuda_device("tensorrt", device)
         path = Path(engine_path)
@@ -59,6 +59,7 @@ class TensorRTBackend(Backend):
             raise ValueError(f"engine {path} has tensors {names}; expected {input_name!r} and {output_name!r}")
         self.input_name, self.output_name = input_name, output_name
         self.profile = profile
+        self.precision = precision  # the card engine's (export builds fp16)
         top = (profile or {}).get("max")
         if top and len(top) == 4:
             self.input_limits = (int(top[0]), int(top[2]), int(top[3]))
@@ -119,7 +120,8 @@ class TensorRTBackend(Backend):
         dev = cuda_device("tensorrt", device)
         engine = _engine_for(bundle, member, dev)
         return cls(bundle.path / engine.file, device=dev, input_name=member.input_name,
-                   output_name=member.output_name, profile=engine.profile, chunk=chunk)
+                   output_name=member.output_name, profile=engine.profile, chunk=chunk,
+                   precision=engine.precision)
 
     @classmethod
     def unavailable(cls, kind: str) -> str | None:
