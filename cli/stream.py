@@ -16,9 +16,10 @@ from fringelive.daemon.protocol import (DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS
                                         ProtocolError, RESULT_TOPIC, configure_curve_client, decode_error,
                                         decode_result, encode_frame)
 from fringelive.engine.readers import ReaderError, check_readable, read_frames
+from fringelive.stream.catchup import GapFiller
 from fringelive.stream.recorder import ResultRecorder
-from fringelive.stream.send import (DEFAULT_SEND_HWM, DEFAULT_SEND_TIMEOUT_S, SendError, merge_meta, parse_meta,
-                                    wait_for_peers)
+from fringelive.stream.send import (DEFAULT_SEND_HWM, DEFAULT_SEND_TIMEOUT_S, DEFAULT_SNDBUF_BYTES, SendError,
+                                    merge_meta, parse_meta, wait_for_peers)
 from fringelive.stream.watch import format_error_line, format_result_line
 
 
@@ -98,6 +99,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     sock = ctx.socket(zmq.PUSH)
     timeout_ms = int(args.timeout * 1000)
     sock.setsockopt(zmq.SNDHWM, args.hwm)
+    sock.setsockopt(zmq.SNDBUF, DEFAULT_SNDBUF_BYTES)  # bounds what a daemon restart can lose (protocol.md)
     sock.setsockopt(zmq.IMMEDIATE, 1)        # queue only on a live connection: block, not pile up
     sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
     sock.setsockopt(zmq.LINGER, timeout_ms)  # on close, wait this long for queued frames
@@ -189,6 +191,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import zmq
 
 
+    if args.since is not None and args.control is None:
+        raise CLIError("--since needs --control EP (the daemon's control endpoint, for its results journal)", 2)
+    filler = GapFiller(args.control, since=args.since)
     recorder = None
     if args.record is not None:
         try:
@@ -211,13 +216,21 @@ def cmd_watch(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot connect to {args.endpoint!r}: {e}", 2) from None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        pending = filler.start()  # --since: the journal first; live duplicates are left out by seq
         timeout_ms = None if args.timeout is None else int(args.timeout * 1000)
         while args.count is None or received < args.count:
-            if not poller.poll(timeout_ms):
-                reason = "timeout"
-                break
-            parts = sock.recv_multipart(copy=False)
-            topic = parts[0].bytes
+            if not pending and not poller.poll(filler.poll_ms(timeout_ms)):
+                pending = filler.idle()  # quiet: the tail a disconnected subscriber missed (--control)
+                if not pending and filler.timed_out(args.timeout):
+                    reason = "timeout"
+                    break
+                continue
+            if not pending:  # seq gaps filled from the journal (stream/catchup.py)
+                pending = filler.feed(sock.recv_multipart(copy=False))
+            if not pending:
+                continue
+            parts = pending.pop(0)
+            topic = bytes(parts[0])
             try:
                 if topic == RESULT_TOPIC:
                     header, mask, probs = decode_result(parts)
@@ -249,6 +262,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             recorder.close()
     saved = f", recorded to {args.record}" if recorder is not None else ""
     print(f"watch: {results} results, {errors} errors ({reason}){saved}", file=sys.stderr)
+    if filler.gaps or filler.recovered:
+        print(f"watch: {len(filler.gaps)} gap(s) seen, {filler.recovered} message(s) replayed from the journal, "
+              f"{filler.unrecovered} missed for good", file=sys.stderr)
     if reason == "timeout" and (received == 0 or args.count is not None):
         wanted = f" of {args.count}" if args.count is not None else ""
         print(f"watch: no data for {args.timeout:g} s after {received}{wanted} messages",
@@ -328,6 +344,11 @@ def register(sub: Any) -> None:
     watch.add_argument("--probabilities", action="store_true",
                        help="also record the float16 probability maps when the daemon sends "
                             "them (no unit)")
+    watch.add_argument("--control", metavar="EP",
+                       help="the daemon's control endpoint, e.g. tcp://127.0.0.1:5557: fill gaps in the "
+                            "seq numbers (and a missed tail) from its results journal ([journal] enabled)")
+    watch.add_argument("--since", type=nonnegative_int, metavar="SEQ",
+                       help="first replay every journalled message from sequence number SEQ on (needs --control)")
     watch.add_argument("--hwm", type=positive_int, default=1000, metavar="N",
                        help="receive high-water mark (messages, default: 1000)")
     _add_curve_options(watch)

@@ -6,7 +6,7 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     endpoint = "tcp://127.0.0.1:5555"   # tcp://HOST:PORT (port 0 or * = OS-assigned), ipc://PATH, inproc://NAME
     bind = true                         # bind (camera connects) or connect (camera binds)
     rcvhwm = 4                          # messages held by ZeroMQ before the sender blocks
-    rcvbuf_bytes = 65536                # kernel receive buffer (ZMQ_RCVBUF): bounds what a restart can lose
+    rcvbuf_bytes = 32768                # kernel receive buffer (ZMQ_RCVBUF): bounds what a restart can lose
     max_message_bytes = 68157440        # 64 MiB (4096² float32) + 1 MiB header room, bytes
     max_frame_pixels = 16777216         # H*W, pixels (4096²)
     max_side = 8192                     # max H or W, pixels
@@ -183,7 +183,7 @@ class IngestConfig:
     endpoint: str = "tcp://127.0.0.1:5555"
     bind: bool = True
     rcvhwm: int = 4
-    rcvbuf_bytes: int = 65536
+    rcvbuf_bytes: int = 32768
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_frame_pixels: int = 4096 * 4096
     max_side: int = 8192

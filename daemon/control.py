@@ -15,6 +15,10 @@ encoding (JSON for a bare word), always an object with ``ok`` (bool); on failure
             bundle (e.g. after ``fringelive calibrate``). The old bundles stay on any failure
             (``ok: false``); drift CUSUMs restart.
 ``ping``    ``{"cmd": "ping"}`` → ``{"ok": true, "pong": true}``.
+``replay``  ``{"cmd": "replay", "since": SEQ, "limit": N}`` → one chunk of the results journal
+            (``daemon/journal.py``): ``messages`` (``[[seq, [part, ...]], ...]``, parts as
+            published; bytes in msgpack, base64 strings in JSON), ``first_seq``, ``last_seq``,
+            ``next`` (ask again from there), ``complete``; ``ok: false`` without ``[journal]``.
 
 :class:`ControlHandler` never raises: a malformed request or a failing command becomes an
 ``ok: false`` reply, so the control thread (which owns the REP socket) keeps serving.
@@ -35,7 +39,7 @@ __all__ = ["COMMANDS", "ControlTarget", "ControlHandler", "control_request", "de
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("status", "stats", "reload", "ping")
+COMMANDS = ("status", "stats", "reload", "ping", "replay")
 #: Largest request accepted, bytes (a path and a few keys).
 MAX_REQUEST_BYTES = 64 * 1024
 
@@ -48,6 +52,17 @@ class ControlTarget(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
     def reload(self, bundle: str | None = None, *, bundles: list[str] | None = None) -> dict[str, Any]: ...
+
+    def replay(self, since: int, limit: int | None = None) -> dict[str, Any]: ...
+
+
+def _replay(target: ControlTarget, request: Mapping[str, Any]) -> dict[str, Any]:
+    since, limit = request.get("since", 1), request.get("limit")
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        return {"ok": False, "error": f"replay: since must be an integer sequence number >= 0, got {since!r}"}
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        return {"ok": False, "error": f"replay: limit must be a positive integer (messages), got {limit!r}"}
+    return target.replay(since, limit)
 
 
 def decode_request(data: bytes) -> tuple[dict[str, Any], str]:
@@ -80,7 +95,16 @@ def encode_reply(reply: Mapping[str, Any], encoding: str) -> bytes:
     clean = _clean(reply)
     if encoding == "msgpack":
         return msgpack.packb(clean, use_bin_type=True, default=str)
-    return json.dumps(clean, default=str, allow_nan=False).encode("utf-8")
+    return json.dumps(clean, default=_json_default, allow_nan=False).encode("utf-8")
+
+
+def _json_default(obj: Any) -> Any:
+    """bytes (replayed message parts) as base64 text; anything else as its str."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        import base64
+
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    return str(obj)
 
 
 def _clean(obj: Any) -> Any:
@@ -110,7 +134,7 @@ class ControlHandler:
         cmd = request.get("cmd")
         if cmd not in COMMANDS:
             return {"ok": False, "error": f"unknown command {cmd!r}; known: {list(COMMANDS)}"}
-        allowed = {"cmd", "bundle", "bundles"} if cmd == "reload" else {"cmd"}
+        allowed = {"cmd", "bundle", "bundles"} if cmd == "reload" else {"cmd", "since", "limit"} if cmd == "replay" else {"cmd"}
         extra = sorted(set(request) - allowed)
         if extra:
             return {"ok": False, "error": f"{cmd}: unknown argument(s) {extra}; allowed: {sorted(allowed)}"}
@@ -121,6 +145,8 @@ class ControlHandler:
                 return {"ok": True, **self.target.status()}
             if cmd == "stats":
                 return {"ok": True, **self.target.stats()}
+            if cmd == "replay":
+                return _replay(self.target, request)
             bundle = request.get("bundle")
             if bundle is not None and (not isinstance(bundle, str) or not bundle):
                 return {"ok": False, "error": f"reload: bundle must be a path string, got {bundle!r}"}

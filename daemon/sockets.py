@@ -30,6 +30,7 @@ def open_sockets(ctx: Any, cfg: DaemonConfig, sockets: dict[str, Any], endpoints
     ingest = ctx.socket(zmq.PULL)
     sockets["ingest"] = ingest
     ingest.rcvhwm = cfg.ingest.rcvhwm
+    ingest.rcvbuf = cfg.ingest.rcvbuf_bytes  # back-pressure sits at the sender (ingest_drain.py)
     ingest.maxmsgsize = cfg.ingest.max_message_bytes
     ingest.linger = 0
     ingest.rcvtimeo = POLL_MS  # the receiver wakes this often to check for stop

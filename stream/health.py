@@ -144,6 +144,10 @@ def _check_control(targets: HealthTargets, deadline: float, timeout_s: float) ->
     errors = status.get("errors") or []
     if errors:
         raise HealthError(f"control {ep}: daemon thread failed: {errors[0]}")
+    journal = status.get("journal") or {}
+    if journal.get("degraded"):
+        raise HealthError(f"control {ep}: results journal {journal.get('path')} degraded (results are still "
+                          f"published, not journalled): {journal.get('last_error')}")
     bundle = (status.get("bundle") or {}).get("name")
     queue = status.get("queue") or {}
     return {"state": state, "bundle": bundle, "uptime_s": float(status.get("uptime_s") or 0.0),

@@ -8,7 +8,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-__all__ = ['SendError', 'DEFAULT_SEND_HWM', 'DEFAULT_SEND_TIMEOUT_S', 'merge_meta', 'parse_meta', 'parse_meta_value', 'wait_for_peers']
+__all__ = ['SendError', 'DEFAULT_SEND_HWM', 'DEFAULT_SEND_TIMEOUT_S', 'DEFAULT_SNDBUF_BYTES', 'merge_meta', 'parse_meta', 'parse_meta_value', 'wait_for_peers']
 
 
 class SendError(RuntimeError):
@@ -19,6 +19,10 @@ DEFAULT_SEND_HWM = 4
 
 
 DEFAULT_SEND_TIMEOUT_S = 10.0
+
+#: Kernel send buffer of ``fringelive send``'s socket (``ZMQ_SNDBUF``, bytes): with the daemon's
+#: ``[ingest] rcvbuf_bytes`` it bounds how many frames a daemon restart can lose in plain PUSH mode.
+DEFAULT_SNDBUF_BYTES = 32768
 
 
 def parse_meta_value(text: str) -> Any:

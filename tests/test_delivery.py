@@ -1,0 +1,248 @@
+"""Delivery across a daemon restart (issue #13), over real ZeroMQ on 127.0.0.1 with the real ONNX
+Runtime pipeline of the ``tiny_bundle`` fixture: the plain PUSH shutdown drain, per-daemon
+sequence numbers, and the results journal with replay.
+
+The restart sequence: one persistent PUSH sender pushes 150 frames as fast as back-pressure
+lets it; the first daemon stops (what SIGTERM does) after ~30 results; a second daemon binds the
+same endpoints; the sender's socket reconnects by itself and goes on."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from fringelive.daemon.config import DaemonConfig
+from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
+from fringelive.daemon.server import Daemon
+from fringelive.stream.send import DEFAULT_SEND_HWM, DEFAULT_SNDBUF_BYTES
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
+SIDE = 128       # px: 32 KiB uint16 frames, the "small frames" of the issue
+N_FRAMES = 150
+STOP_AFTER = 30  # results of the first daemon before it is stopped
+
+
+def make_config(bundle: Any, **sections: dict[str, Any]) -> DaemonConfig:
+    base: dict[str, dict[str, Any]] = {
+        "ingest": {"endpoint": "tcp://127.0.0.1:0", **({"rcvbuf_bytes": int(os.environ["T_RCVBUF"])} if "T_RCVBUF" in os.environ else {})},
+        "results": {"endpoint": "tcp://127.0.0.1:0"},
+        "control": {"endpoint": "tcp://127.0.0.1:0"},
+        "metrics": {"enabled": False},
+        "model": {"bundle": str(getattr(bundle, "path", bundle)), "backend": "onnxruntime", "intra_op_threads": 1},
+        "lifecycle": {"drain_timeout_s": 30.0},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return DaemonConfig.from_dict(base)
+
+
+def frame_msg(i: int, series: str = "restart") -> list[bytes]:
+    pixels = np.random.default_rng(i).poisson(100.0, (SIDE, SIDE)).astype(np.uint16)
+    return encode_frame(pixels, series=series, frame=i, pixel_size_nm=0.02)
+
+
+def assert_identity(counts: dict[str, Any]) -> None:
+    assert counts["in_flight"] == 0, counts
+    assert counts["received"] == counts["processed"] + sum(counts["dropped"].values()) + sum(counts["rejected"].values())
+
+
+class Sink:
+    """A SUB socket collecting every result/error (decoded headers) on a background thread."""
+
+    def __init__(self, endpoint: str, reconnect_ivl_ms: int = 10) -> None:
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.rcvhwm = 0
+        self.sock.reconnect_ivl = reconnect_ivl_ms
+        self.sock.subscribe(b"")
+        self.sock.connect(endpoint)
+        self.headers: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            parts = self.sock.recv_multipart()
+            h = decode_result(parts)[0] if parts[0] == b"result" else {**decode_error(parts), "_error": True}
+            self.headers.append(h)
+
+    def results(self) -> list[dict[str, Any]]:
+        return [h for h in self.headers if not h.get("_error")]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close(linger=0)
+
+
+class PersistentSender(threading.Thread):
+    """One PUSH socket kept open across the restart, as ``fringelive send`` configures it
+    (SNDHWM, SNDBUF); a send that times out while no daemon is up is retried."""
+
+    def __init__(self, endpoint: str, n: int) -> None:
+        super().__init__(daemon=True)
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.sndhwm = DEFAULT_SEND_HWM
+        self.sock.sndbuf = int(os.environ.get("T_SNDBUF", DEFAULT_SNDBUF_BYTES))
+        self.sock.sndtimeo = 200
+        self.sock.reconnect_ivl = 300  # ms: the test's subscriber (10 ms) is back first
+        self.sock.connect(endpoint)
+        self.n, self.sent = n, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        msg = None
+        while self.sent < self.n and not self.stop.is_set():
+            msg = msg or frame_msg(self.sent)
+            try:
+                self.sock.send_multipart(msg)
+            except zmq.Again:
+                continue
+            self.sent += 1
+            msg = None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(10)
+        self.sock.close(linger=0)
+
+
+def wait_for(cond: Any, timeout: float, what: str) -> None:
+    t_end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < t_end, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_restart_plain_push_loses_at_most_3_of_150_and_duplicates_none(tiny_bundle: Any) -> None:
+    d1 = Daemon(make_config(tiny_bundle)).start()
+    ingest, results_ep = d1.endpoints["ingest"], d1.endpoints["results"]
+    sink = Sink(results_ep)
+    time.sleep(0.3)  # slow joiner
+    sender = PersistentSender(ingest, N_FRAMES)
+    sender.start()
+    d2 = None
+    try:
+        wait_for(lambda: len(sink.results()) >= STOP_AFTER, 120, f"{STOP_AFTER} results")
+        counts1 = d1.stop()  # what SIGTERM on `fringelive serve` does
+        assert_identity(counts1)
+        d2 = Daemon(make_config(tiny_bundle, ingest={"endpoint": ingest}, results={"endpoint": results_ep})).start()
+        wait_for(lambda: sender.sent >= N_FRAMES, 180, "the sender to send every frame")
+        wait_for(lambda: d2.metrics.counts()["in_flight"] == 0, 120, "the second daemon to idle")
+        time.sleep(1.0)  # the last publications reach the subscriber
+        counts2 = d2.stop()
+        assert_identity(counts2)
+    finally:
+        sender.close()
+        sink.close()
+        d1.stop(raise_errors=False)
+        if d2 is not None:
+            d2.stop(raise_errors=False)
+    frames = collections.Counter(h["frame"] for h in sink.headers if h.get("frame") is not None)
+    duplicated = {f: n for f, n in frames.items() if n > 1}
+    unaccounted = sorted(set(range(N_FRAMES)) - set(frames))
+    received = counts1["received"] + counts2["received"]
+    print(f"\nplain PUSH restart: daemon 1 {counts1}, daemon 2 {counts2}; unaccounted {unaccounted}")
+    assert duplicated == {}
+    assert received == len(frames) == N_FRAMES - len(unaccounted)
+    assert len(unaccounted) <= 3, unaccounted
+
+
+# --- sequence numbers and the results journal --------------------------------------------------
+
+def journal_config(bundle: Any, path: Any, **journal: Any) -> DaemonConfig:
+    return make_config(bundle, journal={"enabled": True, "path": str(path), **journal})
+
+
+def send_all(endpoint: str, msgs: list[list[bytes]]) -> None:
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.sndtimeo = 30_000
+    push.connect(endpoint)
+    for m in msgs:
+        push.send_multipart(m)
+    push.close(linger=30_000)
+
+
+def wait_processed(d: Daemon, n: int, timeout: float = 120) -> dict[str, Any]:
+    wait_for(lambda: d.metrics.counts()["received"] >= n and d.metrics.counts()["in_flight"] == 0, timeout,
+             f"{n} messages accounted for")
+    counts = d.metrics.counts()
+    assert_identity(counts)
+    return counts
+
+
+def test_sequence_numbers_and_late_subscriber_replays_from_the_journal(tiny_bundle: Any, tmp_path: Any,
+                                                                       capsys: Any) -> None:
+    """Nobody subscribed while 12 frames and 3 malformed messages went through: ``watch --since 1``
+    recovers all 15 (seq 1..15, results and errors), then goes on with live ones."""
+    from fringelive.cli import main
+    from fringelive.stream.catchup import header_of, replay, replay_chunk
+
+    msgs = [frame_msg(i, series="late") for i in range(12)]
+    for k in (3, 7, 11):
+        msgs.insert(k, [b"\x81\xa7version\x01", b""])  # missing_key: an error event with a seq too
+    with Daemon(journal_config(tiny_bundle, tmp_path / "j" / "results.sqlite")) as d:
+        send_all(d.endpoints["ingest"], msgs)
+        wait_processed(d, 15)
+        status = d.status()
+        assert status["last_seq"] == 15 and status["journal"]["entries"] == 15 and not status["journal"]["degraded"]
+        chunk = replay_chunk(d.endpoints["control"], 4, limit=5)
+        assert [s for s, _ in chunk["messages"]] == [4, 5, 6, 7, 8] and chunk["next"] == 9 and not chunk["complete"]
+        got = list(replay(d.endpoints["control"], 1, limit=4))
+        assert [s for s, _ in got] == list(range(1, 16))
+        assert [header_of(p)["seq"] for _, p in got] == list(range(1, 16))
+        assert sum(p[0] == b"error" for _, p in got) == 3
+        frames = sorted(header_of(p)["frame"] for _, p in got if p[0] == b"result")
+        assert frames == list(range(12))
+        code = main(["watch", "--endpoint", d.endpoints["results"], "--control", d.endpoints["control"],
+                     "--since", "1", "--count", "15", "--timeout", "20"])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        lines = out.out.strip().splitlines()
+        assert len(lines) == 15 and sum(line.startswith("ERROR") for line in lines) == 3
+        assert "replayed 15 message(s) from seq 1" in out.err
+    # a restarted daemon goes on from the journal's last seq
+    with Daemon(journal_config(tiny_bundle, tmp_path / "j" / "results.sqlite")) as d2:
+        assert d2.status()["last_seq"] == 15
+        send_all(d2.endpoints["ingest"], [frame_msg(99, series="late")])
+        wait_processed(d2, 1)
+        assert [s for s, _ in replay(d2.endpoints["control"], 16)] == [16]
+
+
+def test_replay_refusals_name_the_problem(tiny_bundle: Any, tmp_path: Any) -> None:
+    from fringelive.daemon.control import control_request
+
+    with Daemon(make_config(tiny_bundle)) as d:  # no journal
+        reply = control_request(d.endpoints["control"], "replay", since=1)
+        assert reply["ok"] is False and "journal is not enabled" in reply["error"]
+        reply = control_request(d.endpoints["control"], "replay", since=-3)
+        assert reply["ok"] is False and "-3" in reply["error"]
+        reply = control_request(d.endpoints["control"], "replay", since=1, limit=0)
+        assert reply["ok"] is False and "limit" in reply["error"]
+
+
+def test_journal_caps_by_size_and_age(tmp_path: Any) -> None:
+    from fringelive.daemon.journal import JournalConfig, ResultsJournal
+
+    j = ResultsJournal(JournalConfig(enabled=True, path=tmp_path / "j.sqlite", max_bytes=20_000, max_age_s=3600))
+    for seq in range(1, 201):
+        j.append(seq, [b"result", b"\x80", bytes(1000)])
+    assert j.total_bytes <= 20_000 + 64 * 1100 and j.last_seq == 200
+    kept = j.read(1, limit=1000)["messages"]
+    assert kept[-1][0] == 200 and [s for s, _ in kept] == list(range(kept[0][0], 201))
+    j.close()
+    j = ResultsJournal(JournalConfig(enabled=True, path=tmp_path / "j.sqlite", max_bytes=20_000, max_age_s=1e-6))
+    assert j.entries == 0 and j.last_seq == 200  # aged out at open; seq still goes on
+    j.close()
