@@ -24,6 +24,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from fringelive.engine.frame import STIMULUS_KEYS as _FRAME_STIMULUS_KEYS
+from fringelive.engine.frame import STIMULUS_NAMESPACE
+
 __all__ = [
     "PARTICLE_COLUMNS",
     "EVENT_COLUMNS",
@@ -50,19 +53,25 @@ UNITS: dict[str, str] = {
     "area_nm2": "nm^2", "area_px": "pixel^2", "diameter_nm": "nm", "circularity": "",
     "touches_border": "", "last_frame": "", "temperature_C": "degC", "pressure_Pa": "Pa",
 }
-#: Named stimulus keys; any key starting with ``stimulus.`` is passed through too.
-STIMULUS_KEYS: tuple[str, ...] = ("temperature_C", "pressure_Pa")
+#: Named stimulus keys (one definition: ``engine/frame.py``); any key starting with ``stimulus.``
+#: is passed through too.
+STIMULUS_KEYS: tuple[str, ...] = _FRAME_STIMULUS_KEYS
 
 
 def stimulus_of(meta: Mapping[str, Any]) -> dict[str, Any]:
     """Stimulus values of a frame header / ``meta`` map: ``temperature_C``, ``pressure_Pa`` and
-    ``stimulus.*`` keys, from the top level or ``tags`` (top level wins). Numbers stay numbers
-    (bool → int), strings stay strings, anything else is dropped."""
+    ``stimulus.*`` keys, from the top level or ``tags`` (top level wins); a ``stimulus`` map
+    ``{name: value}`` becomes ``stimulus.<name>`` columns. Numbers stay numbers (bool → int),
+    strings stay strings, anything else is dropped."""
     out: dict[str, Any] = {}
     tags = meta.get("tags") if isinstance(meta.get("tags"), Mapping) else {}
     for source in (tags, meta):
-        for key, value in source.items():
-            if not isinstance(key, str) or not (key in STIMULUS_KEYS or key.startswith("stimulus.")):
+        nested = source.get(STIMULUS_NAMESPACE)
+        items = list(source.items())
+        if isinstance(nested, Mapping):
+            items = [(f"{STIMULUS_NAMESPACE}.{k}", v) for k, v in nested.items()] + items
+        for key, value in items:
+            if not isinstance(key, str) or not (key in STIMULUS_KEYS or key.startswith(STIMULUS_NAMESPACE + ".")):
                 continue
             if isinstance(value, bool):
                 out[key] = int(value)

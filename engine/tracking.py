@@ -83,21 +83,21 @@ class TrackingSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise ValueError(f"tracking.enabled must be true or false, got {self.enabled!r}")
+            raise ValueError(f"enabled must be true or false, got {self.enabled!r}")
         for name, lo in (("max_gap_frames", 0), ("overlap_side_px", 16)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"tracking.{name} must be an integer >= {lo}, got {v!r}")
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         for name in ("max_displacement_nm", "max_displacement_px"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
                     or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"tracking.{name} must be a number > 0, got {v!r}")
+                raise ValueError(f"{name} must be a number > 0, got {v!r}")
         for name in ("merge_overlap", "split_overlap"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
                     or not 0 < v <= 1:
-                raise ValueError(f"tracking.{name} must be a number in (0, 1], got {v!r}")
+                raise ValueError(f"{name} must be a number in (0, 1], got {v!r}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -81,8 +81,10 @@ def _paint(img: np.ndarray, lab: np.ndarray, d: Disc, dy: float, dx: float) -> N
 
 @functools.lru_cache(maxsize=2)
 def make_series(n_frames: int = 12, shape: tuple[int, int] = (2048, 2048), seed: int = 15,
-                merge_frame: int = 7, birth_frame: int = 4, max_step_px: float = 30.0) -> Series:
-    """The series described in the module docstring (cached: the tests share it)."""
+                merge_frame: int = 7, birth_frame: int = 4, max_step_px: float = 30.0,
+                approach_px: float = 3.0) -> Series:
+    """The series described in the module docstring (cached: the tests share it); the merging
+    pair approaches by ``approach_px`` per frame each."""
     rng = np.random.default_rng(seed)
     h, w = shape
     margin = 30 * 6
@@ -110,7 +112,7 @@ def make_series(n_frames: int = 12, shape: tuple[int, int] = (2048, 2048), seed:
 
     # Particles: non-overlapping discs; a pair (ids 1, 2) set to coalesce at merge_frame.
     discs: list[Disc] = []
-    v = 3.0  # px per frame each, toward each other
+    v = approach_px  # px per frame each, toward each other
     r1, r2 = 90.0, 75.0
     gap0 = 4.0 + 2 * v * merge_frame
     cy, cx = 0.45 * h, 0.5 * w
@@ -187,7 +189,7 @@ def stats_of(labels: np.ndarray) -> list[dict]:
 @functools.lru_cache(maxsize=2)
 def registered(n_frames: int = 12):
     """The cached series' frames registered by a default ``DriftTracker`` (shared by tests)."""
-    from engine.registration import DriftTracker
+    from fringelive.engine.registration import DriftTracker
 
     s = make_series(n_frames)
     tracker = DriftTracker()

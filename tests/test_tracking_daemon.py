@@ -1,0 +1,152 @@
+"""Tracking through a real daemon: the default bundle on ONNX Runtime, real ZeroMQ on loopback
+(OS-assigned ports). A short simulated series (tests/series_sim.py: moving particles, stage drift
+of up to 20 px per frame, two particles coalescing) → stable track ids across frames, a
+``merged`` event naming the parents on the frame of the coalescence, ``registration`` in every
+header, and the tracking metrics on the injected registry."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from prometheus_client import CollectorRegistry
+
+from fringelive.daemon.config import DaemonConfig, default_bundle_path
+from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
+from fringelive.daemon.server import Daemon
+from series_sim import PIXEL_NM, make_series  # tests/series_sim.py
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
+N_FRAMES, SIDE, MERGE = 7, 512, 3
+
+
+def _config(**tracking: Any) -> DaemonConfig:
+    bundle = default_bundle_path()
+    if bundle is None:
+        pytest.skip("no default bundle installed")
+    return DaemonConfig.from_dict({
+        "ingest": {"endpoint": "tcp://127.0.0.1:0"},
+        "results": {"endpoint": "tcp://127.0.0.1:0"},
+        "control": {"endpoint": "tcp://127.0.0.1:0"},
+        "metrics": {"enabled": False},
+        "model": {"bundle": str(bundle), "backend": "onnxruntime", "intra_op_threads": 1},
+        "drift": {"enabled": False},
+        "tracking": {"enabled": True, "max_gap_frames": 2, "max_displacement_nm": 2.0, **tracking},
+    })
+
+
+def _run(cfg: DaemonConfig, frames: list[tuple[np.ndarray, dict]], registry: CollectorRegistry) -> list[dict]:
+    ctx = zmq.Context.instance()
+    headers: list[dict] = []
+    with Daemon(cfg, registry=registry) as d:
+        sub = ctx.socket(zmq.SUB)
+        sub.subscribe(b"")
+        sub.connect(d.endpoints["results"])
+        push = ctx.socket(zmq.PUSH)
+        push.connect(d.endpoints["ingest"])
+        try:
+            t_end, i, synced = time.monotonic() + 10.0, 0, False
+            while not synced and time.monotonic() < t_end:  # slow joiner
+                i += 1
+                push.send_multipart([msgpack.packb({"version": 1, "series": "sync", "frame": i}), b""])
+                while sub.poll(200):
+                    parts = sub.recv_multipart()
+                    if parts[0] == b"error" and decode_error(parts).get("frame") == i:
+                        synced = True
+                        break
+            assert synced, "subscriber never saw the daemon's events"
+            for pixels, meta in frames:
+                push.send_multipart(encode_frame(pixels, **meta))
+            t_end = time.monotonic() + 180.0
+            while len(headers) < len(frames):
+                assert sub.poll(max(1, int((t_end - time.monotonic()) * 1000))), f"got {len(headers)} results"
+                parts = sub.recv_multipart()
+                if parts[0] == b"result":
+                    headers.append(decode_result(parts)[0])
+        finally:
+            sub.close(linger=0)
+            push.close(linger=0)
+    return headers
+
+
+def test_series_with_drift_and_merge_gets_stable_ids_and_a_merged_event() -> None:
+    s = make_series(N_FRAMES, (SIDE, SIDE), seed=3, merge_frame=MERGE, birth_frame=2, max_step_px=20.0, approach_px=16.0)
+    frames = [(f, {"series": "run-1", "frame": k, "pixel_size_nm": PIXEL_NM, "magnification": 8.0e5,
+                   "timestamp": 1000.0 + k, "temperature_C": 300.0 + 5 * k, "stimulus.gas": "H2"})
+              for k, f in enumerate(s.frames)]
+    registry = CollectorRegistry()
+    headers = sorted(_run(_config(), frames, registry), key=lambda h: h["frame"])
+    assert [h["frame"] for h in headers] == list(range(N_FRAMES))
+
+    # registration: every frame, the first is the reference; per-frame shift ≈ the true step
+    assert headers[0]["registration"]["status"] == "reference"
+    for k in range(1, N_FRAMES):
+        reg = headers[k]["registration"]
+        assert reg["status"] == "ok", reg
+        step = np.subtract(s.drift[k], s.drift[k - 1])
+        assert np.abs(np.subtract(reg["shift_px"], step)).max() < 1.0, (k, reg, step)
+        assert 0.0 <= reg["confidence"] <= 1.0
+
+    # identity: each truth particle keeps one track id across the frames it lives in
+    ids_of_truth: dict[int, set[int]] = {}
+    for h, truth in zip(headers, s.truth):
+        assert h["particle_count"] > 0
+        for p in h["particles"]:
+            assert p["track_id"] >= 1 and (p["circularity"] is None or 0.0 <= p["circularity"] <= 1.0)
+            cy, cx = (int(round(v)) for v in p["centroid_px"])
+            t = int(truth[min(cy, SIDE - 1), min(cx, SIDE - 1)])
+            if t and not p["touches_border"]:
+                ids_of_truth.setdefault(t, set()).add(p["track_id"])
+    stable = [t for t, ids in ids_of_truth.items() if len(ids) == 1]
+    assert len(stable) >= 0.8 * len(ids_of_truth), ids_of_truth
+
+    # the coalescence: a merged event on the merge frame whose child is the merged particle
+    (merge_k, parents, child_truth), = s.merges
+    merged = [e for h in headers for e in h["events"] if e["type"] == "merged"]
+    assert any(e["frame"] == merge_k for e in merged), [h["events"] for h in headers]
+    e = next(e for e in merged if e["frame"] == merge_k)
+    before = {p["track_id"] for p in headers[merge_k - 1]["particles"]}
+    assert len(e["parents"]) >= 2 and set(e["parents"]) <= before and e["child"] not in before
+    assert e["child"] in {p["track_id"] for p in headers[merge_k]["particles"]}
+    for h in headers[merge_k:]:  # the parents' ids never continue on the child
+        assert not set(e["parents"]) & {p["track_id"] for p in h["particles"]}
+
+    # stimulus keys pass through to the result's meta
+    assert headers[-1]["meta"]["temperature_C"] == 300.0 + 5 * (N_FRAMES - 1)
+    assert headers[-1]["meta"]["stimulus.gas"] == "H2"
+
+    # metrics on the injected registry
+    val = registry.get_sample_value
+    assert val("fringelive_registration_frames_total", {"status": "ok"}) == N_FRAMES - 1
+    assert val("fringelive_track_events_total", {"type": "merged"}) >= 1
+    assert val("fringelive_tracks_active") == headers[-1]["tracks_active"]
+    assert val("fringelive_registration_shift_px", {"axis": "y"}) == headers[-1]["registration"]["shift_px"][0]
+
+
+def test_tracking_disabled_leaves_the_header_as_before() -> None:
+    s = make_series(N_FRAMES, (SIDE, SIDE), seed=3, merge_frame=MERGE, birth_frame=2, max_step_px=20.0, approach_px=16.0)
+    frames = [(f, {"series": "off", "frame": k, "pixel_size_nm": PIXEL_NM}) for k, f in enumerate(s.frames[:2])]
+    headers = _run(_config(enabled=False), frames, CollectorRegistry())
+    for h in headers:
+        assert "registration" not in h and "events" not in h
+        assert all("track_id" not in p for p in h["particles"])
+
+
+def test_tracking_config_is_the_engine_settings_with_precise_errors() -> None:
+    from fringelive.daemon.config import ConfigError
+    from fringelive.engine.tracking import TrackingSettings
+
+    cfg = DaemonConfig.from_dict({"tracking": {"enabled": False, "max_gap_frames": 5, "max_displacement_nm": 1.5}})
+    assert cfg.tracking == TrackingSettings(enabled=False, max_gap_frames=5, max_displacement_nm=1.5)
+    for bad, words in (({"max_gap_frames": -1}, "tracking.max_gap_frames must be an integer >= 0, got -1"),
+                       ({"max_displacement_nm": 0}, "tracking.max_displacement_nm must be a number > 0"),
+                       ({"merge_overlap": 0.5}, "unknown key(s) ['tracking.merge_overlap']"),
+                       ({"enabled": "yes"}, "tracking.enabled must be true or false, got 'yes'")):
+        with pytest.raises(ConfigError) as e:
+            DaemonConfig.from_dict({"tracking": bad})
+        assert words in str(e.value)
