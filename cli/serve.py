@@ -50,6 +50,9 @@ def register(sub: Any) -> None:
     p.add_argument("--precision", metavar="P", help="network arithmetic: fp32 (default), bf16 or fp16; a non-fp32 "
                    "precision serves (openvino) only after its parity check against fp32, else fp32 with a "
                    "logged reason (overrides [model] precision)")
+    p.add_argument("--follow", metavar="DIR", action="append",
+                   help="also follow this folder for frame files the microscope writes (.tif, .dm4, .emd, .npy, ...; "
+                        "a [[source]] kind = \"folder\" with default keys; repeatable; docs/acquisition.md)")
     p.add_argument("--drain-timeout", metavar="S", type=float, help="seconds to finish queued frames at "
                    "shutdown (overrides [lifecycle] drain_timeout_s)")
     p.set_defaults(func=run_serve)
@@ -81,10 +84,30 @@ def build_config(args: argparse.Namespace) -> Any:
                    else cfg.override("metrics", enabled=True, port=args.metrics_port))
         if args.drain_timeout is not None:
             cfg = cfg.override("lifecycle", drain_timeout_s=args.drain_timeout)
+        if getattr(args, "follow", None):
+            cfg = follow_folders(cfg, args.follow)
     except ConfigError as e:
         raise ConfigError(f"{e} (from the command line)") from None
     cfg.model.bundle_paths()  # fail now when there is no bundle at all
     return cfg
+
+
+def follow_folders(cfg: DaemonConfig, folders: list[str]) -> DaemonConfig:
+    """``cfg`` with one folder source per ``--follow DIR`` added after its ``[[source]]`` tables."""
+    from pathlib import Path
+
+    from fringelive.daemon.sources.config import check_sources
+    from fringelive.daemon.sources.folder import FolderSourceConfig
+
+    added = []
+    for folder in folders:
+        try:
+            added.append(FolderSourceConfig(path=Path(folder).expanduser().resolve()))
+        except ConfigError as e:
+            raise ConfigError(f"--follow {folder!r}: {e}") from None
+    sources = tuple(cfg.source) + tuple(added)
+    check_sources(sources)
+    return cfg.replace(source=sources)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "shape_limit",    # shape exceeds FrameLimits.max_side / max_pixels
     "size_mismatch",  # pixel byte count != height × width × itemsize
     "non_finite",     # float32 pixels contain NaN or ±Inf
+    "unreadable",     # a frame source (daemon/sources: folder, dectris, deapi) could not turn its input into pixels
 )
 
 #: Reasons the daemon may publish for input that decoded fine but could not be processed.
