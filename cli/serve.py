@@ -19,6 +19,8 @@ from typing import Any
 from fringelive.bundle.bundle_io import BundleError
 from fringelive.cli import CLIError
 from fringelive.daemon.config import ConfigError, DaemonConfig, load_config
+from fringelive.daemon.protocol import (DEFAULT_CONTROL_ENDPOINT, DEFAULT_INGEST_ENDPOINT, DEFAULT_METRICS_ADDRESS as _METRICS,
+                                        DEFAULT_RESULTS_ENDPOINT)
 from fringelive.daemon.server import Daemon, DaemonError
 from fringelive.engine.backends import BackendUnavailable
 
@@ -30,20 +32,24 @@ def register(sub: Any) -> None:
         "serve", help="run the streaming segmentation daemon",
         description="Receive camera frames (ZeroMQ PULL), segment them, publish results (ZeroMQ PUB); "
                     "control on a REP socket, Prometheus metrics over HTTP. Stops on SIGTERM/SIGINT "
-                    "after draining queued frames.")
+                    "after draining queued frames. Default endpoints (no --config): ingest "
+                    f"{DEFAULT_INGEST_ENDPOINT} (send here), results {DEFAULT_RESULTS_ENDPOINT} (watch "
+                    f"here), control {DEFAULT_CONTROL_ENDPOINT}, metrics http://{_METRICS[0]}:{_METRICS[1]}"
+                    "/metrics. The bound addresses are printed at start.")
     p.add_argument("--config", metavar="FILE", help="TOML config file (default: embedded CPU defaults; "
                    "see deploy/examples/fringelive.toml)")
     p.add_argument("--bundle", metavar="DIR", action="append",
                    help="model bundle directory (a path, no unit; overrides [model] bundle/bundles); repeat it "
                         "to serve several bundles: each frame goes to the one whose envelope fits its metadata")
-    p.add_argument("--ingest", metavar="EP", help="ingest PULL endpoint, e.g. tcp://127.0.0.1:5555 "
-                   "(port 0 = OS-assigned; overrides [ingest] endpoint)")
-    p.add_argument("--results", metavar="EP", help="results PUB endpoint, e.g. tcp://127.0.0.1:5556 "
-                   "(port 0 = OS-assigned; overrides [results] endpoint)")
-    p.add_argument("--control", metavar="EP", help="control REP endpoint, e.g. tcp://127.0.0.1:5557 "
-                   "(port 0 = OS-assigned; overrides [control] endpoint)")
+    p.add_argument("--ingest", metavar="EP", help=f"ingest PULL endpoint (default: {DEFAULT_INGEST_ENDPOINT}; "
+                   "port 0 = OS-assigned; overrides [ingest] endpoint)")
+    p.add_argument("--results", metavar="EP", help=f"results PUB endpoint (default: {DEFAULT_RESULTS_ENDPOINT}; "
+                   "port 0 = OS-assigned; overrides [results] endpoint)")
+    p.add_argument("--control", metavar="EP", help=f"control REP endpoint (default: {DEFAULT_CONTROL_ENDPOINT}; "
+                   "port 0 = OS-assigned; overrides [control] endpoint)")
     p.add_argument("--metrics-port", metavar="N", type=int, help="Prometheus HTTP port number "
-                   "(TCP port; 0 = OS-assigned, -1 = disable metrics; overrides [metrics] port)")
+                   f"(TCP port, default: {_METRICS[1]} on {_METRICS[0]}; 0 = OS-assigned, -1 = disable metrics; "
+                   "overrides [metrics] port)")
     p.add_argument("--backend", metavar="KIND", help="inference backend: auto (default: the fastest installed and "
                    "verified here, reason logged), onnxruntime, openvino, onnxruntime-cuda, onnxruntime-tensorrt, "
                    "tensorrt, torch or triton (a name, no unit; overrides [model] backend)")

@@ -15,12 +15,13 @@ from fringelive.cli.argtypes import nonnegative_int, positive_float, positive_in
 from fringelive.daemon.protocol import (DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS_ENDPOINT, ERROR_TOPIC,
                                         ProtocolError, RESULT_TOPIC, configure_curve_client, decode_error,
                                         decode_result, encode_frame)
+from fringelive.daemon.protocol.header_keys import unknown_key_warnings
 from fringelive.engine.readers import ReaderError, check_readable, read_frames
 from fringelive.stream.catchup import GapFiller
 from fringelive.stream.recorder import ResultRecorder
 from fringelive.stream.send import (DEFAULT_SEND_HWM, DEFAULT_SEND_TIMEOUT_S, DEFAULT_SNDBUF_BYTES, SendError,
                                     merge_meta, parse_meta, wait_for_peers)
-from fringelive.stream.watch import format_error_line, format_result_line
+from fringelive.stream.watch import announce_ready, format_error_line, format_result_line, subscription_ready
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def _planned_frames(args: argparse.Namespace) -> Iterator[tuple[Path, str, int, 
     for _ in range(args.repeat):
         for path in args.files:
             series = args.series or path.stem
-            for image in read_frames(path):
+            for image in read_frames(path, stack=args.stack, grey=args.grey):
                 index = counters.get(series, args.start_frame)
                 counters[series] = index + 1
                 yield path, series, index, image
@@ -79,7 +80,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         for path in args.files:
             check_readable(path)
+            next(iter(read_frames(path, stack=args.stack, grey=args.grey)), None)  # layout checks, before connecting
         extra_meta = parse_meta(meta_items)
+        for warning in unknown_key_warnings(extra_meta):  # typos: kept, but said at once
+            print(f"send: warning: {warning}", file=sys.stderr, flush=True)
         reserved = sorted(set(extra_meta) & {"version", "series", "frame", "shape", "dtype",
                                               "byteorder"})
         if reserved:
@@ -210,6 +214,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         _apply_curve(sock, args)
         for topic in (RESULT_TOPIC, ERROR_TOPIC):
             sock.setsockopt(zmq.SUBSCRIBE, topic)
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)  # subscription live: ready
         try:
             sock.connect(args.endpoint)
         except zmq.ZMQError as e:
@@ -217,13 +222,22 @@ def cmd_watch(args: argparse.Namespace) -> int:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         pending = filler.start()  # --since: the journal first; live duplicates are left out by seq
+        poller.register(monitor, zmq.POLLIN)
         timeout_ms = None if args.timeout is None else int(args.timeout * 1000)
         while args.count is None or received < args.count:
-            if not pending and not poller.poll(filler.poll_ms(timeout_ms)):
+            events = dict(poller.poll(0 if pending else filler.poll_ms(timeout_ms)))
+            if not events and not pending:
                 pending = filler.idle()  # quiet: the tail a disconnected subscriber missed (--control)
                 if not pending and filler.timed_out(args.timeout):
                     reason = "timeout"
                     break
+                continue
+            if monitor in events:
+                if subscription_ready(monitor):
+                    announce_ready(args.endpoint, args.ready_file)
+                    poller.unregister(monitor)
+                    sock.disable_monitor()
+                    monitor.close(linger=0)
                 continue
             if not pending:  # seq gaps filled from the journal (stream/catchup.py)
                 pending = filler.feed(sock.recv_multipart(copy=False))
@@ -279,7 +293,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     send = sub.add_parser(
-        "send", help="replay image files (.npy, .tif, .dm3/.dm4, .ser/.emd) to the daemon",
+        "send", help="replay image files (.npy, .tif, .png/.jpg, .dm3/.dm4, .ser/.emd) to the daemon",
         description="Send every image of FILES as one frame ([msgpack header, raw pixels]) "
         "over a ZeroMQ PUSH socket. A stack (N, H, W) or multi-page TIFF sends N frames. "
         "Metadata found in the files is sent; --meta overrides it.")
@@ -318,6 +332,12 @@ def register(sub: Any) -> None:
     send.add_argument("--hwm", type=positive_int, default=DEFAULT_SEND_HWM, metavar="N",
                       help=f"send high-water mark: frames queued before sending blocks "
                            f"(frames, default: {DEFAULT_SEND_HWM})")
+    send.add_argument("--stack", action="store_true",
+                      help="a 3-D .npy is a stack (N, H, W) of frames whatever its shape (default: only when "
+                           "the first axis is shorter than both image sides; (H, W, 3|4) is RGB/RGBA); no unit")
+    send.add_argument("--grey", action="store_true",
+                      help="reduce colour images (RGB/RGBA .npy, .tif, .png, .jpg) to one grey channel "
+                           "(BT.601 luma; exact when R = G = B); default: refuse colour; no unit")
     send.add_argument("-v", "--verbose", action="store_true",
                       help="print one line per frame sent (no unit)")
     _add_curve_options(send)
@@ -351,5 +371,9 @@ def register(sub: Any) -> None:
                        help="first replay every journalled message from sequence number SEQ on (needs --control)")
     watch.add_argument("--hwm", type=positive_int, default=1000, metavar="N",
                        help="receive high-water mark (messages, default: 1000)")
+    watch.add_argument("--ready-file", type=Path, metavar="PATH",
+                       help="once the subscription is live (ZeroMQ handshake with the daemon done), write "
+                            "the endpoint to PATH and print 'watch: ready' on stderr: start the sender after "
+                            "it and no message is lost to the slow-joiner window (docs/protocol.md); no unit")
     _add_curve_options(watch)
     watch.set_defaults(func=cmd_watch)

@@ -359,6 +359,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _register_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="Dice, error rates and a generalization matrix of bundles on sample sets",
+                       usage="%(prog)s [-h] --bundle [NAME=]DIR --data [NAME=]DIR --out DIR\n"
+                             "       [--backend BACKEND] [--tile-size PX] [--all-samples]",
                        description="Score bundles (training sets, rows) on sample sets (test sets, columns): hard Dice "
                                    "(class 1, threshold 0.5) mean ± std over members, false-positive and false-negative "
                                    "rates; writes evaluation.csv, dice_matrix.csv, dice_std_matrix.csv, dice_matrix.png.")

@@ -1,8 +1,11 @@
 """Image files → (pixels (H, W), metadata) frames for ``fringelive send``.
 
-Formats: ``.npy`` (2-D image or 3-D (N, H, W) stack, memory-mapped), ``.tif``/``.tiff``
-(tifffile; every page or stack plane is a frame), Gatan ``.dm3``/``.dm4`` and FEI ``.ser``/
-``.emd`` (rosettasciio, the ``fringelive[io]`` extra, imported lazily).
+Formats: ``.npy`` (2-D image or 3-D (N, H, W) stack, memory-mapped; what a 3-D array means is
+decided by :func:`fringelive.engine.channels.as_frames`: RGB/RGBA is refused unless ``grey``,
+an ambiguous stack unless ``stack``), ``.tif``/``.tiff`` (tifffile; every page or stack plane is
+a frame; RGB/RGBA pages need ``grey``), ``.png``/``.jpg``/``.jpeg`` (Pillow; grey, or colour
+reduced by ``grey``; 8- or 16-bit), Gatan ``.dm3``/``.dm4`` and FEI ``.ser``/``.emd``
+(rosettasciio, the ``fringelive[io]`` extra, imported lazily).
 
 Metadata taken from files (wire key names and units of ``docs/protocol.md``):
 
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from fringelive.engine.channels import ChannelError, as_frames, to_grey
 from fringelive.engine.frame import ALLOWED_DTYPES, METADATA_KEYS
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,8 @@ log = logging.getLogger(__name__)
 NPY_SUFFIXES = (".npy",)
 TIFF_SUFFIXES = (".tif", ".tiff")
 RSCIIO_SUFFIXES = (".dm3", ".dm4", ".ser", ".emd")
-SUPPORTED_SUFFIXES = NPY_SUFFIXES + TIFF_SUFFIXES + RSCIIO_SUFFIXES
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+SUPPORTED_SUFFIXES = NPY_SUFFIXES + TIFF_SUFFIXES + PIL_SUFFIXES + RSCIIO_SUFFIXES
 
 #: Length units → nm. Keys are lower-case; "µ" (micro sign) and "μ" (Greek mu) both appear.
 UNIT_TO_NM: dict[str, float] = {
@@ -247,19 +252,45 @@ def _frames_of(array: np.ndarray, path: Path) -> np.ndarray:
     raise ReaderError(f"{path}: need a 2-D image or an (N, H, W) stack, got shape {array.shape}")
 
 
-def _read_npy(path: Path) -> Iterator[ImageFrame]:
+def _read_npy(path: Path, stack: bool = False, grey: bool = False) -> Iterator[ImageFrame]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise ReaderError(f"{path}: not a readable .npy array: {e}") from None
-    if array.ndim not in (2, 3):
-        raise ReaderError(f"{path}: need a 2-D image or an (N, H, W) stack, got shape "
-                          f"{array.shape}")
-    for i, plane in enumerate(_frames_of(array, path)):
+    try:
+        planes = as_frames(array, str(path), stack=stack, grey=grey)
+    except ChannelError as e:
+        raise ReaderError(str(e)) from None
+    for i, plane in enumerate(planes):
         yield ImageFrame(to_wire_dtype(np.ascontiguousarray(plane)), {}, f"{path.name}[{i}]")
 
 
-def _read_tiff(path: Path) -> Iterator[ImageFrame]:
+def _read_pil(path: Path, grey: bool = False) -> Iterator[ImageFrame]:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ReaderError(f"reading {path.suffix} needs Pillow: pip install 'fringelive[io]'") from None
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im)
+    except (OSError, ValueError) as e:
+        raise ReaderError(f"{path}: not a readable image: {e}") from None
+    if array.ndim == 3 and array.shape[-1] == 2:  # grey + alpha ("LA")
+        array = array[..., 0]
+    if array.ndim == 3:
+        if not grey:
+            raise ReaderError(f"{path}: a colour image (shape {array.shape}, mode {im.mode}), not a single-channel "
+                              "one; pass --grey to reduce it to one channel")
+        try:
+            array = to_grey(array)
+        except ChannelError as e:
+            raise ReaderError(f"{path}: {e}") from None
+    if array.ndim != 2:
+        raise ReaderError(f"{path}: need a 2-D image, got shape {array.shape}")
+    yield ImageFrame(to_wire_dtype(np.ascontiguousarray(array)), {}, f"{path.name}[0]")
+
+
+def _read_tiff(path: Path, grey: bool = False) -> Iterator[ImageFrame]:
     try:
         import tifffile
     except ImportError:
@@ -273,6 +304,15 @@ def _read_tiff(path: Path) -> Iterator[ImageFrame]:
         index = 0
         for series in tif.series:
             axes = series.axes
+            if axes.endswith("S") and series.shape[-1] in (3, 4) and len(series.shape) >= 3:
+                if not grey:
+                    raise ReaderError(f"{path}: series of shape {series.shape} (axes {axes}) is a colour "
+                                      "image, not a single-channel one; pass --grey to reduce it to one channel")
+                colour = series.asarray().reshape((-1,) + tuple(series.shape[-3:]))
+                for c in colour:
+                    yield ImageFrame(to_wire_dtype(to_grey(c)), dict(meta), f"{path.name}[{index}]")
+                    index += 1
+                continue
             if axes.endswith("S") or len(series.shape) < 2:
                 raise ReaderError(f"{path}: series of shape {series.shape} (axes {axes}) is not "
                                   "a single-channel image")
@@ -341,14 +381,18 @@ def check_readable(path: str | Path) -> Path:
     return path
 
 
-def read_frames(path: str | Path) -> Iterator[ImageFrame]:
+def read_frames(path: str | Path, *, stack: bool = False, grey: bool = False) -> Iterator[ImageFrame]:
     """Yield the frames of one file, lazily (stacks are read plane by plane where the format
-    allows). Raises :class:`ReaderError` naming the file."""
+    allows). ``stack``: a 3-D ``.npy`` is a stack whatever its shape; ``grey``: colour images are
+    reduced to one channel (exactly when R = G = B), else refused. Raises
+    :class:`ReaderError` naming the file."""
     path = check_readable(path)
     suffix = path.suffix.lower()
     if suffix in NPY_SUFFIXES:
-        yield from _read_npy(path)
+        yield from _read_npy(path, stack, grey)
     elif suffix in TIFF_SUFFIXES:
-        yield from _read_tiff(path)
+        yield from _read_tiff(path, grey)
+    elif suffix in PIL_SUFFIXES:
+        yield from _read_pil(path, grey)
     else:
         yield from _read_rsciio(path)

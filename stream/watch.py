@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
-__all__ = ['format_error_line', 'format_result_line']
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+__all__ = ["announce_ready", "format_error_line", "format_result_line", "subscription_ready"]
+
+
+def subscription_ready(monitor: Any) -> bool:
+    """Read one event of a SUB socket's monitor; True when it is ``EVENT_HANDSHAKE_SUCCEEDED``:
+    the ZMTP (and CURVE) handshake with the publisher is done and the SUB has sent its
+    subscriptions, which the PUB applies before its next send (``docs/protocol.md``)."""
+    return recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+
+def announce_ready(endpoint: str, ready_file: Path | None) -> None:
+    """``watch: ready`` on stderr and, when asked, ``endpoint`` written to ``ready_file``
+    (atomically: a sender polling for the file never reads it half-written)."""
+    if ready_file is not None:
+        tmp = ready_file.with_name(ready_file.name + ".tmp")
+        tmp.write_text(endpoint + "\n")
+        os.replace(tmp, ready_file)
+    print(f"watch: ready (subscribed to {endpoint})", file=sys.stderr, flush=True)
 
 
 def format_result_line(header: dict) -> str:

@@ -30,6 +30,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "bad_dtype",      # dtype not in ALLOWED_DTYPES
     "bad_shape",      # shape is not [height, width] with two integers > 0
     "shape_limit",    # shape exceeds FrameLimits.max_side / max_pixels
+    "frame_too_small",  # a side below FrameLimits.min_side: too small for the served pipeline
     "size_mismatch",  # pixel byte count != height × width × itemsize
     "non_finite",     # float32 pixels contain NaN or ±Inf
     "unreadable",     # a frame source (daemon/sources: folder, dectris, deapi) could not turn its input into pixels

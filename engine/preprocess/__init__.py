@@ -106,7 +106,17 @@ __all__ = [
     "flatfield_correct",
     "rescale",
     "preprocess",
+    "min_frame_side",
 ]
+
+
+def min_frame_side(params: Preprocessing) -> int:
+    """The smallest frame side (px) ``params`` can process: the flat-field fit needs at least
+    ``degree + 1`` blocks of ``flatfield_downsample`` px per axis (12 px for the default card's
+    degree (2, 2) on 4-px blocks); 1 with the flat field off. Tiling pads any smaller frame."""
+    if not params.flatfield:
+        return 1
+    return params.flatfield_downsample * (max(params.flatfield_degree) + 1)
 
 
 def preprocess(frame: np.ndarray | torch.Tensor, params: Preprocessing, device: str | torch.device | None = None,
