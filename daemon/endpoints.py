@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-__all__ = ['ConfigError', 'is_loopback_endpoint', 'parse_endpoint']
+__all__ = ["ConfigError", "is_loopback_endpoint", "parse_endpoint"]
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,5 @@
-"""Dose estimated from the image: shot noise of background blocks (away from particles) against the camera calibration, in e/Å² per frame."""
+"""Dose estimated from the image: shot noise of background blocks (away from particles) against the
+camera calibration, in e/Å² per frame."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ['CameraCalibration', 'DoseMeasurement', 'background_block_grid', 'background_window_centres', 'estimate_dose', 'measure_background_noise']
+__all__ = ["CameraCalibration", "DoseMeasurement", "background_block_grid", "background_window_centres", "estimate_dose", "measure_background_noise"]
 
 
 @dataclass(frozen=True)

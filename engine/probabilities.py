@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ['class1_probability', 'class1_probability_into']
+__all__ = ["class1_probability", "class1_probability_into"]
 
 
 def class1_probability(logits: np.ndarray) -> np.ndarray:

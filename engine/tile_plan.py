@@ -1,4 +1,6 @@
-"""Tile plans, pure geometry: halo tiles whose cores cover a frame exactly (origins aligned to the network's multiple, no halo at frame borders), and the largest tile size within a memory budget. ``fringelive.engine.tiling`` runs a network over a plan."""
+"""Tile plans, pure geometry: halo tiles whose cores cover a frame exactly (origins aligned to the
+network's multiple, no halo at frame borders), and the largest tile size within a memory budget.
+``fringelive.engine.tiling`` runs a network over a plan."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ['Box', 'Tile', 'TilePlan', 'choose_tile_size', 'plan_tiles']
+__all__ = ["Box", "Tile", "TilePlan", "choose_tile_size", "plan_tiles"]
 
 Box = tuple[int, int, int, int]
 """``(y0, y1, x0, x1)`` in px, half-open, in frame coordinates (may reach into the zero padding)."""

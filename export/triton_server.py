@@ -1,4 +1,5 @@
-"""A local NVIDIA Triton Inference Server for tests and benchmarks: the ``tritonserver`` binary that nvidia-pytriton bundles, started on a model repository (``LocalTritonServer``)."""
+"""A local NVIDIA Triton Inference Server for tests and benchmarks: the ``tritonserver`` binary
+that nvidia-pytriton bundles, started on a model repository (``LocalTritonServer``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ['LocalTritonServer', 'TritonServerError', 'TritonServerInstall', 'find_tritonserver']
+__all__ = ["LocalTritonServer", "TritonServerError", "TritonServerInstall", "find_tritonserver"]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""The demo driver: the daemon in-process on the default bundle (or another), frames from a simulated camera over the real wire protocol, a live line per result, an overlay PNG and a CSV at the end (``fringelive demo``)."""
+"""The demo driver: the daemon in-process on the default bundle (or another), frames from a
+simulated camera over the real wire protocol, a live line per result, an overlay PNG and a CSV
+at the end (``fringelive demo``)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from fringelive.daemon.server import Daemon
 from fringelive.stream.camera_sim import SimulatedCamera, default_sweep
 from fringelive.training.metrics import dice_from_masks
 
-__all__ = ['CSV_FIELDS', 'DemoError', 'overlay_rgb', 'run_demo', 'write_png']
+__all__ = ["CSV_FIELDS", "DemoError", "overlay_rgb", "run_demo", "write_png"]
 
 
 class DemoError(ValueError):

@@ -1,4 +1,5 @@
-"""Is a running daemon serving? Control ping + status and an optional /metrics scrape within one timeout (``fringelive health``: Docker HEALTHCHECK, systemd, monitoring)."""
+"""Is a running daemon serving? Control ping + status and an optional /metrics scrape within one
+timeout (``fringelive health``: Docker HEALTHCHECK, systemd, monitoring)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from fringelive.daemon.control import control_request
 
-__all__ = ['DEFAULT_CONTROL', 'HealthError', 'HealthTargets', 'check_health', 'client_endpoint', 'metrics_url', 'targets_from_config']
+__all__ = ["DEFAULT_CONTROL", "HealthError", "HealthTargets", "check_health", "client_endpoint", "metrics_url", "targets_from_config"]
 
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:5557"

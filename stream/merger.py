@@ -1,4 +1,6 @@
-"""The result merger: one ordered result stream from several daemon workers (a SUB on every worker's results PUB, :class:`~fringelive.stream.merge.Reorderer` per series, a PUB out; messages pass through byte for byte). ``docs/scaling.md``."""
+"""The result merger: one ordered result stream from several daemon workers (a SUB on every
+worker's results PUB, :class:`~fringelive.stream.merge.Reorderer` per series, a PUB out;
+messages pass through byte for byte). ``docs/scaling.md``."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any, Iterator, Sequence
 from fringelive.daemon.config import ConfigError, parse_endpoint
 from fringelive.stream.merge import ReorderSettings, Reorderer
 
-__all__ = ['DEFAULT_HWM', 'DEFAULT_MERGE_ENDPOINT', 'MergerError', 'ResultMerger', 'format_stats']
+__all__ = ["DEFAULT_HWM", "DEFAULT_MERGE_ENDPOINT", "MergerError", "ResultMerger", "format_stats"]
 
 
 DEFAULT_MERGE_ENDPOINT = "tcp://127.0.0.1:5566"

@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic writes and the random-number state that makes a resumed run continue exactly."""
+"""Training checkpoints: atomic writes and the random-number state that makes a resumed run
+continue exactly."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Distributed training under torchrun (DistributedDataParallel): which rank this process is, the device it trains on, buffers averaged across ranks."""
+"""Distributed training under torchrun (DistributedDataParallel): which rank this process is, the
+device it trains on, buffers averaged across ranks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ['DistInfo', 'init_distributed', 'resolve_device']
+__all__ = ["DistInfo", "init_distributed", "resolve_device"]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Fold splits and training patches: contiguous k-fold splits of a sample set, non-overlapping patches of preprocessed frames."""
+"""Fold splits and training patches: contiguous k-fold splits of a sample set, non-overlapping
+patches of preprocessed frames."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fringelive.bundle.card import Preprocessing
 from fringelive.engine.preprocess import preprocess
 from fringelive.training.samples import SampleSet
 
-__all__ = ['RunError', 'fold_split', 'index_ranges', 'network_input', 'patchify', 'prepare_patches']
+__all__ = ["RunError", "fold_split", "index_ranges", "network_input", "patchify", "prepare_patches"]
 
 
 class RunError(ValueError):

@@ -1,4 +1,5 @@
-"""What a training run reports: the card's description and metrics, and the per-fold evaluation CSV."""
+"""What a training run reports: the card's description and metrics, and the per-fold evaluation
+CSV."""
 
 from __future__ import annotations
 
