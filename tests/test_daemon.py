@@ -269,7 +269,9 @@ def test_control_status_stats_and_errors(served: Daemon, client: Client) -> None
     ep = served.endpoints["control"]
     status = control_request(ep, "status")
     assert status is not None and status["ok"] and status["state"] == "running"
-    assert status["bundle"]["name"] == served._model.bundle.name and status["bundle"]["backend"] == "onnxruntime"
+    assert status["bundle"]["name"] == served._model.bundle.name and status["bundle"]["backend"] == "auto"
+    assert status["bundle"]["kind"] in ("onnxruntime", "openvino") and status["bundle"]["precision"] == "fp32"
+    assert "backend auto -> " + status["bundle"]["kind"] in status["bundle"]["backend_reason"]
     assert status["endpoints"]["ingest"] == served.endpoints["ingest"]
     assert status["queue"] == {"depth": 0, "size": 4, "policy": "block"}
     frames = status["frames"]

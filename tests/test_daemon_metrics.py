@@ -83,7 +83,7 @@ def test_scrape_running_daemon_and_promtool(tiny_bundle: Any) -> None:
     assert len(info) == 1
     labels = dict(info[0])
     assert labels["name"] == tiny_bundle.name and labels["schema"] == "1" and labels["members"] == "1"
-    assert labels["backend"] == "onnxruntime" and labels["device"] == "cpu"
+    assert labels["backend"] == "auto" and labels["device"] == "cpu"  # the configured backend (default "auto")
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not on PATH (apt-get install prometheus); the scrape itself was checked")

@@ -242,7 +242,7 @@ def test_prometheus_scrapes_the_running_daemon(stack: Stack, traffic: Traffic) -
     poll(healthy, DEADLINE_S, f"one healthy target {expected_target}", stack.prometheus.targets_summary)
     # the bundle being served, as an info series
     (info, _), = stack.prometheus.vector(f'fringelive_bundle_info{{job="{JOB}"}}')
-    assert info["name"] == "tiny-resunet-seed" and info["backend"] == "onnxruntime"
+    assert info["name"] == "tiny-resunet-seed" and info["backend"] == "auto"
     # a PromQL error comes back as such (the helper does not hide it)
     bad = stack.prometheus.query("rate(fringelive_frames_processed_total)")
     assert bad["status"] == "error" and bad["errorType"] == "bad_data", bad

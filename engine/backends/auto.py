@@ -1,6 +1,7 @@
 """``backend = "auto"``: the fastest backend that is installed and verified on this machine.
 
-Resolution, at start-up, once per bundle (:func:`resolve_auto`):
+Resolution, at start-up, once per bundle network, threads and device in a process (reloads of
+the same network reuse the choice) (:func:`resolve_auto`):
 
 1. A GPU kind whose engine the card records as verified for this GPU and runtime (``tensorrt``),
    or that builds and passes the FP32 check below (``onnxruntime-cuda``), is preferred to every
@@ -129,6 +130,11 @@ def resolve_auto(build: Callable[[str], Any], *, candidates: Sequence[str] = GPU
     return AutoChoice(kind, reason, timings, skipped)
 
 
+#: ``auto`` choices made in this process: (member sha256, threads, device, options) -> AutoChoice; a
+#: reload of the same network or a second daemon in one process does not probe again.
+_CHOSEN: dict[tuple[Any, ...], AutoChoice] = {}
+
+
 def _tensorrt_recorded(engines: Sequence[Any]) -> bool:
     return any(getattr(e, "file", None) and getattr(e, "tensorrt_version", None) for e in engines)
 
@@ -162,12 +168,20 @@ def create_serving_backends(kind: str, bundle: Any, *, members: Sequence[int] | 
     non-FP32 ``precision`` gated per member by the parity check (``engine/precision.py``; the
     card's ``engines`` records are used when they match this CPU and runtime). Returns the
     backends and one reason line for the log and ``status`` (every fall back included)."""
+    cached = create is None  # probes through the registry are remembered for this process
     create = create or create_backend
     reasons: list[str] = []
     if kind == "auto":
-        choice = resolve_auto_for_bundle(bundle, create=create, intra_op_threads=intra_op_threads, device=device)
+        key = (bundle.card.members[0].sha256, intra_op_threads, device, repr(sorted(options.items())))
+        choice = _CHOSEN.get(key) if cached else None
+        if choice is None:
+            choice = resolve_auto_for_bundle(bundle, create=create, intra_op_threads=intra_op_threads, device=device)
+            if cached:
+                _CHOSEN[key] = choice
+            reasons.append(choice.reason)
+        else:
+            reasons.append(f"{choice.reason} (probed earlier in this process for this member, threads and device)")
         kind = choice.kind
-        reasons.append(choice.reason)
     count = len(bundle.card.members)
     indices = list(range(count)) if members is None else list(members)
     built: list[Any] = []
