@@ -69,7 +69,8 @@ def config(bundle: Path, threads: int | None, queue: int = 2) -> DaemonConfig:
         "control": {"endpoint": "tcp://127.0.0.1:0"},
         "metrics": {"enabled": False},
         "queue": {"size": queue, "policy": "block"},
-        "model": {"bundle": str(bundle), "intra_op_threads": threads or 0},
+        # pinned: compared with the ONNX Runtime backend alone below (daemon_engines.py compares engines)
+        "model": {"bundle": str(bundle), "backend": "onnxruntime", "intra_op_threads": threads or 0},
     })
 
 
