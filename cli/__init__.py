@@ -22,6 +22,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "fringelive.cli.health": ("health",),  # Docker HEALTHCHECK, systemd, monitoring
     "fringelive.cli.stream": ("send", "watch"),
     "fringelive.cli.merge": ("merge",),  # results of several workers, in frame order
+    "fringelive.cli.tracks": ("tracks",),  # per-track time series of a recording, CSV
     "fringelive.cli.demo": ("demo",),
     "fringelive.cli.calibrate": ("calibrate",),  # drift reference statistics
     "fringelive.cli.train": ("synth", "dataset", "train", "finetune", "evaluate"),

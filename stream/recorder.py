@@ -9,6 +9,8 @@ Layout (``docs/protocol.md`` § Recording)::
         masks         (N, H, W)  uint8   0/1, chunks (1, H, W), gzip
         probabilities (N, H, W)  float16 class-1 probability (only when sent), chunks (1, H, W)
         headers       (N,)       str     the result header as JSON (mask descriptor included)
+        tracking/                        per-track time series when the daemon tracks
+                                         (``stream/track_tables.py``: particles, events, registration)
     /errors                    (M,) str  error headers as JSON
 
 ``<name>`` is the series with "/" replaced by "∕" (U+2215); a series whose frames change shape
@@ -26,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from fringelive.stream.track_tables import TrackTableWriter
+
 FORMAT_NAME = "fringelive-results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tracking/ tables per series (issue #15)
 
 
 def header_to_json(header: Any) -> str:
@@ -88,6 +92,7 @@ class ResultRecorder:
         self._errors = self._file.create_dataset("errors", shape=(0,), maxshape=(None,),
                                                  dtype=self._str, chunks=(64,))
         self._first_shape: dict[str, tuple[int, int]] = {}
+        self._tracks = TrackTableWriter(h5py)
         self.results = 0
         self.errors = 0
 
@@ -139,6 +144,7 @@ class ResultRecorder:
         self._append(group["frames"], frame)
         self._append(group["masks"], mask.astype(np.uint8))
         self._append(group["headers"], header_to_json(header))
+        self._tracks.add(group, header)
         if "probabilities" in group:
             probs = group["probabilities"]
             probs.resize(group["frames"].shape[0], axis=0)

@@ -6,18 +6,23 @@ header, and the tracking metrics on the injected registry."""
 
 from __future__ import annotations
 
+import csv
 import time
 from typing import Any
 
+import h5py
 import msgpack
 import numpy as np
+import pandas as pd
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
+from fringelive.cli import main
 from fringelive.daemon.config import DaemonConfig, default_bundle_path
 from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
 from fringelive.daemon.server import Daemon
+from fringelive.stream.recorder import ResultRecorder
 from series_sim import PIXEL_NM, make_series  # tests/series_sim.py
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
@@ -40,9 +45,11 @@ def _config(**tracking: Any) -> DaemonConfig:
     })
 
 
-def _run(cfg: DaemonConfig, frames: list[tuple[np.ndarray, dict]], registry: CollectorRegistry) -> list[dict]:
+def _run(cfg: DaemonConfig, frames: list[tuple[np.ndarray, dict]], registry: CollectorRegistry
+         ) -> list[tuple[dict, np.ndarray]]:
+    """(header, mask) of every frame, in the order received."""
     ctx = zmq.Context.instance()
-    headers: list[dict] = []
+    headers: list[tuple[dict, np.ndarray]] = []
     with Daemon(cfg, registry=registry) as d:
         sub = ctx.socket(zmq.SUB)
         sub.subscribe(b"")
@@ -67,20 +74,22 @@ def _run(cfg: DaemonConfig, frames: list[tuple[np.ndarray, dict]], registry: Col
                 assert sub.poll(max(1, int((t_end - time.monotonic()) * 1000))), f"got {len(headers)} results"
                 parts = sub.recv_multipart()
                 if parts[0] == b"result":
-                    headers.append(decode_result(parts)[0])
+                    header, mask, _ = decode_result(parts)
+                    headers.append((header, mask))
         finally:
             sub.close(linger=0)
             push.close(linger=0)
     return headers
 
 
-def test_series_with_drift_and_merge_gets_stable_ids_and_a_merged_event() -> None:
+def test_series_with_drift_and_merge_gets_stable_ids_a_merged_event_and_time_series(tmp_path, capsys) -> None:
     s = make_series(N_FRAMES, (SIDE, SIDE), seed=3, merge_frame=MERGE, birth_frame=2, max_step_px=20.0, approach_px=16.0)
     frames = [(f, {"series": "run-1", "frame": k, "pixel_size_nm": PIXEL_NM, "magnification": 8.0e5,
                    "timestamp": 1000.0 + k, "temperature_C": 300.0 + 5 * k, "stimulus.gas": "H2"})
               for k, f in enumerate(s.frames)]
     registry = CollectorRegistry()
-    headers = sorted(_run(_config(), frames, registry), key=lambda h: h["frame"])
+    received = _run(_config(), frames, registry)
+    headers = sorted((h for h, _ in received), key=lambda h: h["frame"])
     assert [h["frame"] for h in headers] == list(range(N_FRAMES))
 
     # registration: every frame, the first is the reference; per-frame shift ≈ the true step
@@ -127,11 +136,45 @@ def test_series_with_drift_and_merge_gets_stable_ids_and_a_merged_event() -> Non
     assert val("fringelive_tracks_active") == headers[-1]["tracks_active"]
     assert val("fringelive_registration_shift_px", {"axis": "y"}) == headers[-1]["registration"]["shift_px"][0]
 
+    # time series: the recorder `watch --record` uses, then `fringelive tracks --csv`
+    record = tmp_path / "run.h5"
+    with ResultRecorder(record, compression=0) as rec:
+        for h, mask in received:
+            rec.add_result(h, mask)
+    with h5py.File(record, "r") as f:
+        assert f.attrs["format_version"] == 2
+        t = f["series/run-1/tracking"]
+        assert t.attrs["NX_class"] == "NXcollection" and t["particles"].attrs["NX_class"] == "NXdata"
+        g = t["particles"]
+        assert g["centroid_y_nm"].attrs["units"] == "nm" and g["area_nm2"].attrs["units"] == "nm^2"
+        assert g["temperature_C"].attrs["units"] == "degC"
+        n_rows = sum(h["particle_count"] for h in headers)
+        assert g["frame"].shape == (n_rows,) and g["stimulus.gas"].asstr()[0] == "H2"
+        # drift-corrected centroid = (centroid - cumulative drift) × pixel size
+        k = int(np.argmax(g["frame"][:]))
+        cum = headers[int(g["frame"][k])]["registration"]["cumulative_px"]
+        assert g["centroid_y_nm"][k] == pytest.approx((g["centroid_y_px"][k] - cum[0]) * PIXEL_NM)
+        assert g["time_s"][:].max() == pytest.approx(N_FRAMES - 1)
+        ev = t["events"]
+        assert "merged" in list(ev["type"].asstr()[:])
+        assert t["registration"]["status"].asstr()[0] == "reference"
+    df = pd.DataFrame({k: (g[k].asstr()[:] if h5py.check_string_dtype(g[k].dtype) else g[k][:])
+                       for g in [h5py.File(record, "r")["series/run-1/tracking/particles"]] for k in g})
+    assert len(df) == n_rows and set(df["track_id"]) == {p["track_id"] for h in headers for p in h["particles"]}
+    assert main(["tracks", str(record), "--csv", str(tmp_path / "csv")]) == 0
+    out = capsys.readouterr().out
+    assert "series run-1:" in out and "merged 1: frame 3:" in out
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "run-1_particles.csv", encoding="utf-8")))
+    assert len(rows) == n_rows and rows[0]["temperature_C"] == "300" and rows[0]["stimulus.gas"] == "H2"
+    assert {"frame", "time_s", "centroid_y_nm", "area_nm2", "diameter_nm", "circularity"} <= set(rows[0])
+    events = list(csv.DictReader(open(tmp_path / "csv" / "run-1_events.csv", encoding="utf-8")))
+    assert any(r["type"] == "merged" and r["frame"] == str(merge_k) for r in events)
+
 
 def test_tracking_disabled_leaves_the_header_as_before() -> None:
     s = make_series(N_FRAMES, (SIDE, SIDE), seed=3, merge_frame=MERGE, birth_frame=2, max_step_px=20.0, approach_px=16.0)
     frames = [(f, {"series": "off", "frame": k, "pixel_size_nm": PIXEL_NM}) for k, f in enumerate(s.frames[:2])]
-    headers = _run(_config(enabled=False), frames, CollectorRegistry())
+    headers = [h for h, _ in _run(_config(enabled=False), frames, CollectorRegistry())]
     for h in headers:
         assert "registration" not in h and "events" not in h
         assert all("track_id" not in p for p in h["particles"])
