@@ -86,7 +86,7 @@ class Bundle:
         return [self.path / m.file for m in self.card.members]
 
     def engine_paths(self) -> list[Path]:
-        return [self.path / e.file for e in self.card.engines]
+        return [self.path / e.file for e in self.card.engines if e.file]
 
     def check_input_shape(self, height: int, width: int) -> None:
         """Raise :class:`BundleError` when the network cannot take a ``height × width`` input."""
@@ -119,7 +119,7 @@ def load_bundle(path: str | os.PathLike[str], verify_hashes: bool = True) -> Bun
         raise BundleError(f"bundle {p}: {CARD_FILE}: {e}") from None
     files: list[tuple[str, str, str]] = [("member", m.file, m.sha256) for m in card.members]
     files += [("weights", m.weights, m.weights_sha256 or "") for m in card.members if m.weights]
-    files += [("engine", e.file, e.sha256) for e in card.engines]
+    files += [("engine", e.file, e.sha256 or "") for e in card.engines if e.file]
     for kind, rel, digest in files:
         f = (p / rel).resolve()
         if p.resolve() not in f.parents:

@@ -197,28 +197,53 @@ class Member:
 
 @dataclass(frozen=True)
 class Engine:
-    """A TensorRT engine built from one member for one GPU/TensorRT version.
+    """A verified engine of one member: a TensorRT engine built for one GPU/TensorRT version
+    (``kind = "tensorrt"``, the default), or the record of a runtime-compiled precision's parity
+    check on one CPU (e.g. ``kind = "openvino"``, ``precision = "bf16"``; no file).
 
-    member: the ONNX member file it was built from. precision: ``fp16`` | ``fp32``.
-    gpu / compute_capability: e.g. ``NVIDIA H100 80GB HBM3`` / ``9.0`` (engines only run there).
-    profile: the optimization profile of input ``image``: ``{"min"|"opt"|"max": [N, 1, H, W]}``.
+    member: the ONNX member file it was built from. precision: ``fp32`` | ``fp16`` | ``bf16`` | ``int8``.
+    TensorRT (all required for ``kind = "tensorrt"``): file / sha256 (the ``.plan``),
+    tensorrt_version, gpu / compute_capability (e.g. ``NVIDIA H100 80GB HBM3`` / ``9.0``; engines
+    only run there), profile (input ``image``'s ``{"min"|"opt"|"max": [N, 1, H, W]}``);
     max_abs_diff_vs_onnxruntime: max abs logit difference from ONNX Runtime (CPU) on a random
     input at the ``opt`` shape, accepted when <= ``tolerance``; argmax_agreement: fraction of
     pixels whose predicted class agrees, accepted when >= ``min_argmax_agreement``.
+    Precision gate (``engine/precision.py``; against the same runtime in FP32 on the bundle's
+    verification tiles): reference_precision, versions (``{"openvino": "2026.4.1"}``), cpu (model
+    name), isa, verification_tiles (where the tiles came from), pixels, argmax_agreement /
+    min_argmax_agreement, dice / min_dice (class-1 masks), max_abs_diff_vs_fp32, passed.
     """
 
-    file: str
-    sha256: str
     member: str
     precision: str
-    tensorrt_version: str
-    gpu: str
-    compute_capability: str
-    profile: dict[str, list[int]]
+    kind: str = "tensorrt"
+    file: str | None = None
+    sha256: str | None = None
+    tensorrt_version: str | None = None
+    gpu: str | None = None
+    compute_capability: str | None = None
+    profile: dict[str, list[int]] | None = None
     max_abs_diff_vs_onnxruntime: float | None = None
     tolerance: float | None = None
     argmax_agreement: float | None = None
     min_argmax_agreement: float | None = None
+    reference_precision: str | None = None
+    versions: dict[str, str] | None = None
+    cpu: str | None = None
+    isa: tuple[str, ...] = ()
+    verification_tiles: str | None = None
+    pixels: int | None = None
+    dice: float | None = None
+    min_dice: float | None = None
+    max_abs_diff_vs_fp32: float | None = None
+    passed: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "tensorrt":
+            missing = [n for n in ("file", "sha256", "tensorrt_version", "gpu", "compute_capability", "profile")
+                       if getattr(self, n) is None]
+            if missing:
+                raise CardError(f"engines: a tensorrt engine of member {self.member!r} needs {missing}")
 
 
 @dataclass(frozen=True)
@@ -309,6 +334,9 @@ def utc_now_iso() -> str:
 # --- strict generic (de)serialisation ------------------------------------------------------
 
 def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, Engine):  # an engine record lists only the fields of its kind
+        return {f.name: _to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if getattr(obj, f.name) not in (None, ())}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

@@ -26,7 +26,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "fringelive.cli.demo": ("demo",),
     "fringelive.cli.calibrate": ("calibrate",),  # drift reference statistics
     "fringelive.cli.train": ("synth", "dataset", "train", "finetune", "evaluate"),
-    "fringelive.cli.export": ("import-seed", "export"),  # export onnx|tensorrt|triton
+    "fringelive.cli.export": ("import-seed", "export"),  # export onnx|tensorrt|triton|openvino
 }
 
 

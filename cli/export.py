@@ -1,4 +1,4 @@
-"""Subcommands ``import-seed`` and ``export onnx|tensorrt|triton``.
+"""Subcommands ``import-seed`` and ``export onnx|tensorrt|triton|openvino``.
 
     fringelive import-seed ../shared/seed_models/*.h5 --out bundles/
     fringelive export onnx --checkpoint model.pt --out bundles/mine --material Au --pixel-size-nm 0.02
@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _register_onnx(esub)
     _register_tensorrt(esub)
     _register_triton(esub)
+    _register_openvino(esub)
     export.set_defaults(func=lambda args: _usage(export))
 
 
@@ -301,9 +302,43 @@ def _cmd_export_tensorrt(args: argparse.Namespace) -> int:
         raise CLIError(str(e), 2) from None
     except EngineBuildError as e:
         raise CLIError(str(e)) from None
-    for e in bundle.card.engines:
+    for e in (e for e in bundle.card.engines if e.kind == "tensorrt"):
         print(f"{e.file}: {e.precision} on {e.gpu} (TensorRT {e.tensorrt_version}), max abs diff "
               f"{e.max_abs_diff_vs_onnxruntime:.3g}, argmax agreement {e.argmax_agreement}")
+    return 0
+
+
+# --- export openvino ---------------------------------------------------------------------
+
+def _register_openvino(esub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = esub.add_parser(
+        "openvino", help="check an OpenVINO precision against FP32 on this CPU and record it in the card",
+        description="Run OpenVINO at --precision and at FP32 on the bundle's verification tiles, per member, "
+        "and record the parity (argmax agreement >= 99.9 %%, Dice >= 0.995) in the card's engines; daemons on "
+        "this CPU then use it (serve --precision) or fall back to FP32 without re-checking. Exit code 2 when "
+        "OpenVINO is missing or this CPU cannot run the precision natively; 0 also when the check fails "
+        "(recorded as passed: false).")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle directory")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16",
+                   help="precision to check against FP32 (default: bf16)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (count; default: usable cores)")
+    p.set_defaults(func=_cmd_export_openvino)
+
+
+def _cmd_export_openvino(args: argparse.Namespace) -> int:
+    from fringelive.engine.backends import BackendUnavailable
+    from fringelive.export.openvino_export import record_openvino_precision
+
+    try:
+        _, records = record_openvino_precision(args.bundle, args.precision, intra_op_threads=args.threads)
+    except BackendUnavailable as e:
+        raise CLIError(str(e), 2) from None
+    except (BundleError, CardError) as e:
+        raise CLIError(str(e)) from None
+    for r in records:
+        print(f"{r.member}: openvino {r.precision} vs fp32 on {r.cpu} (OpenVINO {(r.versions or {}).get('openvino')}): "
+              f"argmax agreement {r.argmax_agreement:.5%}, Dice {r.dice:.5f}, max abs logit diff "
+              f"{r.max_abs_diff_vs_fp32:.3g} -> {'passed' if r.passed else 'FAILED, daemons serve fp32'}")
     return 0
 
 

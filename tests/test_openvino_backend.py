@@ -328,3 +328,35 @@ def test_pipeline_masks_auto_and_openvino_equal_onnxruntime(ov) -> None:
     for kind in ("openvino", "auto"):
         for r, m in zip(ref, masks(kind)):
             assert m.shape == r.shape and float(np.mean(m == r)) >= 0.9999, kind
+
+
+# --- the card's engines: `fringelive export openvino` --------------------------------------------
+
+
+def test_export_openvino_records_parity_in_card(ov, tmp_path, capsys) -> None:
+    import shutil
+
+    from fringelive.bundle.card import CardError, Engine
+    from fringelive.cli import main
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle_dir, ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
+    bf16 = "BF16" in ovb.openvino_cpu_info()["capabilities"]
+    rc = main(["export", "openvino", "--bundle", str(bundle_dir), "--precision", "bf16", "--threads", "1"])
+    assert rc == (0 if bf16 else 2)
+    if not bf16:
+        assert "no native BF16" in capsys.readouterr().err
+    # the writer itself, on a precision every CPU runs
+    assert main(["export", "openvino", "--bundle", str(bundle_dir), "--precision", "fp32", "--threads", "1"]) == 0
+    assert "passed" in capsys.readouterr().out
+    engines = load_bundle(bundle_dir).card.engines
+    recs = [e for e in engines if e.kind == "openvino" and e.precision == "fp32"]
+    assert len(recs) == 1 and recs[0].passed and recs[0].dice == 1.0 and recs[0].file is None
+    assert recs[0].verification_tiles == "bundle:verification_tiles.npy" and recs[0].versions["openvino"]
+    found = P.find_record([vars(e) for e in engines], kind="openvino", precision="fp32", member="member0.onnx",
+                          cpu=recs[0].cpu, runtime_version=recs[0].versions["openvino"])
+    assert found is not None and found["passed"]
+    main(["export", "openvino", "--bundle", str(bundle_dir), "--precision", "fp32", "--threads", "1"])
+    assert len([e for e in load_bundle(bundle_dir).card.engines if e.kind == "openvino"]) == len(recs) + bf16  # replaced
+    with pytest.raises(CardError, match=r"tensorrt engine of member 'member0.onnx' needs \['file'"):
+        Engine(member="member0.onnx", precision="fp16")

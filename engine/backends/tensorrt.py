@@ -134,7 +134,7 @@ class TensorRTBackend(Backend):
 
 def _engine_for(bundle: Bundle, member: Member, device: str) -> Any:
     """The card's engine for ``member`` that fits this GPU and TensorRT version."""
-    engines = [e for e in bundle.card.engines if e.member == member.file]
+    engines = [e for e in bundle.card.engines if e.member == member.file and e.kind == "tensorrt"]
     if not engines:
         raise BackendUnavailable("tensorrt", f"bundle {bundle.path} lists no TensorRT engine for member {member.file!r} "
                                  "(build one with `fringelive export tensorrt` on this GPU)")
