@@ -189,6 +189,7 @@ def create_serving_backends(kind: str, bundle: Any, *, members: Sequence[int] | 
         if precision != "fp32" and kind != "openvino":
             reasons.append(f"precision {precision} applies to the openvino backend only; {kind} runs its own "
                            f"({kind} fp32{' or its engine precision' if 'tensorrt' in kind else ''})")
+            log.warning("%s", reasons[-1])
             precision = "fp32"
         tiles = source = None
         for i in indices:
