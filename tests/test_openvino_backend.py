@@ -360,3 +360,24 @@ def test_export_openvino_records_parity_in_card(ov, tmp_path, capsys) -> None:
     assert len([e for e in load_bundle(bundle_dir).card.engines if e.kind == "openvino"]) == len(recs) + bf16  # replaced
     with pytest.raises(CardError, match=r"tensorrt engine of member 'member0.onnx' needs \['file'"):
         Engine(member="member0.onnx", precision="fp16")
+
+
+def test_serve_backend_and_precision_options() -> None:
+    """``serve --backend/--precision`` override ``[model]``; a bad value fails fast naming it."""
+    from fringelive.cli import build_parser
+    from fringelive.cli.serve import build_config
+    from fringelive.daemon.config import ConfigError, DaemonConfig
+
+    assert DaemonConfig().model.backend == "auto" and DaemonConfig().model.precision == "fp32"
+
+    def config(*extra: str):
+        argv = ["serve", *extra]
+        return build_config(build_parser(argv).parse_args(argv))
+
+    cfg = config("--backend", "openvino", "--precision", "bf16")
+    assert cfg.model.backend == "openvino" and cfg.model.precision == "bf16"
+    assert config().model.backend == "auto"
+    with pytest.raises(ConfigError, match=r"model.precision must be one of \['fp32', 'bf16', 'fp16'\], got 'bf17'"):
+        config("--precision", "bf17")
+    with pytest.raises(ConfigError, match=r"model.backend must be one of \['auto', .*'openvino'.*got 'openvno'"):
+        config("--backend", "openvno")
