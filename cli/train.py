@@ -177,14 +177,21 @@ def _synth(args: argparse.Namespace) -> int:
 def _register_dataset(sub: Any) -> None:
     p = sub.add_parser("dataset", help="make training patches from labelled experimental images",
                        description="Preprocess labelled experimental images with the shared engine and cut them into "
-                                   "patches (a sample set: samples.h5 + metadata.csv). Labels: <image stem>"
-                                   "<--label-suffix>, non-zero = particle.")
+                                   "patches (a sample set: samples.h5 + metadata.csv). Images: .dm3 .dm4 .ser .emd, "
+                                   "8/16-bit .tif .png .jpg, .npy (grey stored as RGB/RGBA is reduced to one channel). "
+                                   "Labels: <image stem><--label-suffix>, or --label-pattern; non-zero = particle "
+                                   "(0/255 and 0/1 masks). Pixel size and dose are optional (unknown in the card's "
+                                   "envelope then). Recipe: docs/training.md.")
     p.add_argument("--images", nargs="+", required=True, metavar="PATH",
-                   help="image files or directories searched recursively (.dm3 .dm4 .ser .emd .tif .npy)")
+                   help="image files or directories searched recursively (.dm3 .dm4 .ser .emd .tif .png .jpg .npy)")
     p.add_argument("--labels", metavar="DIR", help="directory of label images (default: beside each image)")
     p.add_argument("--metadata", metavar="CSV", help="metadata CSV, one row per image (e.g. Dataset_metadata.csv)")
     p.add_argument("--key-column", default="File name", help="CSV column holding the image file name (default: 'File name')")
     p.add_argument("--label-suffix", default="_label.png", help="label file = image stem + this (default: _label.png)")
+    p.add_argument("--label-pattern", metavar="PATTERN",
+                   help="label file name pattern instead of --label-suffix, e.g. 'label_{index}.png' ({index}: the "
+                        "last number in the image name, compared as a number; {stem}, {name}) or 're:<regex>' with "
+                        "a named group index or stem; searched in --labels, then beside the image")
     p.add_argument("--select", nargs="+", action="append", metavar="COLUMN VALUE [TOL]",
                    help="keep images whose COLUMN equals VALUE (strings) or is within TOL of it (numbers, in the "
                         "column's unit); repeat for several conditions")
@@ -216,7 +223,11 @@ def _dataset(args: argparse.Namespace) -> int:
     try:
         cfg = DatasetConfig(patch_px=args.patch, stride_px=args.stride, min_particle_px=args.min_particle_px,
                             preprocessing=_preprocessing(args) or Preprocessing(), selections=tuple(selections),
-                            key_column=args.key_column, label_suffix=args.label_suffix, voltage_kv=args.voltage_kv)
+                            key_column=args.key_column, label_suffix=args.label_suffix, voltage_kv=args.voltage_kv,
+                            label_pattern=args.label_pattern)
+    except DatasetError as e:  # a bad option: usage error
+        raise _error(str(e), 2) from None
+    try:
         report = build_dataset(args.images, args.out, cfg, labels_dir=args.labels, metadata_csv=args.metadata,
                                progress=not args.no_progress, command=_command(args))
     except DatasetError as e:

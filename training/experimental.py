@@ -1,10 +1,14 @@
 """Training patches from labelled experimental images: ``fringelive dataset``.
 
-Inputs: image files (Gatan ``.dm3``/``.dm4``, ``.ser``/``.emd`` through rosettasciio, ``.tif``,
-``.npy``; read by :func:`fringelive.engine.readers.read_frames`), one label image per image
-(``<image stem><label_suffix>``, default ``_label.png``; any non-zero pixel is particle, so the
-published 0/255 PNGs work) and optionally a metadata CSV with one row per image, keyed by file
-name (the published ``Dataset_metadata.csv`` works as is).
+Inputs: image files (Gatan ``.dm3``/``.dm4``, ``.ser``/``.emd`` through rosettasciio, 8/16-bit
+``.tif``, ``.png``, ``.jpg``/``.jpeg``, ``.npy``; read by
+:func:`fringelive.engine.readers.read_frames`, grey stored as RGB/RGBA reduced to one channel),
+one label image per image (``<image stem><label_suffix>``, default ``_label.png``, or a
+``label_pattern`` such as ``label_{index}.png``: :mod:`fringelive.training.label_pairing`; any
+non-zero pixel is particle, so 0/255 and 0/1 masks both work) and optionally a metadata CSV with
+one row per image, keyed by file name (the published ``Dataset_metadata.csv`` works as is).
+Pixel size and dose are optional: without them the trained card's envelope leaves them unknown
+(``null``) and the daemon does not flag frames for them.
 
 Per selected image: the whole frame is preprocessed with the shared engine
 (:func:`fringelive.engine.preprocess.preprocess`, card-style
@@ -38,6 +42,7 @@ import numpy as np
 from fringelive.bundle.card import Preprocessing
 from fringelive.engine.preprocess import preprocess
 from fringelive.engine.readers import ReaderError, read_frames
+from fringelive.training.label_pairing import LabelPattern, LabelPatternError
 from fringelive.training.progress import progress_bar
 from fringelive.training.samples import SampleSetWriter
 
@@ -67,7 +72,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "voltage_kv": ("Voltage (kV)",),
 }
 _NUMERIC_KEYS = ("particle_diameter_nm", "pixel_size_nm", "dose_e_per_A2", "voltage_kv")
-IMAGE_SUFFIXES = (".dm3", ".dm4", ".ser", ".emd", ".tif", ".tiff", ".npy")
+IMAGE_SUFFIXES = (".dm3", ".dm4", ".ser", ".emd", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
 
 class DatasetError(ValueError):
@@ -117,7 +122,9 @@ class DatasetConfig:
     """patch_px: patch side (px, multiple of 16); stride_px: patch grid step (px; None = the
     patch side, no overlap); min_particle_px: keep patches with more particle pixels than this;
     key_column: CSV column with the image file name; label_suffix: label file = image stem +
-    this; voltage_kv: kV when neither CSV nor file says (None = leave unset)."""
+    this; label_pattern: pair labels by a pattern instead (``label_{index}.png``,
+    :class:`~fringelive.training.label_pairing.LabelPattern`; None = by ``label_suffix``);
+    voltage_kv: kV when neither CSV nor file says (None = leave unset)."""
 
     patch_px: int = 512
     stride_px: int | None = None
@@ -127,6 +134,7 @@ class DatasetConfig:
     key_column: str = "File name"
     label_suffix: str = "_label.png"
     voltage_kv: float | None = None
+    label_pattern: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.patch_px, bool) or not isinstance(self.patch_px, int) or self.patch_px < 16 \
@@ -138,6 +146,11 @@ class DatasetConfig:
             raise DatasetError(f"min_particle_px must be an integer >= 0, got {self.min_particle_px!r}")
         if self.voltage_kv is not None and not self.voltage_kv > 0:
             raise DatasetError(f"voltage_kv must be > 0 kV, got {self.voltage_kv!r}")
+        if self.label_pattern is not None:
+            try:
+                LabelPattern(self.label_pattern)
+            except LabelPatternError as e:
+                raise DatasetError(str(e)) from None
 
 
 @dataclass
@@ -253,10 +266,13 @@ def build_dataset(images: Sequence[str | os.PathLike[str]], out: str | os.PathLi
         raise DatasetError(f"{labels_dir}: labels directory not found")
     index = _csv_index(read_metadata_csv(metadata_csv), cfg.key_column, str(metadata_csv)) if metadata_csv else None
     skipped: dict[str, list[str]] = {"no_metadata_row": [], "not_selected": [], "no_label": [], "too_small": []}
+    pattern = LabelPattern(cfg.label_pattern) if cfg.label_pattern is not None else None
+    label_index = (pattern.index_labels(([labels_path] if labels_path else []) + sorted({f.parent for f in files}))
+                   if pattern is not None else {})
     # decide what to read before reading (selection on CSV columns needs no pixels)
     plan: list[tuple[Path, dict[str, str], Path]] = []
     for f in files:
-        if f.name.endswith(cfg.label_suffix):
+        if f.name.endswith(cfg.label_suffix) or (pattern is not None and pattern.matches(f)):
             continue
         csv_row: dict[str, str] = {}
         if index is not None:
@@ -269,7 +285,8 @@ def build_dataset(images: Sequence[str | os.PathLike[str]], out: str | os.PathLi
         if not all(s.matches(early) for s in cfg.selections if s.column in early):
             skipped["not_selected"].append(f.name)
             continue
-        label = _label_for(f, labels_path, cfg.label_suffix)
+        label = (pattern.label_for(f, labels_path, label_index) if pattern is not None
+                 else _label_for(f, labels_path, cfg.label_suffix))
         if label is None:
             skipped["no_label"].append(f.name)
             continue
@@ -286,7 +303,7 @@ def build_dataset(images: Sequence[str | os.PathLike[str]], out: str | os.PathLi
             for f, csv_row, label_path in plan:
                 bar.update(1)
                 try:
-                    frame = next(iter(read_frames(f)))
+                    frame = next(iter(read_frames(f, grey=True)))
                 except (ReaderError, StopIteration) as e:
                     raise DatasetError(f"{f}: {e or 'no frame'}") from None
                 file_meta = {k: v for k, v in frame.meta.items() if k in

@@ -21,7 +21,10 @@ __all__ = []
 def _description(cfg: RunConfig, data_info: list[dict[str, Any]], env: Envelope) -> str:
     kind = "fine-tuned from " + cfg.init.source if cfg.init is not None else f"{cfg.arch} trained"
     srcs = ", ".join(f"{Path(d['path']).parent.name or d['path']} ({d['samples']} {d['source']} samples)" for d in data_info)
-    return f"{kind} on {srcs}; {len(cfg.fold_list)} of {cfg.folds} cross-validation folds as ensemble members"
+    unknown = [name for name, value in (("pixel size", env.pixel_size_nm), ("dose", env.dose_e_per_A2)) if value is None]
+    note = (f"; envelope: {' and '.join(unknown)} unknown (the training data did not give them; the daemon does not "
+            "flag frames for them)") if unknown else ""
+    return f"{kind} on {srcs}; {len(cfg.fold_list)} of {cfg.folds} cross-validation folds as ensemble members{note}"
 
 
 def _card_metrics(cfg: RunConfig, data_info: list[dict[str, Any]], folds: list[dict[str, Any]], mean: float,
