@@ -36,7 +36,7 @@ import numpy as np
 
 from fringelive.bundle.card import Card, Tolerances
 from fringelive.engine import confidence, envelope, image_estimates
-from fringelive.engine.camera import CameraSettings, PhotonTransferResult, resolve_camera
+from fringelive.engine.camera import CameraSettings, PhotonTransferResult, block_statistics, resolve_camera
 from fringelive.engine.camera import estimate_dose as camera_dose
 from fringelive.engine.cusum import CusumState, calibrate_threshold
 from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SIGNAL_DIRECTIONS,
@@ -123,6 +123,8 @@ def card_camera(reference: DriftReference) -> CameraSettings | None:
 
 _log = logging.getLogger(__name__)
 _CAMERA_FIELDS = ("gain_counts_per_e", "offset_counts")
+#: The card's gain is contradicted when the zero-frequency implied gain differs by more than this (relative).
+_CARD_LF_BAND = 2.5
 
 
 @dataclass(frozen=True)
@@ -268,8 +270,9 @@ def evaluate(m: FrameMeasurement, card: Card, settings: DriftSettings | None = N
             reasons.append("pixel_size_metadata_mismatch")
             statuses.append("warn")
             px, px_src = px_img, "image"
-    if dose_img is not None and not m.estimates.get("dose_verified", True):
-        # the camera is not known: the image's dose is no evidence either way (issue #12)
+    if not m.estimates.get("dose_verified", True):
+        # the camera is not known: the image's dose is no evidence either way (issue #12);
+        # a reason of its own that adds no status (never warn/ood)
         reasons.append("dose_unverified")
         dose_img = None
     if dose_img is not None:
@@ -307,7 +310,7 @@ class DriftMonitor:
         ref = self.reference
         self.card_camera = card_camera(ref)
         self.card_camera_contradicted = False
-        self._implied_gains: deque[float] = deque(maxlen=20)
+        self._card_checks: deque[bool] = deque(maxlen=20)
         self._card_used_logged = False
         if self.card_camera is not None and self.card_camera.gain_counts_per_e is not None:
             _log.info("bundle %s: camera constants from its drift_reference (gain %.3g counts/e, offset %.3g) are used "
@@ -356,19 +359,15 @@ class DriftMonitor:
         cam, sources = resolve_camera(config, meta, card, learned)
         if not any(sources[f] == "card" for f in _CAMERA_FIELDS) or not self.settings.image_estimates:
             return cam, sources
-        est = camera_dose(pixels, cam, None, mask=mask, max_blocks=min(self.settings.max_background_blocks, 100))
-        implied = None if est is None else est.implied_gain_counts_per_e
-        g = cam.gain_counts_per_e
-        tol = _dose_tol(self.card, self.settings)
-        if implied is not None and g is not None:
-            self._implied_gains.append(implied)
-            med = float(np.median(self._implied_gains))
-            if len(self._implied_gains) >= 3 and _disagree(med, g, tol):
+        contradicts, implied = self._contradicts(pixels, mask, cam)
+        if contradicts is not None:
+            self._card_checks.append(contradicts)
+            if len(self._card_checks) >= 3 and 2 * sum(self._card_checks) > len(self._card_checks):
                 self.card_camera_contradicted = True
                 _log.warning("camera constants of bundle %s contradicted by the frames: implied gain %.3g vs %.3g "
                              "counts/e; dose unverified until [camera] is set or the fit is confident",
-                             self.card.name, med, g)
-        if self.card_camera_contradicted or implied is None or g is None or _disagree(implied, g, tol):
+                             self.card.name, implied or math.nan, cam.gain_counts_per_e or math.nan)
+        if self.card_camera_contradicted or contradicts is not False:
             drop = {f: (None if f in _CAMERA_FIELDS and sources[f] == "card" else getattr(cam, f)) for f in _CAMERA_FIELDS}
             sources = {f: ("default" if f in _CAMERA_FIELDS and sources[f] == "card" else s) for f, s in sources.items()}
             return replace(cam, **drop), sources
@@ -377,6 +376,31 @@ class DriftMonitor:
             _log.warning("bundle %s: dose checked with the camera constants of its drift_reference; set [camera]",
                          self.card.name)
         return cam, sources
+
+    def _contradicts(self, pixels: np.ndarray, mask: np.ndarray, cam: CameraSettings
+                     ) -> tuple[bool | None, float | None]:
+        """Does this frame contradict ``cam``'s gain and offset? Two implied gains of the flat
+        background blocks: from the high-pass variance (``(v_hp − r²)/(f·(m − o))``, within the
+        dose tolerance) and from the zero-frequency noise power (``(v_lf − r²)/(m − o)``, which a
+        detector MTF does not hide; within a factor 2). None: too little background to tell."""
+        g, o, r2 = cam.gain_counts_per_e, cam.offset_counts, cam.read_noise_counts ** 2
+        if g is None or o is None:
+            return None, None
+        block = 32 if min(pixels.shape) >= 512 else 16
+        stats = block_statistics(pixels, block=block, mask=mask, max_blocks=100, nps_lags=min(3, block // 4 - 1))
+        est = camera_dose(pixels, cam, None, stats=stats)
+        implied = None if est is None else est.implied_gain_counts_per_e
+        if implied is None:
+            return None, None
+        # every block: support texture inflates v_lf (up to ~4× the shot noise at 2000 e/Å²), a
+        # wrong gain by more; hence the wide band
+        sig = stats.mean - o
+        good = sig > 0
+        lf_gain = float(np.median((stats.v_lf[good] - r2) / sig[good])) if good.sum() >= 6 else None
+        bad = _disagree(implied, g, _dose_tol(self.card, self.settings))
+        if lf_gain is not None and lf_gain > 0 and _disagree(lf_gain, g, _CARD_LF_BAND):
+            bad, implied = True, lf_gain
+        return bad, implied
 
     def assess(self, pixels: np.ndarray, meta: Mapping[str, Any] | None, result: Any, *, threshold: float = 0.5,
                camera: CameraSettings | None = None, learned: PhotonTransferResult | None = None) -> dict[str, Any]:

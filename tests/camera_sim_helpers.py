@@ -21,6 +21,7 @@ class SimCamera:
     mtf_sigma_px: float = 0.6
     xray_per_mpx: float = 50.0
     xray_counts: float = 4000.0
+    dtype: str = "uint16"
 
     def expose(self, electrons_mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         e = rng.poisson(np.maximum(electrons_mean, 0.0)).astype(np.float64)
@@ -31,7 +32,7 @@ class SimCamera:
         if n_hits:
             ys, xs = rng.integers(0, e.shape[0], n_hits), rng.integers(0, e.shape[1], n_hits)
             c[ys, xs] += self.xray_counts
-        return np.clip(np.rint(c), 0, 65535).astype(np.uint16)
+        return np.clip(np.rint(c), 0, np.iinfo(self.dtype).max).astype(self.dtype)
 
 
 def electrons_per_px(dose_e_per_A2: float, pixel_size_nm: float) -> float:
