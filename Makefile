@@ -21,7 +21,7 @@ $(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 
 # The test and tool extras on top (abTEM, MONAI, TensorBoard, Triton client, ...).
 $(VENV)/.installed: $(VENV)/.core-installed
-	$(BIN)/pip install -q -e ".[dev,io,train,sim,triton]"
+	$(BIN)/pip install -q -e ".[dev,io,train,sim,triton,acquisition]"
 # A real tritonserver (python backend only) for tests/test_triton.py. --no-deps: pytriton's own
 # Python API pins numpy<2, we only run its bundled server binary. Linux x86_64/aarch64 wheels only.
 	$(BIN)/pip install -q --no-deps "nvidia-pytriton==0.7.0" || echo "nvidia-pytriton not installable here: the Triton server tests will skip"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fringelive.daemon.control import control_request
+from fringelive.stream.camera_text import camera_text
 
 __all__ = ["DEFAULT_CONTROL", "HealthError", "HealthTargets", "check_health", "client_endpoint", "metrics_url", "targets_from_config"]
 
@@ -102,6 +103,8 @@ def check_health(targets: HealthTargets, timeout_s: float = 5.0) -> str:
     status = _check_control(targets, deadline, timeout_s)
     line = (f"control {targets.control} {status['state']} (bundle {status['bundle']!r}, uptime {status['uptime_s']:.0f} s, "
             f"{status['processed']} frame(s) processed, queue {status['queue']})")
+    if status.get("camera") is not None:
+        line += f"; {status['camera']}"
     if targets.metrics is not None:
         n = _check_metrics(targets.metrics, deadline, timeout_s)
         line += f"; metrics {targets.metrics} HTTP 200 ({n} fringelive_ series)"
@@ -153,7 +156,8 @@ def _check_control(targets: HealthTargets, deadline: float, timeout_s: float) ->
     queue = status.get("queue") or {}
     return {"state": state, "bundle": bundle, "uptime_s": float(status.get("uptime_s") or 0.0),
             "processed": (status.get("frames") or {}).get("processed", 0),
-            "queue": f"{queue.get('depth', '?')}/{queue.get('size', '?')}"}
+            "queue": f"{queue.get('depth', '?')}/{queue.get('size', '?')}",
+            "camera": camera_text(status["camera"]) if "camera" in status else None}
 
 
 def _check_metrics(url: str, deadline: float, timeout_s: float) -> int:

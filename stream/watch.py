@@ -10,6 +10,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from fringelive.stream.camera_text import drift_text
+
 __all__ = ["announce_ready", "format_error_line", "format_result_line", "subscription_ready"]
 
 
@@ -33,8 +35,7 @@ def announce_ready(endpoint: str, ready_file: Path | None) -> None:
 def format_result_line(header: dict) -> str:
     """One line per result: series, frame, model, particles, area fraction, drift, total ms
     (and the worker that computed it, when the header names one)."""
-    drift = header.get("drift")
-    status = drift.get("status", "?") if isinstance(drift, dict) else "?"
+    status = drift_text(header.get("drift"))  # flagged frames: reasons with their values
     timings = header.get("timings_ms")
     total: Any = None
     if isinstance(timings, dict):

@@ -434,3 +434,31 @@ def test_format_lines_tolerate_missing_keys():
     assert format_result_line({}) == "? #? model=? particles=0 area=? drift=? total=? ms"
     assert format_error_line({"reason": "bad_parts", "detail": "x"}) == "ERROR bad_parts x"
     assert packb({"a": np.float32(1)})  # numpy scalars in headers encode
+
+
+def test_watch_line_prints_drift_reasons_with_values():
+    """Issue #12: a flagged frame's line says why, with the numbers; an ok line stays short."""
+    drift = {"status": "ood", "reasons": ["dose_metadata_mismatch", "dose_above_envelope"],
+             "estimates": {"dose_e_per_A2": 1270.4, "pixel_size_nm": None},
+             "conditions": {"dose_e_per_A2": 423.0, "pixel_size_nm": 0.02}}
+    line = format_result_line(result_header("run1", 17, drift=drift, timings_ms={"total": 41.2}))
+    assert line == ("run1 #17 model=tiny particles=2 area=0.1250 drift=ood(dose_metadata_mismatch: image 1270 vs "
+                    "header 423 e/Å², dose_above_envelope) total=41.2 ms")
+    px = {"status": "warn", "reasons": ["pixel_size_metadata_mismatch"],
+          "estimates": {"pixel_size_nm": 0.0261}, "conditions": {"pixel_size_nm": 0.02}}
+    assert "drift=warn(pixel_size_metadata_mismatch: image 0.026 vs header 0.020 nm/px)" in format_result_line(
+        result_header("r", 1, drift=px))
+    ok = {"status": "ok", "reasons": ["dose_unverified"]}
+    assert " drift=ok " in format_result_line(result_header("r", 2, drift=ok))
+
+
+def test_health_camera_text():
+    from fringelive.stream.camera_text import camera_text
+
+    assert camera_text({"config": {"gain_counts_per_e": 8.0, "offset_counts": 100.0}, "learning": False}) == \
+        "camera: gain 8 counts/e, offset 100 counts (config)"
+    fit = {"gain_counts_per_e": 7.98, "gain_se": 0.12, "offset_counts": 100.3, "offset_se": 0.6, "offset_method": "mtf",
+           "confident": True, "levels": 2, "frames": 140, "reasons": []}
+    assert camera_text({"config": {}, "learning": True, "fit": fit}) == \
+        "camera: gain 7.98 ± 0.12 counts/e, offset 100.3 ± 0.6 counts (learned, confident, mtf)"
+    assert camera_text({"config": {}, "learning": True, "fit": None, "frames_fed": 3}).endswith("dose unverified")

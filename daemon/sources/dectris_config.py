@@ -24,12 +24,14 @@ class DectrisSourceConfig:
     ``stream/config/format = cbor``); ``pixel_size_nm``: the *specimen* pixel size, nm/px (the
     detector's ``x_pixel_size`` is the sensor pitch, not the specimen sampling, so it is never
     used as such); ``voltage_kv``: beam energy, kV; ``meta``: more wire metadata keys;
+    ``channel``: the V2 image channel to segment (e.g. "threshold_1"; default: the first);
     ``rcvhwm``: messages ZeroMQ buffers; ``control``: arm/trigger through SIMPLON (not
     supported: must stay false)."""
 
     endpoint: str = "tcp://127.0.0.1:9999"
     name: str | None = None
     version: str = "auto"
+    channel: str | None = None
     pixel_size_nm: float | None = None
     voltage_kv: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
