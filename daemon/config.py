@@ -122,11 +122,10 @@ from fringelive.daemon.camera import CameraConfig
 from fringelive.daemon.endpoints import ConfigError, _fixed, parse_endpoint
 from fringelive.daemon.journal import JournalConfig
 from fringelive.daemon.sources.config import parse_sources
-from fringelive.engine.backends import BACKEND_KINDS
-from fringelive.engine.backends.openvino import PRECISIONS
+from fringelive.engine.backends.kinds import BACKEND_KINDS, PRECISIONS
 from fringelive.engine.drift import DriftSettings
 from fringelive.engine.particle_measure import ParticleSettings
-from fringelive.engine.pipeline import TILING_MODES, PipelineConfig
+from fringelive.engine.pipeline_settings import TILING_MODES, PipelineConfig
 from fringelive.engine.tracking import TrackingSettings
 
 __all__ = [

@@ -26,20 +26,20 @@ resolves it to the fastest installed and verified kind before any backend is bui
 
 A kind whose runtime, GPU or files are missing raises :class:`BackendUnavailable` naming the kind
 and the reason; :func:`available_backends` reports this up front without building anything.
-GPU runtimes (tensorrt, CUDA builds of onnxruntime) and tritonclient are imported lazily.
+GPU runtimes (tensorrt, CUDA builds of onnxruntime), tritonclient and openvino are imported in one
+guarded place each (:mod:`fringelive.engine.optional`). The kinds are declared torch-free in
+:mod:`~fringelive.engine.backends.kinds`; the implementation modules (and torch) load on first use.
 """
 
 from __future__ import annotations
 
-from fringelive.engine.backends.base import (Backend, BackendUnavailable, available_backends, backend_kinds,
-                                             create_backend, create_backends, default_trt_cache_dir, gpu_kinds,
-                                             register_backend, usable_cpu_count)
-# Registration order is the order of BACKEND_KINDS.
-from fringelive.engine.backends.onnxruntime import OnnxRuntimeBackend
-from fringelive.engine.backends.openvino import OpenVinoBackend
-from fringelive.engine.backends.tensorrt import TensorRTBackend
-from fringelive.engine.backends.torch_backend import TorchBackend
-from fringelive.engine.backends.triton import TritonBackend, TritonRequestError, parse_triton_url
+import importlib
+from typing import Any
+
+from fringelive.engine.backends.base import (Backend, BackendUnavailable, available_backends, create_backend,
+                                             create_backends, default_trt_cache_dir, register_backend,
+                                             usable_cpu_count)
+from fringelive.engine.backends.kinds import BACKEND_KINDS, GPU_KINDS
 
 __all__ = [
     "BACKEND_KINDS",
@@ -61,7 +61,23 @@ __all__ = [
     "usable_cpu_count",
 ]
 
-#: Every backend kind, from the registry (the one list: the daemon config validates against it).
-BACKEND_KINDS: tuple[str, ...] = backend_kinds()
-#: The kinds that need a CUDA GPU.
-GPU_KINDS: tuple[str, ...] = gpu_kinds()
+#: The implementation classes, imported on first access (PEP 562): importing this package (and
+#: its torch-free ``kinds``) does not load torch or a runtime; the registry imports the modules
+#: when a backend is first built or listed.
+_LAZY: dict[str, str] = {
+    "OnnxRuntimeBackend": "onnxruntime",
+    "OpenVinoBackend": "openvino",
+    "TensorRTBackend": "tensorrt",
+    "TorchBackend": "torch_backend",
+    "TritonBackend": "triton",
+    "TritonRequestError": "triton",
+    "parse_triton_url": "triton",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

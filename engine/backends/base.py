@@ -1,16 +1,18 @@
 """The backend interface and registry (timm style): a :class:`Backend` wraps ONE ensemble member,
 ``backend(batch (N, 1, h, w) float32) -> (N, C, h, w) float32 logits``. Each implementation module
 registers its class for its kinds with :func:`register_backend`; :func:`create_backend` builds one
-by kind, :func:`backend_kinds` lists the kinds in registration order (``BACKEND_KINDS`` in the
-package) and :func:`available_backends` says which can run here.
+by kind, :func:`backend_kinds` lists the registered kinds (``BACKEND_KINDS`` in
+:mod:`~.kinds`) and :func:`available_backends` says which can run here.
 
 A new backend: a module in this package with a ``Backend`` subclass decorated with
 ``@register_backend("my-kind")`` implementing ``from_member`` (and ``from_file`` for a bare model
-file) and ``unavailable``; import it in ``fringelive.engine.backends.__init__``.
+file) and ``unavailable``; declare the kind and its module in :mod:`~.kinds`. The modules are
+imported on first use of the registry (:func:`create_backend`, :func:`backend_kinds`, ...).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -21,6 +23,7 @@ import numpy as np
 
 from fringelive.bundle.bundle_io import Bundle, load_bundle
 from fringelive.bundle.card import Member
+from fringelive.engine.backends.kinds import BACKEND_KINDS, GPU_KINDS, KIND_MODULES
 
 __all__ = [
     "Backend",
@@ -149,7 +152,15 @@ _GPU_KINDS: list[str] = []
 
 def register_backend(*kinds: str, gpu: Sequence[str] = ()) -> Callable[[type[Backend]], type[Backend]]:
     """Class decorator: register a :class:`Backend` subclass for ``kinds`` (``gpu``: those of
-    them that need a CUDA GPU)."""
+    them that need a CUDA GPU). Each kind must be declared in :mod:`~.kinds` (``BACKEND_KINDS``,
+    ``GPU_KINDS``), so the torch-free list and the registry cannot disagree."""
+    for kind in kinds:
+        if kind not in BACKEND_KINDS:
+            raise ValueError(f"backend kind {kind!r} is not declared in engine/backends/kinds.py BACKEND_KINDS "
+                             f"{list(BACKEND_KINDS)}")
+    if set(gpu) != {k for k in kinds if k in GPU_KINDS}:
+        raise ValueError(f"gpu kinds {sorted(gpu)} of {list(kinds)} disagree with engine/backends/kinds.py "
+                         f"GPU_KINDS {list(GPU_KINDS)}")
 
     def deco(cls: type[Backend]) -> type[Backend]:
         for kind in kinds:
@@ -162,14 +173,29 @@ def register_backend(*kinds: str, gpu: Sequence[str] = ()) -> Callable[[type[Bac
     return deco
 
 
+def _register_all() -> None:
+    """Import every backend module of :data:`~.kinds.KIND_MODULES` (their decorators register
+    them; torch and the runtimes load here, not when the package is imported)."""
+    if len(_REGISTRY) == len(BACKEND_KINDS):
+        return
+    for module in dict.fromkeys(KIND_MODULES.values()):
+        importlib.import_module(f"fringelive.engine.backends.{module}")
+    missing = [k for k in BACKEND_KINDS if k not in _REGISTRY]
+    if missing:
+        raise RuntimeError(f"backend kinds {missing} are declared in engine/backends/kinds.py but no module "
+                           "registers them")
+
+
 def backend_kinds() -> tuple[str, ...]:
-    """The registered kinds, in registration order."""
-    return tuple(_REGISTRY)
+    """The registered kinds, in the order of :data:`~.kinds.BACKEND_KINDS`."""
+    _register_all()
+    return tuple(k for k in BACKEND_KINDS if k in _REGISTRY)
 
 
 def gpu_kinds() -> tuple[str, ...]:
     """The registered kinds that need a CUDA GPU."""
-    return tuple(_GPU_KINDS)
+    _register_all()
+    return tuple(k for k in GPU_KINDS if k in _GPU_KINDS)
 
 
 # --- factories ----------------------------------------------------------------------------------

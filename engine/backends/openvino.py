@@ -36,14 +36,15 @@ import numpy as np
 from fringelive.bundle.bundle_io import Bundle
 from fringelive.bundle.card import Member
 from fringelive.engine.backends.base import Backend, BackendUnavailable, register_backend, usable_cpu_count
+from fringelive.engine.backends.kinds import PRECISIONS
 
 __all__ = ["OpenVinoBackend", "PrecisionUnavailable", "PRECISIONS", "openvino_cpu_info"]
 
 log = logging.getLogger(__name__)
 
 KIND = "openvino"
-#: backend precision -> OpenVINO INFERENCE_PRECISION_HINT
-PRECISIONS: dict[str, str] = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+#: backend precision (:data:`~.kinds.PRECISIONS`) -> OpenVINO INFERENCE_PRECISION_HINT
+_OV_HINT: dict[str, str] = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 #: precision -> the OPTIMIZATION_CAPABILITIES entry that says the CPU runs it natively
 _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
 _FROM_OV_TYPE = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
@@ -131,7 +132,7 @@ class OpenVinoBackend(Backend):
         self.shapes = shapes
         self.max_shapes = max_shapes
         self._config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
-                        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISIONS[precision]}
+                        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _OV_HINT[precision]}
         self._compiled: OrderedDict[tuple[int, ...] | None, tuple[Any, Any]] = OrderedDict()
         self.compilations = 0
         if shapes == "dynamic":

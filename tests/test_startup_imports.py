@@ -1,0 +1,54 @@
+"""Start-up cost: the daemon config and the health client must not load torch (the Docker
+HEALTHCHECK runs `fringelive health` within 10 s); the torch-free backend kinds agree with the
+registry. Each import check runs in a fresh interpreter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+_CHECK = """
+import sys
+{imports}
+heavy = sorted(m for m in ("torch", "onnxruntime", "openvino", "tensorrt", "tritonclient") if m in sys.modules)
+print(",".join(heavy))
+"""
+
+
+def _heavy_modules_after(imports: str) -> str:
+    out = subprocess.run([sys.executable, "-c", _CHECK.format(imports=imports)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("module", ["fringelive.daemon.config", "fringelive.stream.health", "fringelive.cli.health",
+                                    "fringelive.engine.backends", "fringelive.engine.pipeline_settings"])
+def test_import_loads_no_torch_or_runtime(module: str) -> None:
+    assert _heavy_modules_after(f"import {module}") == ""
+
+
+def test_health_help_loads_no_torch() -> None:
+    imports = ("import contextlib, io\nfrom fringelive.cli import main\n"
+               "with contextlib.redirect_stdout(io.StringIO()):\n"
+               "    try:\n        main(['health', '--help'])\n    except SystemExit:\n        pass")
+    assert _heavy_modules_after(imports) == ""
+
+
+def test_declared_kinds_are_the_registered_kinds() -> None:
+    from fringelive.engine.backends import kinds
+    from fringelive.engine.backends.base import backend_kinds, gpu_kinds
+
+    assert backend_kinds() == kinds.BACKEND_KINDS
+    assert gpu_kinds() == kinds.GPU_KINDS
+
+
+def test_registering_an_undeclared_kind_names_it() -> None:
+    from fringelive.engine.backends.base import register_backend
+
+    with pytest.raises(ValueError, match="'no-such-kind'"):
+        register_backend("no-such-kind")
+    with pytest.raises(ValueError, match="GPU_KINDS"):
+        register_backend("torch", gpu=("torch",))
