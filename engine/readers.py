@@ -16,6 +16,12 @@ Metadata taken from files (wire key names and units of ``docs/protocol.md``):
   ``...TEM.Detector.Camera.exposure`` (s), ``camera`` from the DM acquisition device name or
   ``...TEM.Detector.Camera.Name``, ``timestamp`` from ``General.date`` + ``General.time``
   (+ ``time_zone``; local time when absent), ``tags.title``/``tags.microscope``/``tags.source``.
+  DM3/DM4 only: ``camera_gain_counts_per_e`` = 1/``Scale`` and ``camera_offset_counts`` =
+  ``Origin`` from ``ImageList.TagGroup0.ImageData.Calibrations.Brightness`` when its ``Units``
+  are electrons (``e``, ``e-``, ``electron(s)``): DM's calibrated value is ``(raw − Origin)·Scale``.
+  Other units (counts, empty: DM's default Scale 1, Origin 0) give nothing. SER and EMD carry no
+  camera gain in counts per electron (EMD ``Detector`` gains are amplifier settings): use
+  ``--meta camera_gain_counts_per_e=... --meta camera_offset_counts=...``.
 * TIFF: keys with protocol names stored by tifffile in the JSON description
   (``tifffile.imwrite(..., metadata={"pixel_size_nm": 0.02})``); ImageJ ``unit`` +
   ``XResolution`` (px per unit) → ``pixel_size_nm``; FEI/Thermo ``Scan.PixelWidth`` (m) and
@@ -199,6 +205,7 @@ def metadata_from_rsciio(signal: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(camera, str) and camera:
             meta["camera"] = camera
             break
+    meta.update(dm_camera_constants(original))
     stamp = _timestamp(_get_path(md, "General"))
     if stamp is not None:
         meta["timestamp"] = stamp
@@ -213,6 +220,26 @@ def metadata_from_rsciio(signal: Mapping[str, Any]) -> dict[str, Any]:
     if tags:
         meta["tags"] = tags
     return meta
+
+
+#: DM brightness units that mean electrons (case-insensitive).
+_ELECTRON_UNITS = frozenset({"e", "e-", "e−", "electron", "electrons"})
+
+
+def dm_camera_constants(original: Mapping[str, Any]) -> dict[str, float]:
+    """``camera_gain_counts_per_e`` / ``camera_offset_counts`` from a DM file's brightness
+    calibration (module docstring), or ``{}`` when it does not convert counts to electrons."""
+    bright = _get_path(original, "ImageList.TagGroup0.ImageData.Calibrations.Brightness")
+    if not isinstance(bright, Mapping):
+        return {}
+    units = bright.get("Units")
+    scale, origin = bright.get("Scale"), bright.get("Origin", 0.0)
+    if not isinstance(units, str) or units.strip().lower() not in _ELECTRON_UNITS:
+        return {}
+    scale = _positive(scale)
+    if scale is None or isinstance(origin, bool) or not isinstance(origin, (int, float)) or not math.isfinite(origin):
+        return {}
+    return {"camera_gain_counts_per_e": 1.0 / scale, "camera_offset_counts": float(origin)}
 
 
 def _tiff_metadata(tif: Any) -> dict[str, Any]:

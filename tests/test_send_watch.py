@@ -462,3 +462,19 @@ def test_health_camera_text():
     assert camera_text({"config": {}, "learning": True, "fit": fit}) == \
         "camera: gain 7.98 ± 0.12 counts/e, offset 100.3 ± 0.6 counts (learned, confident, mtf)"
     assert camera_text({"config": {}, "learning": True, "fit": None, "frames_fed": 3}).endswith("dose unverified")
+
+
+def test_dm_brightness_calibration_gives_the_camera_constants():
+    """Issue #12: DM's calibrated value is (raw − Origin)·Scale; in electrons that is gain 1/Scale."""
+    from fringelive.engine.readers import metadata_from_rsciio
+
+    def signal(units: str, scale: float = 0.125, origin: float = 100.0) -> dict:
+        bright = {"Scale": scale, "Origin": origin, "Units": units}
+        return {"axes": [], "metadata": {},
+                "original_metadata": {"ImageList": {"TagGroup0": {"ImageData": {"Calibrations": {"Brightness": bright}}}}}}
+
+    assert metadata_from_rsciio(signal("e-")) == {"camera_gain_counts_per_e": 8.0, "camera_offset_counts": 100.0}
+    assert metadata_from_rsciio(signal("Electrons")) == {"camera_gain_counts_per_e": 8.0, "camera_offset_counts": 100.0}
+    for units in ("", "Counts"):  # DM's default calibration: nothing is guessed
+        assert metadata_from_rsciio(signal(units, 1.0, 0.0)) == {}
+    assert metadata_from_rsciio(signal("e-", 0.0)) == {}
