@@ -77,6 +77,11 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     enabled = true
     max_gap_frames = 3                  # processed frames a track may be missing and still continue
     max_displacement_nm = 2.0           # largest drift-corrected move per frame for a link without overlap, nm
+    [view]        # live operator view: a read-only web page (daemon/view.py) on its own port
+    enabled = false
+    host = "127.0.0.1"
+    port = 9110                         # 0 = OS-assigned
+    max_fps = 5.0                       # frames rendered per second at most (display only; never slows the pipeline)
     [lifecycle]
     drain_timeout_s = 10.0              # seconds to finish queued frames at shutdown
     [journal]     # results journal for catch-up (daemon/journal.py; docs/protocol.md "Delivery guarantees")
@@ -120,6 +125,7 @@ from fringelive import default_bundle
 from fringelive.bundle.typed import NOT_HANDLED, Dialect, parse
 from fringelive.daemon.camera import CameraConfig
 from fringelive.daemon.endpoints import ConfigError, _fixed, parse_endpoint
+from fringelive.daemon.view import ViewSettings
 from fringelive.daemon.journal import JournalConfig
 from fringelive.daemon.sources.config import parse_sources
 from fringelive.engine.backends.kinds import BACKEND_KINDS, PRECISIONS
@@ -422,6 +428,7 @@ class DaemonConfig:
     curve: CurveConfig = field(default_factory=CurveConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)     # [journal]: results journal (daemon/journal.py)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)  # the engine's settings, [tracking]
+    view: ViewSettings = field(default_factory=ViewSettings)              # [view]: the live operator view
     #: ``[[source]]`` tables: frame sources besides the ZeroMQ ingest (daemon/sources/config.py)
     source: tuple[Any, ...] = ()
 

@@ -56,6 +56,7 @@ from fringelive.daemon.sockets import open_sockets
 from fringelive.daemon.sources.config import open_source
 from fringelive.daemon.sources.feed import SOURCE_THREAD_PREFIX, join_sources, source_loop
 from fringelive.daemon.threads import STOP, FrameThreads
+from fringelive.daemon.view import ViewServer
 
 __all__ = ["Daemon", "DaemonError", "STATES"]
 
@@ -116,6 +117,7 @@ class Daemon(FrameThreads):
         self._ctx: Any = None
         self._auth: Any = None
         self._metrics_server: MetricsServer | None = None
+        self._view: ViewServer | None = None
         self._models: ModelSet | None = None
         self._pending_models: ModelSet | None = None
         self._swap_lock = threading.Lock()
@@ -149,6 +151,13 @@ class Daemon(FrameThreads):
                 except OSError as e:
                     raise ConfigError(f"metrics.port: cannot serve HTTP on {mc.host}:{mc.port}: {e}") from None
                 self.endpoints["metrics"] = self._metrics_server.url
+            if self.config.view.enabled:  # the live operator view (daemon/view.py)
+                vc = self.config.view
+                try:
+                    self._view = ViewServer(vc, self.registry)
+                except OSError as e:
+                    raise ConfigError(f"view.port: cannot serve HTTP on {vc.host}:{vc.port}: {e}") from None
+                self.endpoints["view"] = self._view.url
         except BaseException:
             self.state = "failed"
             self._close_everything()
@@ -286,6 +295,9 @@ class Daemon(FrameThreads):
         if self._metrics_server is not None:
             self._metrics_server.close()
             self._metrics_server = None
+        if self._view is not None:
+            self._view.close()
+            self._view = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None

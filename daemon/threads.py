@@ -26,6 +26,7 @@ from fringelive.daemon.protocol import FrameLimits, ProtocolError, decode_frame,
 from fringelive.daemon.results import drift_failed, encode_result_message, result_header, stage_timings
 from fringelive.daemon.sequence import stamp_seq
 from fringelive.daemon.sockets import POLL_MS, PUB_LINGER_MS
+from fringelive.daemon.view import ViewFrame
 from fringelive.engine.preprocess import min_frame_side
 
 __all__ = ["FrameThreads", "STOP", "WAIT_S"]
@@ -91,6 +92,7 @@ class FrameThreads:
     _models: Any
     _rlog: Any
     _tracking: Any        # insitu.TrackingStage or None ([tracking] enabled = false)
+    _view: Any            # view.ViewServer or None ([view] enabled = false, or not started)
     _reject_log: Any      # reject_log.RejectLog
     unknown_keys: Any     # unknown_keys.UnknownKeyCounter
     _threads: dict[str, threading.Thread]
@@ -285,6 +287,8 @@ class FrameThreads:
         self.metrics.observe_drift(model.bundle.name, header["drift"])
         self.metrics.observe_camera(header["drift"].get("camera"))
         self._outbox.put(_Outgoing(parts, work.t_received, timings, len(particles), time.perf_counter(), work.source))
+        if self._view is not None:  # one-slot mailbox: drops display frames, never blocks (daemon/view.py)
+            self._view.offer(ViewFrame(header, work.frame.pixels, result.mask))
 
     def _publisher_loop(self, sock: Any) -> None:
         try:
