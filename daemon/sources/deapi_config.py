@@ -13,15 +13,21 @@ __all__ = ["DeapiSourceConfig"]
 
 @dataclass(frozen=True)
 class DeapiSourceConfig:
-    """``host``/``port``: the DE-Server (default port 13240); ``poll_s``: seconds between
-    frame requests; ``pixel_size_nm``: specimen pixel size, nm/px (over what DE-Server reports);
-    ``meta``: more wire metadata keys."""
+    """``host``/``port``: the DE-Server (default port 13240); ``control``: let fringelive start
+    the acquisitions (one frame each, ``start_acquisition(1)``; required: a passive mode that only
+    watches acquisitions started elsewhere is not supported yet); ``poll_s``: seconds between
+    acquisitions; ``dataset``: series name (default: DE-Server's dataset name);
+    ``pixel_size_nm``: specimen pixel size, nm/px; ``voltage_kv``: kV; ``meta``: more wire
+    metadata keys."""
 
     host: str = "127.0.0.1"
     port: int = 13240
     name: str | None = None
+    control: bool = False
     poll_s: float = 0.5
+    dataset: str | None = None
     pixel_size_nm: float | None = None
+    voltage_kv: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -31,8 +37,16 @@ class DeapiSourceConfig:
             raise ConfigError(f"port must be in 1..65535, got {self.port!r}")
         if isinstance(self.poll_s, bool) or not isinstance(self.poll_s, (int, float)) or not 0 < self.poll_s <= 3600:
             raise ConfigError(f"poll_s must be a number of seconds in (0, 3600], got {self.poll_s!r}")
-        if self.pixel_size_nm is not None and not self.pixel_size_nm > 0:
-            raise ConfigError(f"pixel_size_nm must be > 0, got {self.pixel_size_nm!r}")
+        for key in ("pixel_size_nm", "voltage_kv"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                raise ConfigError(f"{key} must be a number > 0, got {v!r}")
+        if not self.control:
+            raise ConfigError("control = false (watching acquisitions started elsewhere) is not supported by the deapi "
+                              "source yet; set control = true to let fringelive start one-frame acquisitions, got "
+                              "control = false")
+        if not isinstance(self.meta, dict) or any(k in ("series", "frame", "shape", "dtype") for k in self.meta):
+            raise ConfigError(f"meta must be a table of metadata keys (not series/frame/shape/dtype), got {self.meta!r}")
 
     @property
     def label(self) -> str:
