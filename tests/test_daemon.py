@@ -27,6 +27,7 @@ from fringelive.daemon.control import control_request
 from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
 from fringelive.daemon.queues import FrameQueue
 from fringelive.daemon.server import Daemon, DaemonError
+from fringelive.stream.watch import subscription_ready
 
 from polling import wait_until  # tests/polling.py
 
@@ -218,8 +219,10 @@ BAD_INPUTS = {
     "size_mismatch": [_header(), _U16[:-2]],
     "non_finite": [_header(dtype="float32"), np.full((4, 4), np.nan, np.float32).tobytes()],
     "too_large": [_header(tags={"blob": "x" * 300_000}), _U16],
-    # decodes fine, fails in the pipeline: a 5x5 frame is too small for the flat-field fit
-    "pipeline_error": encode_frame(pixels(1, side=5), series="bad", frame=3),
+    # decodes fine, but a 5x5 frame is too small for the flat-field fit (12 px): refused at ingest
+    "frame_too_small": encode_frame(pixels(1, side=5), series="bad", frame=3),
+    # decodes fine, fails in the pipeline: an all-zero frame has no intensity to flat-field
+    "pipeline_error": encode_frame(np.zeros((16, 16), np.uint16), series="bad", frame=3),
 }
 
 
@@ -369,7 +372,8 @@ def test_reload_good_and_bad_bundles_while_frames_flow(tiny_bundle: Any, tmp_pat
         f.seek(100)
         f.write(b"\x00garbage\x00")
     n = 24
-    with Daemon(make_config(tiny_bundle)) as d, Client(d) as c:
+    # pinned: the swap must land while frames flow; OpenVINO's per-shape compiles make a reload slower
+    with Daemon(make_config(tiny_bundle, model={"backend": "onnxruntime"})) as d, Client(d) as c:
         ep = d.endpoints["control"]
 
         def send_all() -> None:
@@ -470,9 +474,12 @@ def test_sigterm_on_serve_drains_and_exits_0(tiny_bundle: Any) -> None:
         ctx = zmq.Context.instance()
         with ctx.socket(zmq.SUB) as sub, ctx.socket(zmq.PUSH) as push:
             sub.subscribe(b"result")
+            monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             sub.connect(endpoints["results"])
             push.connect(endpoints["ingest"])
-            time.sleep(0.5)  # slow joiner
+            assert monitor.poll(30_000) and subscription_ready(monitor)  # slow joiner: as `watch --ready-file`
+            sub.disable_monitor()
+            monitor.close(linger=0)
             for i in range(4):
                 push.send_multipart(frame_msg(i))
             status = None

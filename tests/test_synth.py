@@ -115,8 +115,8 @@ def test_metadata_table_has_every_parameter(tmp_path: Path) -> None:
 
 
 def test_config_errors_name_the_value() -> None:
-    with pytest.raises(ValueError, match=r"sampling_A must be in \(0, 0.1\] Å, got 0.2"):
-        SynthConfig(sampling_A=0.2)
+    with pytest.raises(ValueError, match=r"sampling_A must be in \(0, 0.25\] Å, got 0.3"):
+        SynthConfig(sampling_A=0.3)
     with pytest.raises(ValueError, match="material must be one of .* got 'Cu'"):
         SynthConfig(materials=("Cu",))
     with pytest.raises(ValueError, match="diameter_nm min 5 is above max 2"):

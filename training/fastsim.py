@@ -19,7 +19,7 @@ Units: pixel size nm/pixel, diameter nm, dose e/Å², counts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -38,18 +38,56 @@ D_SPACINGS_NM: dict[str, tuple[float, ...]] = {
 }
 
 
+_RANGED = ("gain", "offset", "illumination", "read_noise", "mtf_sigma_px")
+
+
 @dataclass(frozen=True)
 class CameraModel:
     """Raw-frame camera model. gain: counts per electron; offset: counts added to every pixel;
     illumination: peak-to-peak relative non-uniformity of the beam; xray_rate: hits per
-    megapixel; xray_counts: counts a hit adds."""
+    megapixel; xray_counts: counts a hit adds; read_noise: Gaussian read noise, counts rms;
+    mtf_sigma_px: detector point spread (Gaussian σ, px) applied to the electron counts, which
+    correlates the shot noise (the apparent shot-noise variance drops by about 1/(4πσ²) for
+    σ ≳ 0.5 px) as on scintillator-coupled cameras.
 
-    gain: float = 1.0
-    offset: float = 0.0
-    illumination: float = 0.2
+    gain, offset, illumination, read_noise and mtf_sigma_px may each be a ``(min, max)`` range,
+    drawn uniformly per frame by :meth:`draw` (a synthetic database's camera variation)."""
+
+    gain: float | tuple[float, float] = 1.0
+    offset: float | tuple[float, float] = 0.0
+    illumination: float | tuple[float, float] = 0.2
     xray_rate_per_mpx: float = 2.0
     xray_counts: float = 8000.0
     dtype: str = "uint16"
+    read_noise: float | tuple[float, float] = 0.0
+    mtf_sigma_px: float | tuple[float, float] = 0.0
+
+    def __post_init__(self) -> None:
+        for name in _RANGED:
+            v = getattr(self, name)
+            if isinstance(v, list):
+                object.__setattr__(self, name, v := tuple(v))
+            lo, hi = (v if isinstance(v, tuple) else (v, v))
+            if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo <= hi):
+                raise ValueError(f"camera {name} must be a number or a (min, max) pair, got {v!r}")
+            if lo < 0:
+                raise ValueError(f"camera {name} must be >= 0, got {v!r}")
+        if not (self.gain[0] if isinstance(self.gain, tuple) else self.gain) > 0:
+            raise ValueError(f"camera gain must be > 0 counts/e, got {self.gain!r}")
+
+    @property
+    def ranged(self) -> bool:
+        return any(isinstance(getattr(self, n), tuple) for n in _RANGED)
+
+    def draw(self, rng: np.random.Generator) -> "CameraModel":
+        """This camera with every range replaced by a uniform draw (itself when none)."""
+        if not self.ranged:
+            return self
+        kw = {}
+        for n in _RANGED:
+            v = getattr(self, n)
+            kw[n] = float(rng.uniform(v[0], v[1])) if isinstance(v, tuple) else v
+        return replace(self, **kw)
 
 
 @dataclass(frozen=True)
@@ -166,20 +204,25 @@ def simulate_intensity(cfg: FastSimConfig, seed: int | np.random.Generator | Non
 def apply_camera(intensity: np.ndarray, dose_e_per_A2: float, pixel_size_nm: float, camera: CameraModel,
                  seed: int | np.random.Generator | None = None) -> np.ndarray:
     """Raw camera counts ``(H, W)`` of ``camera.dtype`` from a noise-free intensity (vacuum = 1):
-    illumination non-uniformity, Poisson electrons at the dose, gain, offset, x-ray hits."""
+    illumination non-uniformity, Poisson electrons at the dose, detector point spread, gain,
+    read noise, offset, x-ray hits. A camera with ranges is drawn first (:meth:`CameraModel.draw`)."""
     if dose_e_per_A2 <= 0:
         raise ValueError(f"dose_e_per_A2 must be > 0, got {dose_e_per_A2!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     h, w = intensity.shape
-    cam = camera
+    cam = camera.draw(rng) if camera.ranged else camera
     v = (2 * np.arange(h, dtype=np.float32) / h - 1)[:, None]
     u = (2 * np.arange(w, dtype=np.float32) / w - 1)[None, :]
     gy, gx, gxy = rng.uniform(-1, 1, 3)
     illum = 1.0 + 0.5 * cam.illumination * (gy * v + gx * u + gxy * (v * v - 0.33))
     lam = np.clip(intensity * illum, 0.0, None) * np.float32(electrons_per_pixel(dose_e_per_A2, pixel_size_nm))
     counts = rng.poisson(lam).astype(np.float32)
+    if cam.mtf_sigma_px > 0:
+        counts = ndimage.gaussian_filter(counts, cam.mtf_sigma_px, mode="wrap")
     if cam.gain != 1.0 or cam.offset != 0.0:
         counts = counts * np.float32(cam.gain) + np.float32(cam.offset)
+    if cam.read_noise > 0:
+        counts += rng.normal(0.0, cam.read_noise, counts.shape).astype(np.float32)
     n_x = rng.poisson(cam.xray_rate_per_mpx * h * w / 1e6)
     if n_x:
         counts[rng.integers(0, h, n_x), rng.integers(0, w, n_x)] += cam.xray_counts * rng.uniform(0.5, 1.5, n_x)

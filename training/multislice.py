@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from fringelive.engine.optional import import_abtem
+
 __all__ = [
     "PHASE_THRESHOLD_RAD",
     "Optics",
@@ -45,6 +47,7 @@ __all__ = [
     "close_mask",
     "clean_mask",
     "simulate_hrtem",
+    "MASK_PASSES",
 ]
 
 PHASE_THRESHOLD_RAD = math.pi / 16
@@ -55,13 +58,15 @@ PHASE_THRESHOLD_RAD = math.pi / 16
 class Optics:
     """Microscope settings of one image. voltage_kv: kV; defocus_nm: nm, positive =
     underfocus; cs_um: spherical aberration, µm; focal_spread_nm: 1/e half-width of the
-    defocus spread, nm; semiangle_cutoff_mrad: objective aperture (None = none)."""
+    defocus spread, nm; semiangle_cutoff_mrad: objective aperture (None = none);
+    angular_spread_mrad: beam convergence (partial spatial coherence), mrad."""
 
     voltage_kv: float = 300.0
     defocus_nm: float = 0.0
     cs_um: float = 0.0
     focal_spread_nm: float = 3.0
     semiangle_cutoff_mrad: float | None = None
+    angular_spread_mrad: float = 0.0
 
 
 def abtem_version() -> str | None:
@@ -78,7 +83,7 @@ def configure_abtem() -> None:
     no progress bars). ImportError with the install hint when the ``sim`` extra is missing."""
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     try:
-        import abtem
+        abtem = import_abtem()
         import dask
     except ImportError as e:
         raise ImportError("the abtem engine needs abTEM and ase: pip install 'fringelive[sim]' "
@@ -136,23 +141,105 @@ def clean_mask(mask: np.ndarray, min_area_px: int) -> np.ndarray:
 
 
 def _exit_wave(atoms, gpts: int, slice_thickness_A: float, energy_ev: float) -> np.ndarray:
-    import abtem
+    abtem = import_abtem()
 
     potential = abtem.Potential(atoms, gpts=gpts, slice_thickness=slice_thickness_A, projection="infinite",
                                 parametrization="lobato")
     return abtem.PlaneWave(energy=energy_ev).multislice(potential)
 
 
+MASK_PASSES = ("shared", "separate")
+"""How the particle-only exit wave for the mask is obtained. ``shared``: the particles lie above
+the support (the beam meets them first), so the wave after the particle slices of the one
+specimen multislice IS the particle-only exit wave; the mask costs nothing extra and is
+identical to ``separate``'s up to float rounding. ``separate``: a second multislice of the
+particles alone (the original implementation; kept for checking)."""
+
+
+def _potential(atoms, gpts: int, slice_thickness_A: float):
+    abtem = import_abtem()
+
+    return abtem.Potential(atoms, gpts=gpts, slice_thickness=slice_thickness_A, projection="infinite",
+                           parametrization="lobato").build().compute()
+
+
+def _slices(potential, start: int, stop: int):
+    from abtem.potentials.iam import PotentialArray
+
+    thick = np.asarray(potential.slice_thickness, dtype=float)[start:stop]
+    return PotentialArray(np.asarray(potential.array)[start:stop], slice_thickness=tuple(float(t) for t in thick),
+                          sampling=potential.sampling)
+
+
+SUPPORT_UNIT_A = 10.0
+"""Thickness (Å) of one cached amorphous-carbon unit slab (:func:`support_slices`)."""
+
+SUPPORT_SLICE_A = 5.0
+"""Slice thickness (Å) of the cached support: carbon is a weak phase object, so 5 Å slices
+(2 per unit) change its image by far less than shot noise (docs/training.md)."""
+
+_SUPPORT_CACHE: "dict[tuple[int, float, float], np.ndarray]" = {}
+_SUPPORT_CACHE_BYTES = 768 * 2**20
+
+
+def support_slices(extent_A: float, gpts: int, thickness_A: float, rng: np.random.Generator,
+                   slice_thickness_A: float = SUPPORT_SLICE_A) -> np.ndarray:
+    """Projected-potential slices ``(n, gpts, gpts)`` (abTEM ``[x, y]`` order, V·Å) of an
+    amorphous-carbon slab ``thickness_A`` thick, assembled from a cached unit slab.
+
+    The support reuse approximation: building the potential of 10⁵–10⁶ random carbon atoms is
+    most of a sample's cost, so one ``SUPPORT_UNIT_A``-thick slab of random atoms is built per
+    (grid, extent, slice thickness) and process, and a support of thickness t is a stack of
+    ``round(t / unit)`` copies, each moved by a random periodic shift and one of the 8 square
+    symmetries. Within one copy the atom positions are as random as before; across copies the
+    slabs are correlated only through the shared atoms, which the shifts decorrelate laterally.
+    """
+    key = (int(gpts), round(float(extent_A), 3), float(slice_thickness_A))
+    unit = _SUPPORT_CACHE.get(key)
+    if unit is None:
+        from .structures import amorphous_carbon
+
+        carbon = amorphous_carbon(extent_A, SUPPORT_UNIT_A, np.random.default_rng(list(key[:1]) + [int(extent_A * 1e3)]))
+        carbon.set_cell([extent_A, extent_A, SUPPORT_UNIT_A])
+        carbon.set_pbc(True)
+        unit = np.asarray(_potential(carbon, gpts, slice_thickness_A).array, dtype=np.float32)
+        while _SUPPORT_CACHE and sum(a.nbytes for a in _SUPPORT_CACHE.values()) + unit.nbytes > _SUPPORT_CACHE_BYTES:
+            _SUPPORT_CACHE.pop(next(iter(_SUPPORT_CACHE)))
+        _SUPPORT_CACHE[key] = unit
+    copies = max(0, int(round(thickness_A / SUPPORT_UNIT_A)))
+    out = []
+    for _ in range(copies):
+        u = np.roll(unit, tuple(int(v) for v in rng.integers(0, gpts, 2)), axis=(1, 2))
+        if rng.random() < 0.5:
+            u = u.transpose(0, 2, 1)
+        if rng.random() < 0.5:
+            u = u[:, ::-1]
+        if rng.random() < 0.5:
+            u = u[:, :, ::-1]
+        out.append(u)
+    if not out:
+        return np.zeros((0, gpts, gpts), np.float32)
+    return np.ascontiguousarray(np.concatenate(out, axis=0))
+
+
 def simulate_hrtem(atoms, particles_only, *, size_px: int, pixel_size_nm: float, optics: Optics,
                    sampling_A: float = 0.1, slice_thickness_A: float = 2.0,
                    threshold_rad: float = PHASE_THRESHOLD_RAD, closing_A: float = 2.0,
-                   min_area_px: int = 10) -> tuple[np.ndarray, np.ndarray, dict]:
+                   min_area_px: int = 10, mask_pass: str = "separate",
+                   particle_depth_A: float | None = None,
+                   support: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Noise-free image intensity ``(size_px, size_px)`` float32 (vacuum = 1) and particle mask
     (bool) of ``atoms`` (cell ``size_px × pixel_size_nm`` nm wide); ``particles_only`` holds
-    the particles in the same lateral cell (its depth may be smaller). Returns
-    ``(intensity, mask, info)``, info = {oversampling, gpts, sampling_A, slices}."""
-    import abtem
+    the particles in the same lateral cell (its depth may be smaller). mask_pass: see
+    :data:`MASK_PASSES`; ``shared`` needs ``particle_depth_A``, the depth (Å, from the entrance
+    surface) above which ``atoms`` holds only particle atoms. support: extra potential slices
+    ``(n, gpts, gpts)``, :data:`SUPPORT_SLICE_A` thick (:func:`support_slices`), the wave passes after ``atoms`` (then ``atoms``
+    holds the particles only). Returns ``(intensity, mask, info)``, info = {oversampling, gpts,
+    sampling_A, slices}."""
+    abtem = import_abtem()
 
+    if mask_pass not in MASK_PASSES:
+        raise ValueError(f"mask_pass must be one of {MASK_PASSES}, got {mask_pass!r}")
     configure_abtem()
     k = oversampling(pixel_size_nm, sampling_A)
     gpts = size_px * k
@@ -163,22 +250,48 @@ def simulate_hrtem(atoms, particles_only, *, size_px: int, pixel_size_nm: float,
             raise ValueError(f"{name} cell is {lx:.3f} × {ly:.3f} Å, expected {extent:.3f} Å "
                              f"({size_px} px × {pixel_size_nm} nm)")
     energy = optics.voltage_kv * 1e3
-    wave = _exit_wave(atoms, gpts, slice_thickness_A, energy)
+    particle_wave = None
+    if support is not None:
+        from abtem.potentials.iam import PotentialArray
+
+        if support.shape[1:] != (gpts, gpts):
+            raise ValueError(f"support slices are {support.shape[1:]}, expected ({gpts}, {gpts})")
+        if len(particles_only):
+            wave = abtem.PlaneWave(energy=energy).multislice(_potential(atoms, gpts, slice_thickness_A))
+            particle_wave = np.asarray(wave.array).T.copy()
+        else:
+            wave = abtem.PlaneWave(energy=energy, gpts=gpts, extent=extent).build()
+        if len(support):
+            wave = wave.multislice(PotentialArray(support, slice_thickness=SUPPORT_SLICE_A,
+                                                  sampling=extent / gpts))
+    elif mask_pass == "shared" and len(particles_only):
+        if particle_depth_A is None:
+            raise ValueError("mask_pass 'shared' needs particle_depth_A")
+        potential = _potential(atoms, gpts, slice_thickness_A)
+        n_top = min(int(particle_depth_A // slice_thickness_A), potential.num_slices)
+        wave = abtem.PlaneWave(energy=energy).multislice(_slices(potential, 0, n_top))
+        particle_wave = np.asarray(wave.array).T.copy()
+        if n_top < potential.num_slices:
+            wave = wave.multislice(_slices(potential, n_top, potential.num_slices))
+    else:
+        wave = _exit_wave(atoms, gpts, slice_thickness_A, energy)
+        if len(particles_only):
+            particle_wave = np.asarray(_exit_wave(particles_only, gpts, slice_thickness_A, energy).array).T
     ctf = abtem.CTF(
         energy=energy,
         semiangle_cutoff=optics.semiangle_cutoff_mrad if optics.semiangle_cutoff_mrad else math.inf,
         aberration_coefficients={"C10": -optics.defocus_nm * 10.0, "C30": optics.cs_um * 1e4},
         focal_spread=optics.focal_spread_nm * 10.0,
+        angular_spread=optics.angular_spread_mrad,
     )
     # abTEM arrays are indexed [x, y]; images here are [row = y, column = x]
     intensity = np.ascontiguousarray(np.asarray(wave.apply_ctf(ctf).intensity().array, dtype=np.float32).T)
     image = block_mean(intensity, k)
-    if len(particles_only):
-        pw = np.asarray(_exit_wave(particles_only, gpts, slice_thickness_A, energy).array).T
-        fine = close_mask(phase_mask(pw, threshold_rad), closing_A / (extent / gpts))
+    if particle_wave is not None:
+        fine = close_mask(phase_mask(particle_wave, threshold_rad), closing_A / (extent / gpts))
     else:
         fine = np.zeros((gpts, gpts), bool)
     mask = clean_mask(block_mean(fine.astype(np.float32), k) >= 0.5, min_area_px)
-    info = {"oversampling": k, "gpts": gpts, "sampling_A": round(extent / gpts, 6),
-            "slices": int(math.ceil(atoms.cell.lengths()[2] / slice_thickness_A))}
+    slices = int(math.ceil(atoms.cell.lengths()[2] / slice_thickness_A)) + (0 if support is None else len(support))
+    info = {"oversampling": k, "gpts": gpts, "sampling_A": round(extent / gpts, 6), "slices": slices}
     return image, mask, info

@@ -84,20 +84,36 @@ def _bulk_block(spec: CrystalSpec, radius: float):
     return block
 
 
-def nanoparticle(material: str, diameter_A: float, rng: np.random.Generator, *, twin: bool = False):
+_FCC_111 = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]], float) / math.sqrt(3.0)
+
+
+def _fault_shift(normal: np.ndarray, a: float, rng: np.random.Generator) -> np.ndarray:
+    """An intrinsic stacking-fault displacement a/6<112> lying in the {111} plane ``normal``."""
+    signs = np.sign(normal * math.sqrt(3.0))
+    options = [np.array(v, float) * signs for v in ((1, 1, -2), (1, -2, 1), (-2, 1, 1))]
+    return options[int(rng.integers(3))] * a / 6.0
+
+
+def nanoparticle(material: str, diameter_A: float, rng: np.random.Generator, *, twin: bool = False,
+                 stacking_faults: int = 0):
     """A spherical nanoparticle (ase ``Atoms``, positions centred on the origin, no cell).
 
     twin: one coherent twin plane through an atomic {111} layer within the middle half of the
-    particle (fcc only; ValueError for other structures). Returns ``(atoms, info)`` with
-    ``info`` = {atoms, twin, twin_offset_A, rotation (3×3 as a list)}.
+    particle (fcc only; ValueError for other structures). stacking_faults: that many intrinsic
+    stacking faults (the lattice beyond a random {111} layer — any of the four {111} families —
+    displaced by a/6<112>; fcc only), the "random planar defects" of Rangel DaCosta et al.
+    Returns ``(atoms, info)`` with ``info`` = {atoms, twin, twin_offset_A, stacking_faults,
+    rotation (3×3 as a list)}.
     """
     if material not in MATERIALS:
         raise ValueError(f"material must be one of {sorted(MATERIALS)}, got {material!r}")
     if not diameter_A > 0:
         raise ValueError(f"particle diameter must be > 0 Å, got {diameter_A!r}")
+    if isinstance(stacking_faults, bool) or not isinstance(stacking_faults, int) or stacking_faults < 0:
+        raise ValueError(f"stacking_faults must be a non-negative integer, got {stacking_faults!r}")
     spec = MATERIALS[material]
-    if twin and not spec.twinnable:
-        raise ValueError(f"twin planes are modelled for fcc materials only, not {material} ({spec.structure})")
+    if (twin or stacking_faults) and not spec.twinnable:
+        raise ValueError(f"planar defects are modelled for fcc materials only, not {material} ({spec.structure})")
     r = 0.5 * diameter_A
     block = _bulk_block(spec, r)
     pos = block.get_positions()
@@ -105,13 +121,18 @@ def nanoparticle(material: str, diameter_A: float, rng: np.random.Generator, *, 
     # centre on the atom nearest the block centre so the sphere is centred on a lattice site
     centre = pos[np.argmin(np.linalg.norm(pos - pos.mean(0), axis=1))]
     pos = pos - centre
-    info: dict = {"twin": bool(twin), "twin_offset_A": None}
+    info: dict = {"twin": bool(twin), "twin_offset_A": None, "stacking_faults": int(stacking_faults)}
+    layer = spec.a / math.sqrt(3.0)  # {111} layer spacing
+    k_max = max(int((0.5 * r) // layer), 0)
+    for _ in range(stacking_faults):
+        n = _FCC_111[int(rng.integers(4))]
+        offset = layer * int(rng.integers(-k_max, k_max + 1))
+        beyond = (pos @ n - offset) > 0.5 * layer
+        pos = pos + beyond[:, None] * _fault_shift(n, spec.a, rng)[None, :]
     if twin:
         n = np.ones(3) / math.sqrt(3.0)  # [111] in the cubic frame
         heights = pos @ n
         # the (111) layers are at multiples of a/sqrt(3); pick one within the middle half
-        layer = spec.a / math.sqrt(3.0)
-        k_max = max(int((0.5 * r) // layer), 0)
         offset = layer * int(rng.integers(-k_max, k_max + 1))
         side = heights - offset
         mirrored = pos - 2.0 * side[:, None] * n[None, :]
@@ -146,14 +167,16 @@ def amorphous_carbon(extent_A: float, thickness_A: float, rng: np.random.Generat
 
 
 def place_particles(rng: np.random.Generator, extent_A: float, radii_A: list[float], margin_A: float = 2.0,
-                    attempts: int = 200) -> list[tuple[float, float]]:
-    """Non-overlapping (x, y) centres (Å) with every particle wholly inside the field of view;
-    a particle that does not fit after ``attempts`` tries is dropped (so fewer may return).
-    A particle larger than the field is centred."""
+                    attempts: int = 200, *, edge_overlap: bool = False) -> list[tuple[float, float]]:
+    """Non-overlapping (x, y) centres (Å); a particle that does not fit after ``attempts``
+    tries is dropped (so fewer may return). Without ``edge_overlap`` every particle lies wholly
+    inside the field of view (a particle larger than the field is centred); with it a centre
+    may lie anywhere in the field, so particles can be cut by the frame edge (the simulation
+    cell is periodic: the part outside re-enters at the opposite edge, in image and mask alike)."""
     out: list[tuple[float, float]] = []
     kept: list[float] = []
     for r in radii_A:
-        lo, hi = r + margin_A, extent_A - r - margin_A
+        lo, hi = (0.0, extent_A) if edge_overlap else (r + margin_A, extent_A - r - margin_A)
         if hi <= lo:
             if not out:
                 out.append((0.5 * extent_A, 0.5 * extent_A))
@@ -161,11 +184,19 @@ def place_particles(rng: np.random.Generator, extent_A: float, radii_A: list[flo
             continue
         for _ in range(attempts):
             x, y = rng.uniform(lo, hi, 2)
-            if all((x - px) ** 2 + (y - py) ** 2 > (r + pr + margin_A) ** 2 for (px, py), pr in zip(out, kept)):
+            if all(_periodic_gap(x - px, y - py, extent_A, edge_overlap) > r + pr + margin_A
+                   for (px, py), pr in zip(out, kept)):
                 out.append((float(x), float(y)))
                 kept.append(r)
                 break
     return out
+
+
+def _periodic_gap(dx: float, dy: float, extent_A: float, periodic: bool) -> float:
+    if periodic:
+        dx = dx - extent_A * round(dx / extent_A)
+        dy = dy - extent_A * round(dy / extent_A)
+    return math.hypot(dx, dy)
 
 
 def specimen(particles: list, centres: list[tuple[float, float]], extent_A: float, carbon_thickness_A: float,
@@ -184,7 +215,9 @@ def specimen(particles: list, centres: list[tuple[float, float]], extent_A: floa
         if not len(a):
             continue
         pos = a.get_positions()
-        a.set_positions(pos - np.array([0.0, 0.0, pos[:, 2].min()]) + np.array([x, y, 0.0]))
+        pos = pos - np.array([0.0, 0.0, pos[:, 2].min()]) + np.array([x, y, 0.0])
+        pos[:, :2] %= extent_A  # periodic cell: a particle cut by the frame edge re-enters opposite
+        a.set_positions(pos)
         placed += a
         top = max(top, float(a.get_positions()[:, 2].max()))
     height = top + vacuum_A

@@ -22,8 +22,8 @@ def decode_frame(parts: Sequence[Any], limits: FrameLimits | None = None) -> Fra
 
     Order of checks: part count/types, total and header size (``too_large``), msgpack, header
     keys and types, shape against ``limits`` (before touching the pixels), byte count, finite
-    float pixels. Nothing is allocated from header values; native-order pixels are a zero-copy
-    view of the pixel part. Raises only :class:`ProtocolError`.
+    float pixels, then ``limits.min_side`` (``frame_too_small``). Nothing is allocated from
+    header values; native-order pixels are a zero-copy view of the pixel part. Raises only :class:`ProtocolError`.
     """
     limits = limits if limits is not None else FrameLimits()
     try:
@@ -62,6 +62,11 @@ def decode_frame(parts: Sequence[Any], limits: FrameLimits | None = None) -> Fra
             bad = int(np.count_nonzero(~np.isfinite(pixels)))
             raise ProtocolError("non_finite", f"{bad} of {pixels.size} float32 pixels are NaN "
                                               "or infinite", header.series, header.frame)
+    h, w = header.shape
+    if min(h, w) < limits.min_side:  # last: a well-formed frame the served pipeline cannot process
+        raise ProtocolError("frame_too_small", f"shape [{h}, {w}] has a side below the minimum {limits.min_side} px "
+                                               "the pipeline needs (flat-field fit on binned blocks)",
+                            header.series, header.frame)
     return Frame(header=header, pixels=pixels)
 
 

@@ -142,7 +142,9 @@ def _check_number(header: dict, key: str, *, positive: bool = False, nonnegative
 def parse_header(header: Mapping[str, Any], limits: FrameLimits | None = None) -> FrameHeader:
     """Validate a header map (already msgpack-decoded) into a :class:`FrameHeader`.
 
-    Raises :class:`ProtocolError`; checks ``shape`` against ``limits`` when given.
+    Raises :class:`ProtocolError`; checks ``shape`` against ``limits`` when given (except
+    ``min_side``: :func:`~fringelive.daemon.protocol.decode.decode_frame` checks that last, so a
+    small frame with a worse fault reports the worse one).
     """
     if not isinstance(header, Mapping):
         raise ProtocolError("bad_header", f"header must be a map, got {_type_name(header)}")
@@ -193,10 +195,6 @@ def parse_header(header: Mapping[str, Any], limits: FrameLimits | None = None) -
         if max(height, width) > limits.max_side:
             raise ProtocolError("shape_limit", f"shape [{height}, {width}] has a side above "
                                                f"max_side {limits.max_side} px", series, frame)
-        if min(height, width) < limits.min_side:
-            raise ProtocolError("frame_too_small", f"shape [{height}, {width}] has a side below the "
-                                                   f"minimum {limits.min_side} px the pipeline needs (flat-field "
-                                                   "fit on binned blocks)", series, frame)
         if height * width > limits.max_pixels:
             raise ProtocolError("shape_limit", f"shape [{height}, {width}] has {height * width} "
                                                f"pixels, above max_pixels {limits.max_pixels}",
