@@ -395,7 +395,7 @@ def test_daemon_with_triton_backend_equals_onnxruntime(triton: LocalTritonServer
     }
     frames = [np.random.default_rng(10 + k).poisson(100.0, (128, 192)).astype(np.uint16) for k in range(3)]
     local = _daemon_results(DaemonConfig.from_dict(
-        {**base, "model": {"bundle": str(tiny_bundle.path), "intra_op_threads": 1}}), frames)
+        {**base, "model": {"bundle": str(tiny_bundle.path), "backend": "onnxruntime", "intra_op_threads": 1}}), frames)
     remote = _daemon_results(DaemonConfig.from_dict(
         {**base, "model": {"bundle": str(tiny_bundle.path), "backend": "triton", "triton_url": triton.url,
                            "triton_timeout_s": 30.0}}), frames)
