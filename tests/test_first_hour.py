@@ -275,3 +275,65 @@ def test_readme_demo_size_and_checkpoint_source():
     assert "4096² camera" not in readme
     assert "ScottLabUCB/HRTEM-Generalization" in readme and "MIT" in readme
     assert "Sytwu, Rangel DaCosta & Scott" in readme and "fringelive import-seed" in readme
+
+
+# --- the parts alone ---------------------------------------------------------------------------------
+
+def test_unknown_key_counter_bounds_its_labels():
+    from prometheus_client import CollectorRegistry
+
+    from fringelive.daemon.unknown_keys import UnknownKeyCounter
+
+    registry = CollectorRegistry()
+    counter = UnknownKeyCounter(registry, max_keys=2)
+    counter.observe(["a", "b", "c", "a", "bad key!", "d"])
+    value = lambda key: registry.get_sample_value("fringelive_header_unknown_keys_total", {"key": key})  # noqa: E731
+    assert (value("a"), value("b"), value("other")) == (2.0, 1.0, 3.0)
+    assert value("c") is None and value("d") is None
+    with pytest.raises(ValueError, match="max_keys must be an integer >= 0, got -1"):
+        UnknownKeyCounter(CollectorRegistry(), max_keys=-1)
+
+
+def test_reject_log_one_line_per_reason_per_interval_with_counts():
+    import logging
+
+    from fringelive.daemon.reject_log import RejectLog
+
+    now = [100.0]
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test_reject_log")
+    logger.propagate = False
+    logger.addHandler(Keep())
+    rl = RejectLog(logger, interval_s=10.0, clock=lambda: now[0])
+    for i in range(4):
+        rl.add("bad_type", "s", i, f"detail {i}")
+    rl.add("bad_value", "s", 9, "other reason")
+    assert records == ["rejected frame (bad_type) s/0: detail 0", "rejected frame (bad_value) s/9: other reason"]
+    now[0] += 5.0
+    rl.flush_due()
+    assert len(records) == 2  # still inside the interval
+    now[0] += 5.0
+    rl.flush_due()
+    assert records[2] == "rejected 3 more frame(s) (bad_type) in the last 10 s; last s/3: detail 3"
+    rl.add("bad_type", "s", 7, "again")  # within the new interval: counted
+    rl.flush()
+    assert records[3] == "rejected 1 more frame(s) (bad_type) in the last 10 s; last s/7: again"
+    assert len(records) == 4
+
+
+def test_header_key_helpers_derive_from_the_schema():
+    from fringelive.daemon.protocol.header_keys import known_header_keys, nearest_known_key, unknown_header_keys
+    from fringelive.engine.frame import METADATA_KEYS, STIMULUS_KEYS
+
+    assert set(METADATA_KEYS) <= known_header_keys()
+    header = {"series": "s", "pixelsize_nm": 1, "temperature_C": 20, "pressure_Pa": 1e-5, "stimulus": {"v": 1},
+              "stimulus.bias_V": 2, "Temperature_c": 3}
+    assert unknown_header_keys(header) == ["Temperature_c", "pixelsize_nm"]
+    assert nearest_known_key("pixelsize_nm") == "pixel_size_nm"
+    assert nearest_known_key("Temperature_c") == "temperature_C" and "temperature_C" in STIMULUS_KEYS
+    assert nearest_known_key("zzqx") is None
