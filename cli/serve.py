@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
     p.add_argument("--bundle", metavar="DIR", action="append",
                    help="model bundle directory (a path, no unit; overrides [model] bundle/bundles); repeat it "
                         "to serve several bundles: each frame goes to the one whose envelope fits its metadata")
+    p.add_argument("--ingest-mode", choices=("push", "ack"), help="push: PULL, at-most-once; ack: ROUTER, "
+                   "acknowledged frames, at-least-once with dedupe for `send --ack` (overrides [ingest] mode; "
+                   "docs/protocol.md, Delivery guarantees)")
     p.add_argument("--ingest", metavar="EP", help=f"ingest PULL endpoint (default: {DEFAULT_INGEST_ENDPOINT}; "
                    "port 0 = OS-assigned; overrides [ingest] endpoint)")
     p.add_argument("--results", metavar="EP", help=f"results PUB endpoint (default: {DEFAULT_RESULTS_ENDPOINT}; "
@@ -81,6 +84,8 @@ def build_config(args: argparse.Namespace) -> Any:
             cfg = cfg.override("model", precision=args.precision)
         if args.ingest is not None:
             cfg = cfg.override("ingest", endpoint=args.ingest)
+        if args.ingest_mode is not None:
+            cfg = cfg.override("ingest", mode=args.ingest_mode)
         if args.results is not None:
             cfg = cfg.override("results", endpoint=args.results)
         if args.control is not None:

@@ -68,6 +68,40 @@ def _planned_frames(args: argparse.Namespace) -> Iterator[tuple[Path, str, int, 
                 yield path, series, index, image
 
 
+def _send_acked(args: argparse.Namespace, extra_meta: dict[str, Any]) -> int:
+    """``send --ack``: a DEALER to a daemon with ``[ingest] mode = "ack"``; every frame is kept
+    until the daemon acknowledges it as done, and sent again after a reconnect (stream/ack_send.py)."""
+    from fringelive.stream.ack_send import AckSender
+
+    if args.bind:
+        raise CLIError("--ack cannot be combined with --bind (the daemon's ROUTER binds, the sender connects)", 2)
+    sender = AckSender(args.endpoint, window=args.hwm, configure=lambda s: _apply_curve(s, args))
+    start = time.monotonic()
+    try:
+        for _path, series, index, image in _planned_frames(args):
+            try:
+                parts = encode_frame(image.pixels, series=series, frame=index, **merge_meta(image.meta, extra_meta))
+            except ValueError as e:
+                raise CLIError(f"{image.source}: {e}", 2) from None
+            if args.rate is not None:
+                delay = start + sender.sent / args.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            sender.send((series, index), parts, args.timeout)
+            if args.verbose:
+                print(f"sent {series} #{index} from {image.source}", flush=True)
+        sender.finish(args.timeout)
+    except SendError as e:
+        raise CLIError(f"{e}; {sender.done} of {sender.sent} frames acknowledged as done", 1) from None
+    except ReaderError as e:
+        raise CLIError(f"{e}; {sender.sent} frames sent", 1) from None
+    finally:
+        sender.close()
+    print(f"sent {sender.sent} frames to {args.endpoint}, all acknowledged as done in {time.monotonic() - start:.2f} s "
+          f"({sender.resent} resent, {sender.duplicates} duplicate(s) reported, {sender.reconnects} reconnect(s))")
+    return 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import zmq
 
@@ -99,6 +133,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CLIError(str(e), 2) from None
 
+    if args.ack:
+        return _send_acked(args, extra_meta)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     timeout_ms = int(args.timeout * 1000)
@@ -329,6 +365,10 @@ def register(sub: Any) -> None:
     send.add_argument("--timeout", type=positive_float, default=DEFAULT_SEND_TIMEOUT_S,
                       metavar="S", help="give up when the daemon takes no frame for this long "
                                         f"(seconds, default: {DEFAULT_SEND_TIMEOUT_S:g})")
+    send.add_argument("--ack", action="store_true",
+                      help="acknowledged sending to a daemon with [ingest] mode = \"ack\" (serve --ingest-mode ack): "
+                           "keep each frame until it is processed, send it again after a reconnect; --hwm is the "
+                           "credit window (frames without an ack); --timeout S: give up after S s without progress")
     send.add_argument("--hwm", type=positive_int, default=DEFAULT_SEND_HWM, metavar="N",
                       help=f"send high-water mark: frames queued before sending blocks "
                            f"(frames, default: {DEFAULT_SEND_HWM})")

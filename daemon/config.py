@@ -6,7 +6,8 @@ Every key is optional; the embedded defaults run a CPU daemon on loopback::
     endpoint = "tcp://127.0.0.1:5555"   # tcp://HOST:PORT (port 0 or * = OS-assigned), ipc://PATH, inproc://NAME
     bind = true                         # bind (camera connects) or connect (camera binds)
     rcvhwm = 4                          # messages held by ZeroMQ before the sender blocks
-    rcvbuf_bytes = 32768                # kernel receive buffer (ZMQ_RCVBUF): bounds what a restart can lose
+    rcvbuf_bytes = 16384                # kernel receive buffer (ZMQ_RCVBUF): bounds what a restart can lose
+    mode = "push"                       # push (PULL, at-most-once) | ack (ROUTER, acks + dedupe: docs/protocol.md)
     max_message_bytes = 68157440        # 64 MiB (4096² float32) + 1 MiB header room, bytes
     max_frame_pixels = 16777216         # H*W, pixels (4096²)
     max_side = 8192                     # max H or W, pixels
@@ -178,17 +179,22 @@ def _positive_int(value: int, key: str) -> None:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}")
 
 
+#: ``[ingest] mode``: plain PUSH/PULL (at-most-once) or acknowledged ROUTER/DEALER (daemon/ack_ingest.py).
+INGEST_MODES = ("push", "ack")
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Frames in (ZeroMQ PULL). ``rcvhwm``: messages; ``rcvbuf_bytes``: kernel receive buffer
     (``ZMQ_RCVBUF``, bytes; bounds what a restart can lose in plain PUSH mode, ``docs/protocol.md``);
     ``max_message_bytes``: bytes per message (also ``ZMQ_MAXMSGSIZE``); ``max_frame_pixels``:
-    H*W, px; ``max_side``: px."""
+    H*W, px; ``max_side``: px; ``mode``: "push" or "ack" (:data:`INGEST_MODES`)."""
 
     endpoint: str = "tcp://127.0.0.1:5555"
     bind: bool = True
     rcvhwm: int = 4
-    rcvbuf_bytes: int = 32768
+    rcvbuf_bytes: int = 16384
+    mode: str = "push"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_frame_pixels: int = 4096 * 4096
     max_side: int = 8192
@@ -197,6 +203,8 @@ class IngestConfig:
         parse_endpoint(self.endpoint, bind=self.bind, key="ingest.endpoint")
         for name in ("rcvhwm", "rcvbuf_bytes", "max_message_bytes", "max_frame_pixels", "max_side"):
             _positive_int(getattr(self, name), f"ingest.{name}")
+        if self.mode not in INGEST_MODES:
+            raise ConfigError(f"ingest.mode must be one of {list(INGEST_MODES)}, got {self.mode!r}")
 
 
 MAX_WORKER_NAME_LENGTH = 64

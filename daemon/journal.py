@@ -164,6 +164,23 @@ class ResultsJournal:
         return {"messages": messages, "first_seq": first, "last_seq": last, "next": nxt,
                 "complete": not messages or nxt > last}
 
+    def recent_keys(self, n: int) -> list[tuple[str, int]]:
+        """``(series, frame)`` of the last ``n`` journalled results and errors, oldest first,
+        leaving out frames dropped at shutdown (they are to be sent again): the ack-mode dedupe
+        window of a restarted daemon."""
+        with self._lock:
+            rows = self._db.execute("SELECT parts FROM messages ORDER BY seq DESC LIMIT ?", (int(n),)).fetchall()
+        keys = []
+        for (blob,) in reversed(rows):
+            try:
+                parts = msgpack.unpackb(blob, raw=False)
+                h = msgpack.unpackb(parts[1], raw=False, strict_map_key=False)
+            except Exception:  # noqa: BLE001 - a damaged row only shrinks the window
+                continue
+            if isinstance(h.get("series"), str) and isinstance(h.get("frame"), int) and h.get("reason") != "shutdown":
+                keys.append((h["series"], h["frame"]))
+        return keys
+
     def describe(self) -> dict[str, Any]:
         """``status["journal"]``."""
         return {"enabled": True, "path": str(self.path), "degraded": self.degraded, "entries": self.entries,

@@ -44,6 +44,7 @@ import zmq
 
 from fringelive.daemon.camera import CameraLearner
 from fringelive.daemon.config import ConfigError, DaemonConfig
+from fringelive.daemon.ack_ingest import DEDUPE_WINDOW, AckIngest
 from fringelive.daemon.journal import MAX_REPLAY_MESSAGES, ResultsJournal
 from fringelive.daemon.insitu import TrackingStage
 from fringelive.daemon.metrics import DaemonMetrics, MetricsServer, RollingStats
@@ -128,6 +129,7 @@ class Daemon(FrameThreads):
         self._sockets: dict[str, Any] = {}
         self._journal: ResultsJournal | None = None   # [journal] (journal.py), opened by start()
         self._next_seq = 1                            # the publisher's next ``seq`` (sequence.py)
+        self._ack = AckIngest(self.metrics) if config.ingest.mode == "ack" else None  # ack_ingest.py
         self._sources: list[Any] = []     # daemon/sources: opened at start, each fed by its own thread
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -278,6 +280,8 @@ class Daemon(FrameThreads):
 
             self._journal = ResultsJournal(self.config.journal, on_state)
             self._next_seq = self._journal.last_seq + 1
+            if self._ack is not None:  # frames resent after a crash are recognised as duplicates
+                self._ack.seed(self._journal.recent_keys(DEDUPE_WINDOW))
 
     def replay(self, since: int, limit: int | None = None) -> dict[str, Any]:
         """Journalled messages from ``seq`` ``since`` on, one chunk (control ``replay``)."""

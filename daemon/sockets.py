@@ -27,7 +27,9 @@ def open_sockets(ctx: Any, cfg: DaemonConfig, sockets: dict[str, Any], endpoints
     ``ctx`` into ``sockets`` (so a failure leaves them to be closed), their actual addresses into
     ``endpoints``; with CURVE, start the authenticator and return it (else None)."""
     curve_keys, auth = start_curve(ctx, cfg.curve) if cfg.curve.enabled else (None, None)
-    ingest = ctx.socket(zmq.PULL)
+    ingest = ctx.socket(zmq.ROUTER if cfg.ingest.mode == "ack" else zmq.PULL)  # ack: daemon/ack_ingest.py
+    if cfg.ingest.mode == "ack":
+        ingest.router_handover = 1  # a sender that reconnects with its routing id gets its acks
     sockets["ingest"] = ingest
     ingest.rcvhwm = cfg.ingest.rcvhwm
     ingest.rcvbuf = cfg.ingest.rcvbuf_bytes  # back-pressure sits at the sender (ingest_drain.py)

@@ -103,6 +103,7 @@ class FrameThreads:
     _wake: threading.Event
     _journal: Any           # journal.ResultsJournal | None
     _next_seq: int          # the publisher's next sequence number (sequence.py)
+    _ack: Any               # ack_ingest.AckIngest | None ([ingest] mode)
 
     def _maybe_swap(self) -> None:  # pragma: no cover - provided by the daemon
         raise NotImplementedError
@@ -129,15 +130,24 @@ class FrameThreads:
         block = cfg.queue.policy == "block"
         held: _Work | None = None
         draining = False
+        ack = self._ack  # ack_ingest.AckIngest in [ingest] mode = "ack", else None
         try:
             while True:
+                if ack is not None:
+                    ack.flush(sock)
                 if held is not None:  # block policy: wait for room, keep ZeroMQ's buffers full meanwhile
                     if self._abort.is_set():
                         self._drop(held, "shutdown")
                         held = None
                     elif self._queue.put(held, timeout=WAIT_S):
                         held = None
+                        if ack is not None:
+                            ack.queued(self._queue.size - len(self._queue))
                     continue
+                if self._stop_ingest.is_set() and ack is not None:  # unread frames get no ack: resent
+                    ack.adopt(sock)  # the publisher sends the last acks and closes it
+                    sock = None
+                    return
                 if self._stop_ingest.is_set():  # drain what ZeroMQ already holds (ingest_drain.py)
                     if not draining:
                         draining = True
@@ -155,9 +165,16 @@ class FrameThreads:
                     parts = sock.recv_multipart(copy=False)
                 except zmq.Again:
                     continue
+                if ack is not None:
+                    parts = ack.incoming(parts)  # [identity, header, pixels] → frame parts; None: duplicate
+                    if parts is None:
+                        continue
                 held = self._accept(parts, limits, block)
+                if ack is not None and held is None:
+                    ack.queued(self._queue.size - len(self._queue))
         finally:
-            sock.close(linger=0)
+            if sock is not None:
+                sock.close(linger=0)
 
     def _accept(self, parts: Sequence[Any], limits: Any, block: bool) -> _Work | None:
         """Count, decode and enqueue one message; return it when the queue is full under the
@@ -306,6 +323,8 @@ class FrameThreads:
                     self._journal.append(seq, parts)
                 sock.send_multipart(parts, copy=False)
                 self.metrics.last_seq.set(seq)
+                if self._ack is not None:
+                    self._ack.published(parts, seq)
                 if out.t_received is not None:
                     now = time.perf_counter()
                     e2e = now - out.t_received
@@ -319,6 +338,8 @@ class FrameThreads:
                     self.rolling.add(e2e * 1e3, stages, out.particles)
         finally:
             sock.close(linger=PUB_LINGER_MS)
+            if self._ack is not None:
+                self._ack.close()
 
     def _control_loop(self, sock: Any) -> None:
         handler = ControlHandler(self)

@@ -22,7 +22,7 @@ DEFAULT_SEND_TIMEOUT_S = 10.0
 
 #: Kernel send buffer of ``fringelive send``'s socket (``ZMQ_SNDBUF``, bytes): with the daemon's
 #: ``[ingest] rcvbuf_bytes`` it bounds how many frames a daemon restart can lose in plain PUSH mode.
-DEFAULT_SNDBUF_BYTES = 32768
+DEFAULT_SNDBUF_BYTES = 16384
 
 
 def parse_meta_value(text: str) -> Any:

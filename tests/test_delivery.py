@@ -32,7 +32,7 @@ STOP_AFTER = 30  # results of the first daemon before it is stopped
 
 def make_config(bundle: Any, **sections: dict[str, Any]) -> DaemonConfig:
     base: dict[str, dict[str, Any]] = {
-        "ingest": {"endpoint": "tcp://127.0.0.1:0", **({"rcvbuf_bytes": int(os.environ["T_RCVBUF"])} if "T_RCVBUF" in os.environ else {})},
+        "ingest": {"endpoint": "tcp://127.0.0.1:0"},
         "results": {"endpoint": "tcp://127.0.0.1:0"},
         "control": {"endpoint": "tcp://127.0.0.1:0"},
         "metrics": {"enabled": False},
@@ -65,6 +65,7 @@ class Sink:
         self.sock.subscribe(b"")
         self.sock.connect(endpoint)
         self.headers: list[dict[str, Any]] = []
+        self.raw: list[list[bytes]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -74,8 +75,14 @@ class Sink:
             if not self.sock.poll(50):
                 continue
             parts = self.sock.recv_multipart()
+            self.raw.append(parts)
             h = decode_result(parts)[0] if parts[0] == b"result" else {**decode_error(parts), "_error": True}
             self.headers.append(h)
+
+    def take(self) -> list[list[bytes]]:
+        """The raw messages received so far (and forget them)."""
+        out, self.raw = self.raw, []
+        return out
 
     def results(self) -> list[dict[str, Any]]:
         return [h for h in self.headers if not h.get("_error")]
@@ -95,7 +102,7 @@ class PersistentSender(threading.Thread):
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.sndhwm = DEFAULT_SEND_HWM
-        self.sock.sndbuf = int(os.environ.get("T_SNDBUF", DEFAULT_SNDBUF_BYTES))
+        self.sock.sndbuf = DEFAULT_SNDBUF_BYTES
         self.sock.sndtimeo = 200
         self.sock.reconnect_ivl = 300  # ms: the test's subscriber (10 ms) is back first
         self.sock.connect(endpoint)
@@ -126,6 +133,7 @@ def wait_for(cond: Any, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow  # ~40 s on a loaded 2-core box
 def test_restart_plain_push_loses_at_most_3_of_150_and_duplicates_none(tiny_bundle: Any) -> None:
     d1 = Daemon(make_config(tiny_bundle)).start()
     ingest, results_ep = d1.endpoints["ingest"], d1.endpoints["results"]
@@ -246,3 +254,244 @@ def test_journal_caps_by_size_and_age(tmp_path: Any) -> None:
     j = ResultsJournal(JournalConfig(enabled=True, path=tmp_path / "j.sqlite", max_bytes=20_000, max_age_s=1e-6))
     assert j.entries == 0 and j.last_seq == 200  # aged out at open; seq still goes on
     j.close()
+
+
+class CatchingUpSubscriber:
+    """A subscriber that orders and completes what it gets by ``seq`` (stream/catchup.GapFiller),
+    and can be disconnected for a while."""
+
+    def __init__(self, d: Daemon) -> None:
+        from fringelive.stream.catchup import GapFiller
+
+        self.d = d
+        self.filler = GapFiller(d.endpoints["control"], report=lambda line: None)
+        self.seqs: list[int] = []
+        self.sink: Sink | None = None
+        self.connect()
+
+    def connect(self) -> None:
+        self.sink = Sink(self.d.endpoints["results"])
+
+    def disconnect(self) -> None:
+        assert self.sink is not None
+        self.pump()
+        self.sink.close()
+        self.sink = None
+
+    def pump(self) -> None:
+        """Handle what arrived live (through the gap filler), then a missed tail."""
+        from fringelive.stream.catchup import header_of
+
+        raw = self.sink.take() if self.sink is not None else []
+        out = [m for parts in raw for m in self.filler.feed(parts)] + self.filler.idle()
+        self.seqs.extend(header_of(p)["seq"] for p in out)
+
+
+@pytest.mark.slow  # 10 s away by design
+def test_subscriber_disconnected_for_10_s_recovers_every_result_from_the_journal(tiny_bundle: Any,
+                                                                                 tmp_path: Any) -> None:
+    pytest.importorskip("sqlite3")
+    with Daemon(journal_config(tiny_bundle, tmp_path / "results.sqlite")) as d:
+        sub = CatchingUpSubscriber(d)
+        time.sleep(0.3)
+        send_all(d.endpoints["ingest"], [frame_msg(i, series="blip") for i in range(10)])
+        wait_processed(d, 10)
+        time.sleep(0.3)
+        sub.disconnect()
+        t0 = time.monotonic()
+        send_all(d.endpoints["ingest"], [frame_msg(i, series="blip") for i in range(10, 25)])
+        wait_processed(d, 25)
+        time.sleep(max(0.0, 10.0 - (time.monotonic() - t0)))  # away for 10 s
+        sub.connect()
+        time.sleep(0.3)
+        send_all(d.endpoints["ingest"], [frame_msg(i, series="blip") for i in range(25, 30)])
+        wait_processed(d, 30)
+        time.sleep(0.5)
+        sub.pump()
+        sub.disconnect()
+        assert sub.seqs == list(range(1, 31))
+        assert sub.filler.gaps and sub.filler.unrecovered == 0 and sub.filler.recovered >= 15
+
+
+@pytest.fixture()
+def tiny_tmpfs(tmp_path: Any) -> Any:
+    """A 64 KiB tmpfs (a real full disk), or skip when this process may not mount one."""
+    import subprocess
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_journal_on_a_full_disk_degrades_and_the_daemon_keeps_serving(tiny_bundle: Any, tiny_tmpfs: Any) -> None:
+    from fringelive.daemon.control import control_request
+    from fringelive.stream.health import HealthError, HealthTargets, check_health
+
+    n = 40  # ~3 KB of mask + header each: far more than 64 KiB with SQLite's pages and WAL
+    cfg = journal_config(tiny_bundle, tiny_tmpfs / "results.sqlite", max_bytes=10 * 2**20)
+    with Daemon(cfg) as d:
+        sink = Sink(d.endpoints["results"])
+        time.sleep(0.3)
+        try:
+            send_all(d.endpoints["ingest"], [frame_msg(i, series="full") for i in range(n)])
+            counts = wait_processed(d, n)
+            wait_for(lambda: len(sink.results()) >= n, 30, "every result published")
+        finally:
+            sink.close()
+        assert counts["processed"] == n
+        assert [h["seq"] for h in sink.headers] == list(range(1, n + 1))  # published all the same
+        status = control_request(d.endpoints["control"], "status")
+        journal = status["journal"]
+        assert journal["degraded"] is True and journal["write_errors"] > 0 and "full" in journal["last_error"]
+        assert d.registry.get_sample_value("fringelive_journal_degraded") == 1.0
+        with pytest.raises(HealthError, match="journal .* degraded"):
+            check_health(HealthTargets(control=d.endpoints["control"]))
+
+
+# --- acknowledged ingest ------------------------------------------------------------------------
+
+class AckSenderThread(threading.Thread):
+    def __init__(self, endpoint: str, n: int) -> None:
+        from fringelive.stream.ack_send import AckSender
+
+        super().__init__(daemon=True)
+        self.sender = AckSender(endpoint, resend_s=5.0)
+        self.n, self.error = n, None
+
+    def run(self) -> None:
+        try:
+            for i in range(self.n):
+                self.sender.send(("restart", i), frame_msg(i), timeout_s=120)
+            self.sender.finish(timeout_s=120)
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+
+def journal_results(control: str) -> collections.Counter:
+    from fringelive.stream.catchup import header_of, replay
+
+    return collections.Counter(header_of(p)["frame"] for _, p in replay(control, 1) if p[0] == b"result")
+
+
+@pytest.mark.slow  # ~40 s on a loaded 2-core box
+def test_restart_ack_mode_sigterm_every_frame_gets_one_result(tiny_bundle: Any, tmp_path: Any) -> None:
+    jpath = tmp_path / "results.sqlite"
+    d1 = Daemon(make_config(tiny_bundle, ingest={"mode": "ack"}, journal={"enabled": True, "path": str(jpath)})).start()
+    ingest, results_ep = d1.endpoints["ingest"], d1.endpoints["results"]
+    sink = Sink(results_ep)
+    time.sleep(0.3)
+    t = AckSenderThread(ingest, N_FRAMES)
+    t.start()
+    d2 = None
+    try:
+        wait_for(lambda: len(sink.results()) >= STOP_AFTER, 120, f"{STOP_AFTER} results")
+        counts1 = d1.stop()
+        assert_identity(counts1)
+        d2 = Daemon(make_config(tiny_bundle, ingest={"endpoint": ingest, "mode": "ack"},
+                                results={"endpoint": results_ep},
+                                journal={"enabled": True, "path": str(jpath)})).start()
+        t.join(240)
+        assert not t.is_alive() and t.error is None, t.error
+        results = journal_results(d2.endpoints["control"])
+        counts2 = d2.metrics.counts()
+        dup2 = d2.registry.get_sample_value("fringelive_frames_duplicate_total")
+    finally:
+        sink.close()
+        t.sender.close()
+        d1.stop(raise_errors=False)
+        if d2 is not None:
+            d2.stop(raise_errors=False)
+    s = t.sender
+    print(f"\nack restart (SIGTERM): daemon 1 {counts1}, daemon 2 {counts2}, duplicates counted by daemon 2: {dup2}; "
+          f"sender sent {s.sent} resent {s.resent} done {s.done} duplicate acks {s.duplicates} reconnects {s.reconnects}")
+    assert sorted(results) == list(range(N_FRAMES))       # 150 of 150 got a result
+    assert max(results.values()) == 1                      # each exactly once: resends were counted duplicates
+    assert s.done == N_FRAMES and not s.pending
+
+
+def free_tcp_endpoint() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.slow  # ~60 s on a loaded 2-core box
+def test_restart_ack_mode_sigkill_every_frame_gets_one_result(tiny_bundle: Any, tmp_path: Any) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    jpath = tmp_path / "results.sqlite"
+    ingest, results_ep, control = free_tcp_endpoint(), free_tcp_endpoint(), free_tcp_endpoint()
+    (tmp_path / "serve.toml").write_text(
+        f'[ingest]\nendpoint = "{ingest}"\nmode = "ack"\n[results]\nendpoint = "{results_ep}"\n'
+        f'[control]\nendpoint = "{control}"\n[metrics]\nenabled = false\n'
+        f'[model]\nbundle = "{tiny_bundle.path}"\nbackend = "onnxruntime"\nintra_op_threads = 1\n'
+        f'[journal]\nenabled = true\npath = "{jpath}"\n')
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fringelive.cli", "serve", "--config", str(tmp_path / "serve.toml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    d2 = t = sink = None
+    try:
+        while "control" not in (line := proc.stdout.readline()):
+            assert line, "serve exited early"
+        sink = Sink(results_ep)
+        time.sleep(0.3)
+        t = AckSenderThread(ingest, N_FRAMES)
+        t.start()
+        wait_for(lambda: len(sink.results()) >= STOP_AFTER, 180, f"{STOP_AFTER} results")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        d2 = Daemon(make_config(tiny_bundle, ingest={"endpoint": ingest, "mode": "ack"}, results={"endpoint": results_ep},
+                                journal={"enabled": True, "path": str(jpath)})).start()
+        t.join(240)
+        assert not t.is_alive() and t.error is None, t.error
+        results = journal_results(d2.endpoints["control"])
+        counts2 = d2.metrics.counts()
+        dup2 = d2.registry.get_sample_value("fringelive_frames_duplicate_total")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if sink is not None:
+            sink.close()
+        if t is not None:
+            t.sender.close()
+        if d2 is not None:
+            d2.stop(raise_errors=False)
+    s = t.sender
+    print(f"\nack restart (SIGKILL): daemon 2 {counts2}, duplicates counted by daemon 2: {dup2}; sender sent {s.sent} "
+          f"resent {s.resent} done {s.done} duplicate acks {s.duplicates} reconnects {s.reconnects}")
+    assert sorted(results) == list(range(N_FRAMES))       # 150 of 150 got a result across the two daemons
+    assert max(results.values()) == 1                      # resent frames the first daemon had done: counted duplicates
+    assert s.done == N_FRAMES and not s.pending
+
+
+def test_send_ack_gets_every_frame_done_and_a_resend_is_a_counted_duplicate(tiny_bundle: Any, tmp_path: Any,
+                                                                            capsys: Any) -> None:
+    from fringelive.cli import main
+
+    stack = tmp_path / "stack.npy"
+    np.save(stack, np.random.default_rng(0).poisson(100.0, (5, SIDE, SIDE)).astype(np.uint16))
+    with Daemon(make_config(tiny_bundle, ingest={"mode": "ack"})) as d:
+        argv = ["send", "--ack", "--endpoint", d.endpoints["ingest"], "--series", "acked", "--timeout", "60",
+                "--meta", "pixel_size_nm=0.02", str(stack)]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "sent 5 frames" in out and "all acknowledged as done" in out
+        counts = wait_processed(d, 5)
+        assert counts["processed"] == 5
+        dup = d.registry.get_sample_value("fringelive_frames_duplicate_total")  # > 0 when a resend timer fired
+        assert main(argv) == 0  # the same (series, frame)s again: acked done at once, not processed
+        assert "all acknowledged as done" in capsys.readouterr().out
+        assert d.registry.get_sample_value("fringelive_frames_duplicate_total") >= dup + 5
+        counts = d.metrics.counts()
+        assert counts["received"] == counts["processed"] == 5
