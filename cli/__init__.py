@@ -25,6 +25,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "fringelive.cli.tracks": ("tracks",),  # per-track time series of a recording, CSV
     "fringelive.cli.demo": ("demo",),
     "fringelive.cli.calibrate": ("calibrate",),  # drift reference statistics
+    "fringelive.cli.calibrate_camera": ("calibrate-camera",),  # also `calibrate camera`: the [camera] section
     "fringelive.cli.train": ("synth", "dataset", "train", "finetune", "evaluate"),
     "fringelive.cli.export": ("import-seed", "export"),  # export onnx|tensorrt|triton|openvino
 }
@@ -71,6 +72,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _command_of(argv) == "calibrate" and "camera" in argv:  # `calibrate camera ...` = `calibrate-camera ...`
+        i = argv.index("calibrate")
+        if argv[i + 1:i + 2] == ["camera"]:
+            argv[i:i + 2] = ["calibrate-camera"]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.argv = ["fringelive", *argv]  # the command line, for provenance records

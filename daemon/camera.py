@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from fringelive.engine.camera import HEADER_KEYS, CameraSettings, PhotonTransferFit, PhotonTransferResult
 
-__all__ = ["CameraConfig", "CameraLearner"]
+__all__ = ["CameraConfig", "CameraLearner", "write_camera_section"]
 
 _log = logging.getLogger(__name__)
 
@@ -127,3 +129,22 @@ class CameraLearner:
         """For control ``status`` and ``fringelive health``."""
         return {"config": self.settings.to_dict(), "learning": self.learning, "frames_fed": self._fed,
                 "fit": None if self.learned is None else self.learned.to_dict()}
+
+
+def write_camera_section(path: str | os.PathLike[str], section: str) -> None:
+    """Replace the ``[camera]`` table of the TOML file ``path`` by ``section`` (text starting
+    with ``[camera]``), or append it; other sections stay byte for byte. Atomic (temp file +
+    ``os.replace``); a missing file is created."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8") if p.exists() else ""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == "[camera]"), None)
+    if start is None:
+        out = text + ("" if not text or text.endswith("\n") else "\n") + ("\n" if text else "") + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        tail = "".join(lines[end:])
+        out = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(out, encoding="utf-8")
+    os.replace(tmp, p)

@@ -201,12 +201,13 @@ def test_learned_from_the_stream() -> None:
     dose lies are flagged. A thin support (fastsim's default amorphous carbon leaves no flat
     background block for the fit: such a stream stays unverified, never falsely flagged)."""
     scenes = Scenes(256, n=6, carbon_contrast=0.03)
+    LEVELS = (650.0, 320.0)  # e/Å², both inside the default bundle's envelope (301–699); signal span > 30 %
     with Daemon(make_config(camera={"refit_every": 20})) as d:
         s = Stream(d)
         try:
             heads: list[dict[str, Any]] = []
             for k in range(0, 120, 20):
-                heads += s.send([(scenes.frame(i, dose=(423.0, 300.0)[i % 2]), {**META, "dose_e_per_A2": (423.0, 300.0)[i % 2]})
+                heads += s.send([(scenes.frame(i, dose=LEVELS[i % 2]), {**META, "dose_e_per_A2": LEVELS[i % 2]})
                                  for i in range(k, k + 20)])
             d.camera.wait(30)
             fit = control_request(d.endpoints["control"], "status")["camera"]["fit"]
