@@ -31,6 +31,7 @@ import numpy as np
 
 from fringelive.bundle.bundle_io import Bundle, BundleError, load_bundle, sha256_file
 from fringelive.bundle.card import Engine
+from fringelive.engine.optional import MissingDependency, import_tensorrt
 
 __all__ = [
     "PRECISIONS",
@@ -77,8 +78,8 @@ def require_tensorrt() -> Any:
     """Import and return the ``tensorrt`` module, or raise :class:`TensorRTUnavailable` when it
     is not installed or no CUDA GPU is visible (checked through torch)."""
     try:
-        import tensorrt as trt  # type: ignore[import-not-found]
-    except ImportError as e:
+        trt = import_tensorrt()
+    except MissingDependency as e:
         raise TensorRTUnavailable(
             f"TensorRT is not installed ({e.msg}); install the 'tensorrt' extra on a machine with an "
             "NVIDIA GPU, or use the onnxruntime backends") from None

@@ -24,7 +24,6 @@ Same contract as every backend (:class:`~.base.Backend`): ``backend((N, 1, h, w)
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections import OrderedDict
@@ -37,6 +36,7 @@ from fringelive.bundle.bundle_io import Bundle
 from fringelive.bundle.card import Member
 from fringelive.engine.backends.base import Backend, BackendUnavailable, register_backend, usable_cpu_count
 from fringelive.engine.backends.kinds import PRECISIONS
+from fringelive.engine.optional import MissingDependency, import_openvino
 
 __all__ = ["OpenVinoBackend", "PrecisionUnavailable", "PRECISIONS", "openvino_cpu_info"]
 
@@ -62,11 +62,11 @@ class PrecisionUnavailable(BackendUnavailable):
 def _import_openvino() -> Any:
     """The ``openvino`` module, or :class:`BackendUnavailable` saying why not."""
     try:
-        return importlib.import_module("openvino")
-    except ImportError as e:
-        raise BackendUnavailable(KIND, f"openvino cannot be imported ({e}); pip install openvino") from None
-    except OSError as e:  # a wheel for another glibc / a broken shared library
-        raise BackendUnavailable(KIND, f"openvino is installed but does not load ({e})") from None
+        return import_openvino()
+    except MissingDependency as e:
+        if isinstance(e.cause, OSError):  # a wheel for another glibc / a broken shared library
+            raise BackendUnavailable(KIND, f"openvino is installed but does not load ({e})") from None
+        raise BackendUnavailable(KIND, f"openvino cannot be imported ({e}); {e.hint}") from None
 
 
 def openvino_cpu_info(ov: Any | None = None, core: Any | None = None) -> dict[str, Any]:

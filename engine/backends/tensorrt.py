@@ -4,7 +4,6 @@ tensorrt package is optional (``fringelive[tensorrt]``) and imported in one plac
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,16 +15,16 @@ from fringelive.bundle.bundle_io import Bundle
 from fringelive.bundle.card import Member
 from fringelive.engine.backends.base import Backend, BackendUnavailable, register_backend
 from fringelive.engine.backends.cuda_staging import CudaStager, cuda_device
+from fringelive.engine.optional import MissingDependency, import_tensorrt
 
 __all__ = ["TensorRTBackend"]
 
 
 def _import_tensorrt() -> Any:
     try:
-        return importlib.import_module("tensorrt")
-    except ImportError as e:
-        raise BackendUnavailable("tensorrt", f"the tensorrt Python package cannot be imported ({e}); "
-                                 "pip install 'fringelive[tensorrt]' on a machine with an NVIDIA GPU") from None
+        return import_tensorrt()
+    except MissingDependency as e:
+        raise BackendUnavailable("tensorrt", f"the tensorrt Python package cannot be imported ({e}); {e.hint}") from None
 
 
 @register_backend("tensorrt", gpu=("tensorrt",))

@@ -4,7 +4,6 @@ optional (``fringelive[triton]``) and imported in one place, :func:`_import_trit
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from fringelive.bundle.bundle_io import Bundle
 from fringelive.bundle.card import Member
 from fringelive.bundle.triton_names import default_model_prefix, model_name
 from fringelive.engine.backends.base import Backend, BackendUnavailable, register_backend
+from fringelive.engine.optional import MissingDependency, import_tritonclient
 
 __all__ = ["TritonBackend", "TritonRequestError", "parse_triton_url"]
 
@@ -38,10 +38,9 @@ def parse_triton_url(url: str) -> tuple[str, str, int]:
 
 def _import_tritonclient() -> Any:
     try:
-        return importlib.import_module("tritonclient.http")
-    except ImportError as e:
-        raise BackendUnavailable("triton", f"tritonclient cannot be imported ({e}); "
-                                 "pip install 'fringelive[triton]'") from None
+        return import_tritonclient()
+    except MissingDependency as e:
+        raise BackendUnavailable("triton", f"tritonclient cannot be imported ({e}); {e.hint}") from None
 
 
 class TritonRequestError(RuntimeError):
