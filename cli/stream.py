@@ -16,7 +16,7 @@ from fringelive.daemon.protocol import (DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS
                                         ProtocolError, RESULT_TOPIC, configure_curve_client, decode_error,
                                         decode_result, encode_frame)
 from fringelive.daemon.protocol.header_keys import unknown_key_warnings
-from fringelive.engine.readers import ReaderError, check_readable, read_frames
+from fringelive.engine.readers import RSCIIO_SUFFIXES, ReaderError, check_readable, read_frames
 from fringelive.stream.catchup import GapFiller
 from fringelive.stream.recorder import ResultRecorder
 from fringelive.stream.send import (DEFAULT_SEND_HWM, DEFAULT_SEND_TIMEOUT_S, DEFAULT_SNDBUF_BYTES, SendError,
@@ -114,7 +114,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         for path in args.files:
             check_readable(path)
-            next(iter(read_frames(path, stack=args.stack, grey=args.grey)), None)  # layout checks, before connecting
+            if path.suffix.lower() not in RSCIIO_SUFFIXES:  # layout checks before connecting (cheap: mmap, 1 page)
+                next(iter(read_frames(path, stack=args.stack, grey=args.grey)), None)
         extra_meta = parse_meta(meta_items)
         for warning in unknown_key_warnings(extra_meta):  # typos: kept, but said at once
             print(f"send: warning: {warning}", file=sys.stderr, flush=True)
