@@ -227,8 +227,6 @@ def test_serve_follow_adds_folder_sources(tmp_path: Path) -> None:
 
 # --- in the daemon ------------------------------------------------------------------------------
 
-pytestmark_daemon = pytest.mark.usefixtures("one_torch_thread")
-
 
 def daemon_config(bundle: Any, folder: Path) -> DaemonConfig:
     return DaemonConfig.from_dict({
@@ -279,6 +277,11 @@ def test_daemon_follows_a_folder_with_per_source_accounting_and_restart(tiny_bun
         res.close()
         wait_until(lambda: d.metrics.counts()["in_flight"] == 0, 20.0, "idle")
         counts = d.status()["sources"]["cam"]
+        sample = d.registry.get_sample_value
+        assert sample("fringelive_source_frames_received_total", {"source": "cam"}) == 4
+        assert sample("fringelive_source_frames_processed_total", {"source": "cam"}) == 3
+        assert sample("fringelive_source_frames_rejected_total", {"source": "cam", "reason": "unreadable"}) == 1
+        assert sample("fringelive_source_frames_received_total", {"source": "zmq"}) == 0
     results = [h for topic, h in events if topic == b"result"]
     errors = [h for topic, h in events if topic == b"error"]
     assert [r["meta"]["tags"]["file"] for r in results] == names
@@ -296,3 +299,67 @@ def test_daemon_follows_a_folder_with_per_source_accounting_and_restart(tiny_bun
         counts = d.status()["sources"]["cam"]
     assert topic == b"result" and header["meta"]["tags"]["file"] == "04.npy" and header["frame"] == 3
     assert counts["received"] == 1 and counts["processed"] == 1
+
+
+@pytest.mark.slow  # two `serve` processes start (about a minute on a loaded 2-core machine)
+def test_serve_follow_end_to_end_with_sigterm(tiny_bundle: Any, tmp_path: Path) -> None:
+    """`fringelive serve --follow DIR` (a real process): files written during the run each give one
+    result in order; SIGTERM stops it with exit 0; a second run on the same folder sends nothing twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from fringelive.daemon.control import control_request
+
+    folder = tmp_path / "insitu"
+    folder.mkdir()
+
+    def serve() -> tuple[subprocess.Popen, dict[str, str]]:
+        cmd = [sys.executable, "-m", "fringelive.cli", "serve", "--bundle", str(tiny_bundle.path), "--backend",
+               "onnxruntime", "--ingest", "tcp://127.0.0.1:0", "--results", "tcp://127.0.0.1:0", "--control",
+               "tcp://127.0.0.1:0", "--metrics-port", "-1", "--follow", str(folder)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        endpoints: dict[str, str] = {}
+        while "control" not in endpoints or "results" not in endpoints:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, f"serve exited early: {proc.stderr.read()}"  # type: ignore[union-attr]
+            fields = line.split()
+            if len(fields) == 2 and fields[1].startswith("tcp://"):
+                endpoints[fields[0]] = fields[1]
+        return proc, endpoints
+
+    def run(names: list[str], first: int) -> tuple[list[dict], str]:
+        proc, endpoints = serve()
+        watchdog = threading.Timer(180, proc.kill)
+        watchdog.start()
+        try:
+            sub = zmq.Context.instance().socket(zmq.SUB)
+            sub.subscribe(b"result")
+            sub.connect(endpoints["results"])
+            time.sleep(0.5)
+            got = []
+            for i, name in enumerate(names):
+                write_any(folder / name, image(first + i))
+                while len(got) < i + 1:
+                    assert sub.poll(60_000), f"no result for {name}"
+                    got.append(decode_result(sub.recv_multipart())[0])
+            sources = control_request(endpoints["control"], "status")["sources"]
+            sub.close(linger=0)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            return got, out + json.dumps(sources)
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    got, out = run(["a.tif", "b.npy"], 0)
+    assert [(r["meta"]["tags"]["file"], r["frame"]) for r in got] == [("a.tif", 0), ("b.npy", 1)]
+    assert "received 2, processed 2" in out and '"folder:insitu": {"received": 2, "processed": 2' in out
+    got, out = run(["c.emd"], 2)
+    assert [(r["meta"]["tags"]["file"], r["frame"]) for r in got] == [("c.emd", 2)]
+    assert "received 1, processed 1" in out
