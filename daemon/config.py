@@ -1,8 +1,113 @@
 """Daemon configuration: frozen dataclasses, parsed strictly from TOML at the CLI edge.
 
-The keys, their defaults and units are listed in ``docs/configuration.md`` (keep it in step
-when adding a key); ``deploy/examples/fringelive.toml`` is a complete example. Every key is
-optional; the embedded defaults run a CPU daemon on loopback.
+Every key is optional; the embedded defaults run a CPU daemon on loopback::
+
+    [ingest]      # frames in: ZeroMQ PULL
+    endpoint = "tcp://127.0.0.1:5555"   # tcp://HOST:PORT (port 0 or * = OS-assigned), ipc://PATH, inproc://NAME
+    bind = true                         # bind (camera connects) or connect (camera binds)
+    rcvhwm = 4                          # messages held by ZeroMQ before the sender blocks
+    rcvbuf_bytes = 16384                # kernel receive buffer (ZMQ_RCVBUF): bounds what a restart can lose
+    mode = "push"                       # push (PULL, at-most-once) | ack (ROUTER, acks + dedupe: docs/protocol.md)
+    max_message_bytes = 68157440        # 64 MiB (4096² float32) + 1 MiB header room, bytes
+    max_frame_pixels = 16777216         # H*W, pixels (4096²)
+    max_side = 8192                     # max H or W, pixels
+    [results]     # results out: ZeroMQ PUB
+    endpoint = "tcp://127.0.0.1:5556"
+    sndhwm = 16                         # messages per subscriber before PUB drops for it
+    publish_probabilities = false       # also send class-1 probabilities as float16 (2 bytes/px)
+    worker = "gpu0-a"                   # name in every result/error header (default: <hostname>:<pid>)
+    [control]     # ZeroMQ REP: status, stats, reload
+    endpoint = "tcp://127.0.0.1:5557"
+    [metrics]     # Prometheus text over HTTP at http://HOST:PORT/metrics
+    enabled = true
+    host = "127.0.0.1"
+    port = 9108                         # 0 = OS-assigned
+    [queue]
+    size = 4                            # frames waiting for the worker
+    policy = "block"                    # "block" (back-pressure) | "drop-oldest" (live view)
+    [model]
+    bundle = "path/to/bundle"           # default: the installed default bundle
+    bundles = ["a", "b"]                # more bundles: each frame goes to the one whose envelope fits it
+    backend = "auto"                    # auto (fastest installed + verified) | onnxruntime | openvino | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch | triton
+    precision = "fp32"                  # fp32 | bf16 | fp16 (openvino; used only after the parity check, else fp32)
+    device = "auto"                     # auto (the backend's own: cpu, or cuda:0 for GPU kinds) | cpu | cuda | cuda:N
+    members = "all"                     # "all" or a list of member indices, e.g. [0, 2]
+    intra_op_threads = 0                # CPU threads per inference (and torch preprocessing under `serve`); 0 = runtime default
+    triton_url = "http://127.0.0.1:8000"   # backend "triton": the Triton server's HTTP endpoint (docs/triton.md)
+    triton_model_prefix = "au-5nm"      # Triton models <prefix>_m<i> (default: the bundle name; one bundle only)
+    triton_timeout_s = 30.0             # connect/read timeout per Triton request, seconds
+    [pipeline]
+    tiling = "halo"                     # "halo" (exact, equals one whole-frame pass) | "gaussian"
+    tile_size = "auto"                  # "auto" (from memory_budget_mb) | "whole" | pixels
+    batch_size = 4                      # tiles per backend call
+    memory_budget_mb = 4096             # MiB for one backend call's activations (tile_size = "auto")
+    gaussian_roi = 512                  # window side for tiling = "gaussian", px
+    gaussian_overlap = 0.25             # window overlap for tiling = "gaussian", fraction
+    threshold = 0.5                     # class-1 probability above which a pixel is particle
+    min_particle_area_px = 20           # smallest particle when the frame has no pixel size, pixels
+    [particles]   # what a particle is (docs/protocol.md, particle_summary)
+    min_diameter_nm = 1.0               # smaller components (equivalent-circle diameter) are specks, nm
+    fill_holes = true                   # fill enclosed holes of each component
+    remove_specks = true                # drop specks from the published mask (counted either way)
+    exclude_edge_from_stats = true      # particles touching the frame edge stay out of size statistics
+    size_bin_nm = 1.0                   # bin width of the area-weighted size distribution, nm
+    [drift]       # out-of-distribution checks (docs/drift.md)
+    enabled = true
+    image_estimates = true              # dose from shot noise, pixel size from lattice fringes
+    member_agreement = true             # mean pairwise Dice between ensemble members
+    pixel_size_tolerance_rel = 0.1      # override the card's envelope tolerances (fraction; absent = card's)
+    dose_tolerance_rel = 0.3
+    voltage_tolerance_kv = 5.0
+    pixel_size_mismatch_rel = 0.1       # metadata vs image (fraction; absent = the envelope tolerance)
+    dose_mismatch_rel = 0.3
+    target_arl = 10000                  # frames between false stream alarms (absent = the card's calibration)
+    cusum_k = 0.5                       # CUSUM allowance, standard deviations (absent = the card's)
+    fringe_windows = 6                  # particle windows for the pixel-size estimate
+    min_fringe_snr = 6.0                # lattice peak significance, robust standard deviations
+    max_background_blocks = 400         # background blocks for the dose estimate
+    [camera]      # the detector (docs/drift.md "The camera"); absent gain/offset = unknown, learned
+    name = "K3 counting"
+    gain_counts_per_e = 8.0             # counts per electron
+    offset_counts = 100.0               # dark level, counts
+    read_noise_counts = 3.5             # rms, counts (default 0)
+    noise_factor = 0.42                 # true / apparent shot-noise electrons (detector MTF; default 1)
+    learn = true                        # fit gain and offset from the stream while either is unknown
+    learn_every = 1                     # feed every n-th frame to the fit
+    refit_every = 25                    # refit (background thread) every n fed frames
+    [tracking]    # stage-drift registration + particle track ids and events per series (docs/protocol.md)
+    enabled = true
+    max_gap_frames = 3                  # processed frames a track may be missing and still continue
+    max_displacement_nm = 2.0           # largest drift-corrected move per frame for a link without overlap, nm
+    [view]        # live operator view: a read-only web page (daemon/view.py) on its own port
+    enabled = false
+    host = "127.0.0.1"
+    port = 9110                         # 0 = OS-assigned
+    max_fps = 5.0                       # frames rendered per second at most (display only; never slows the pipeline)
+    [lifecycle]
+    drain_timeout_s = 10.0              # seconds to finish queued frames at shutdown
+    [journal]     # results journal for catch-up (daemon/journal.py; docs/protocol.md "Delivery guarantees")
+    enabled = false
+    path = "journal/results.sqlite"     # SQLite file (WAL), created with its directory
+    max_bytes = 268435456               # messages kept, bytes (256 MiB); the oldest go first
+    max_age_s = 3600.0                  # messages older than this are deleted, s
+    [curve]       # ZeroMQ CURVE on ingest and results (control too with control = true)
+    enabled = false
+    server_secret_key = "certs/server.key_secret"   # from zmq.auth.create_certificates
+    authorized_clients_dir = "certs/clients"        # *.key files of the allowed clients
+    control = false
+    [[source]]    # more frame sources, any number (docs/acquisition.md; daemon/sources/config.py)
+    kind = "folder"                     # "zmq" (the [ingest] socket, always on) | "folder" | "dectris" | "deapi"
+    path = "/data/insitu"               # per-kind keys: daemon/sources/folder.py, dectris_config.py, deapi_config.py
+
+Relative paths are resolved against the config file's directory. The metrics endpoint
+``http://127.0.0.1:9108/metrics`` is the default (port 9108 as the de-facto registry entry for
+exporters of this kind); set ``[metrics] port = 0`` for a free port or ``enabled = false``.
+
+``max_message_bytes`` is also set as ZeroMQ's ``ZMQ_MAXMSGSIZE`` on the ingest socket (a limit on
+each message part). ZeroMQ answers a part over that limit by dropping the sender's connection
+without telling the application, so such a message is never received and cannot be counted; the
+decoder enforces the same limit (all parts together) on messages that did arrive, and rejects
+them as counted frames. Deployment example: ``deploy/examples/fringelive.toml``.
 
 Errors raise :class:`ConfigError` with one line naming the key and the bad value, e.g.
 ``queue.policy must be one of ['block', 'drop-oldest'], got 'newest'``.

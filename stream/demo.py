@@ -16,7 +16,10 @@ from fringelive.daemon.config import (ControlConfig, DaemonConfig, IngestConfig,
                                       QueueConfig, ResultsConfig, default_bundle_path)
 from fringelive.daemon.protocol import decode_error, decode_result, encode_frame
 from fringelive.daemon.server import Daemon
-from fringelive.stream.camera_sim import SimulatedCamera, default_sweep
+from fringelive.daemon.view import ViewSettings
+from fringelive.stream.camera_sim import default_sweep
+from fringelive.stream.demo_insitu import write_growth_figure, write_overlay_figure, write_tracks_csv
+from fringelive.stream.insitu_camera import InSituCamera
 from fringelive.training.metrics import dice_from_masks
 
 __all__ = ["CSV_FIELDS", "DemoError", "overlay_rgb", "run_demo", "write_png"]
@@ -45,12 +48,17 @@ def run_demo(*, duration_s: float = 60.0, frame_px: int = 2048, pixel_size_nm: f
         metrics=MetricsConfig(port=0),
         queue=QueueConfig(size=2, policy="block"),
         model=ModelConfig(bundle=str(bundle_path)),
+        view=ViewSettings(enabled=True, port=0),
     )
     out.mkdir(parents=True, exist_ok=True)
     echo(f"simulating {frame_px}x{frame_px} scenes at {pixel_size_nm} nm/px ...")
     schedule = default_sweep(pixel_size_nm, dose) if sweep else None
-    cam = SimulatedCamera((frame_px, frame_px), pixel_size_nm=pixel_size_nm, dose_e_per_A2=dose,
-                          schedule=schedule, seed=seed)
+    # in situ story: particles move, grow, two coalesce (middle of the run), the stage drifts, the
+    # temperature ramps; the sweep changes the dose (stream/insitu_camera.py)
+    n_story = max_frames if max_frames is not None else 40
+    cam = InSituCamera((frame_px, frame_px), pixel_size_nm=pixel_size_nm, dose_e_per_A2=dose, n_frames=max(n_story, 4),
+                       seed=seed)
+    headers: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     last: dict[str, Any] = {}
     sent = 0
@@ -58,6 +66,7 @@ def run_demo(*, duration_s: float = 60.0, frame_px: int = 2048, pixel_size_nm: f
         ep = daemon.endpoints
         echo(f"daemon up: ingest {ep['ingest']}  results {ep['results']}  control {ep['control']}")
         echo(f"metrics: {ep.get('metrics', 'disabled')}")
+        echo(f"live view: {ep.get('view', 'disabled')}  (open in a browser)")
         ctx = zmq.Context.instance()
         push = ctx.socket(zmq.PUSH)
         sub = ctx.socket(zmq.SUB)
@@ -76,7 +85,9 @@ def run_demo(*, duration_s: float = 60.0, frame_px: int = 2048, pixel_size_nm: f
                 elapsed = time.monotonic() - t_start
                 sending = elapsed < duration_s and (max_frames is None or sent < max_frames)
                 if sending and len(in_flight) < 2:
-                    counts, mask, meta = cam.frame(sent, min(elapsed / duration_s, 1.0))
+                    fraction = min(elapsed / duration_s, 1.0)
+                    cond = _condition(schedule, fraction, dose)
+                    counts, mask, meta = cam.frame(sent, fraction, dose_e_per_A2=cond[0], label=cond[1])
                     push.send_multipart(encode_frame(counts, series="demo", frame=sent, **meta), copy=False)
                     in_flight[sent] = (time.monotonic(), counts, mask, meta)
                     sent += 1
@@ -117,7 +128,8 @@ def run_demo(*, duration_s: float = 60.0, frame_px: int = 2048, pixel_size_nm: f
                     "pipeline_ms": round(float(header.get("timings_ms", {}).get("total", 0.0)), 1),
                 }
                 rows.append(row)
-                last = {"counts": counts, "mask": pred, "truth": truth}
+                last = {"counts": counts, "mask": pred, "truth": truth, "header": header}
+                headers.append(header)
                 echo(f"{fid:>5} {row['condition']:<20} {row['pixel_size_nm']:>6.3f} {row['dose_e_per_A2']:>6.0f} "
                      f"{row['particle_count']:>9} {100 * row['area_fraction']:>6.1f} {row['dice_vs_truth']:>5.2f} "
                      f"{latency:>10.0f} {fps:>5.2f}  {row['drift_status']} {row['drift_reasons']}")
@@ -133,14 +145,31 @@ def run_demo(*, duration_s: float = 60.0, frame_px: int = 2048, pixel_size_nm: f
         w.writerows(rows)
     png_path = out / "overlay.png"
     if last:
-        write_png(png_path, overlay_rgb(last["counts"], last["mask"], last.get("truth")))
+        write_overlay_figure(png_path, last["counts"], last["mask"], last.get("truth"), last["header"],
+                             lambda p: write_png(p, overlay_rgb(last["counts"], last["mask"], last.get("truth"))), echo)
+    tracks_path, growth_path = out / "tracks.csv", out / "growth.png"
+    n_rows = write_tracks_csv(tracks_path, headers)
+    grown = write_growth_figure(growth_path, headers, echo)
     wall = time.monotonic() - t_start
     summary = {"sent": sent, "processed": len(rows), "fps": len(rows) / max(wall, 1e-9), "csv": str(csv_path),
                "overlay": str(png_path) if last else None, "daemon": counts_}
     echo(f"done: {len(rows)} of {sent} frames processed in {wall:.1f} s ({summary['fps']:.2f} frames/s); "
          f"daemon accounting {counts_}")
-    echo(f"wrote {csv_path}" + (f" and {png_path}" if last else ""))
+    echo(f"wrote {csv_path}" + (f" and {png_path}" if last else "") + f", {tracks_path} ({n_rows} particle rows)"
+         + (f", {growth_path}" if grown else ""))
+    summary.update(tracks=str(tracks_path), growth=str(growth_path) if grown else None)
     return summary
+
+
+def _condition(schedule: Any, fraction: float, dose: float) -> tuple[float, str]:
+    """(dose e/Å², label) of the sweep at ``fraction`` (the in situ camera keeps its pixel size)."""
+    if not schedule:
+        return dose, "in situ"
+    current = schedule[0]
+    for c in schedule:
+        if fraction >= c.start_fraction:
+            current = c
+    return current.dose_e_per_A2, current.label
 
 
 def overlay_rgb(counts: np.ndarray, mask: np.ndarray, truth: np.ndarray | None = None, max_side: int = 1024

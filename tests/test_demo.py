@@ -69,6 +69,9 @@ def test_demo_runs_end_to_end(tmp_path, tiny_bundle, capsys) -> None:
     assert {r["model"] for r in rows} == {tiny_bundle.name}
     assert (out / "overlay.png").read_bytes()[:4] == b"\x89PNG"
     assert "processed" in text
+    assert "live view: http://127.0.0.1:" in text  # the view's URL (issue #15)
+    tracks = list(csv.DictReader(open(out / "tracks.csv")))
+    assert tracks == [] or {"track_id", "centroid_y_nm", "diameter_nm", "temperature_C"} <= set(tracks[0])
 
 
 def test_demo_rejects_bad_options(tmp_path, capsys) -> None:
