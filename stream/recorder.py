@@ -2,7 +2,7 @@
 
 Layout (``docs/protocol.md`` § Recording)::
 
-    /                          attrs: format="fringelive-results", format_version=1,
+    /                          attrs: format="fringelive-results", format_version=2,
                                       created (ISO 8601 UTC), endpoint
     /series/<name>/            one group per (series, frame shape); attrs: series, shape [H, W]
         frames        (N,)       int64   frame index from the header
