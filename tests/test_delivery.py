@@ -495,3 +495,72 @@ def test_send_ack_gets_every_frame_done_and_a_resend_is_a_counted_duplicate(tiny
         assert d.registry.get_sample_value("fringelive_frames_duplicate_total") >= dup + 5
         counts = d.metrics.counts()
         assert counts["received"] == counts["processed"] == 5
+
+
+# --- soak -----------------------------------------------------------------------------------------
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.slow  # minutes: 10,000 frames
+def test_soak_10k_small_frames_bursts_malformed_and_a_slow_subscriber(tiny_bundle: Any, tmp_path: Any) -> None:
+    """10,000 frames of 32 × 32 px in bursts of 500, one malformed message per 97 frames, a
+    subscriber that sleeps 1 ms per message: RSS after warm-up grows < 5 %, the accounting
+    closes, the journal holds every published message."""
+    side, n, burst = 32, 10_000, 500
+    rng = np.random.default_rng(0)
+    base = rng.poisson(100.0, (side, side)).astype(np.uint16)
+    cfg = journal_config(tiny_bundle, tmp_path / "soak.sqlite", max_bytes=2**30)
+    with Daemon(cfg) as d:
+        ctx = zmq.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        sub.rcvhwm = 100
+        sub.subscribe(b"")
+        sub.connect(d.endpoints["results"])
+        seen, stop = [0], threading.Event()
+
+        def slow() -> None:
+            while not stop.is_set():
+                if sub.poll(50):
+                    sub.recv_multipart()
+                    seen[0] += 1
+                    time.sleep(0.001)
+
+        reader = threading.Thread(target=slow, daemon=True)
+        reader.start()
+        push = ctx.socket(zmq.PUSH)
+        push.sndtimeo = 60_000
+        push.connect(d.endpoints["ingest"])
+        malformed, samples = 0, []
+        try:
+            for i in range(n):
+                push.send_multipart(encode_frame(base, series="soak", frame=i, pixel_size_nm=0.02))
+                if i % 97 == 0:
+                    push.send_multipart([b"\xc1", b""])  # bad_msgpack
+                    malformed += 1
+                if (i + 1) % burst == 0:
+                    time.sleep(0.2)  # a pause between bursts
+                    if i + 1 >= 2000:  # after warm-up
+                        samples.append(rss_bytes())
+            counts = wait_processed(d, n + malformed, timeout=600)
+            samples.append(rss_bytes())
+        finally:
+            stop.set()
+            reader.join()
+            sub.close(linger=0)
+            push.close(linger=0)
+        status = d.status()
+    growth = (max(samples) - samples[0]) / samples[0]
+    print(f"\nsoak: {counts}; slow subscriber saw {seen[0]} of {n + malformed}; journal {status['journal']['entries']} "
+          f"entries, last seq {status['last_seq']}; RSS {samples[0] / 2**20:.1f} → {samples[-1] / 2**20:.1f} MiB "
+          f"(max growth {growth:.2%})")
+    assert counts["received"] == n + malformed
+    assert counts["processed"] == n and counts["rejected"] == {"bad_msgpack": malformed} and counts["dropped"] == {}
+    assert status["last_seq"] == n + malformed == status["journal"]["entries"]
+    assert not status["journal"]["degraded"]
+    assert growth < 0.05, samples
