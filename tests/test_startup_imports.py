@@ -52,3 +52,16 @@ def test_registering_an_undeclared_kind_names_it() -> None:
         register_backend("no-such-kind")
     with pytest.raises(ValueError, match="GPU_KINDS"):
         register_backend("torch", gpu=("torch",))
+
+
+def test_configuration_doc_lists_every_section() -> None:
+    """docs/configuration.md (moved out of daemon/config.py's docstring) names every TOML section."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from fringelive.daemon.config import DaemonConfig
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    sections = set(re.findall(r"^\[\[?(\w+)\]", doc, re.M))
+    assert {f.name for f in dataclasses.fields(DaemonConfig)} <= sections
