@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from fringelive.daemon.results import plain
 from fringelive.engine.insitu import InSituUpdate, SeriesTracking
 from fringelive.engine.tracking import TrackingSettings
 
@@ -102,7 +103,7 @@ class TrackingStage:
             p["circularity"] = None if math.isnan(circ) else round(float(circ), 4)
         reg = up.registration.to_header()
         header["registration"] = reg
-        header["events"] = _plain(up.tracking.events)
+        header["events"] = plain(up.tracking.events)
         header["tracks_active"] = int(up.tracking.active)
         header.setdefault("timings_ms", {})["tracking"] = (time.perf_counter() - t0) * 1e3
         self.metrics.observe(reg, up.tracking.events, up.tracking.active)
@@ -113,11 +114,3 @@ def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj

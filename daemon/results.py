@@ -11,16 +11,16 @@ import numpy as np
 
 from fringelive.daemon.protocol import FrameHeader
 from fringelive.daemon.protocol.encode import encode_result_payload, pack_result
+from fringelive.engine.drift_result import DriftResult
 from fringelive.engine.pipeline import PipelineResult
 from fringelive.engine.routing import Route
 
 __all__ = ["drift_failed", "stage_timings", "result_header", "encode_result_message"]
 
 
-def drift_failed() -> dict[str, Any]:
-    """The ``drift`` map of a frame whose drift checks raised (the frame keeps its result)."""
-    return {"status": "unknown", "reasons": ["drift_error"], "signals": {}, "p_values": {},
-            "estimates": {}, "conditions": {}, "cusum": {}, "alarm": False, "calibrated": False}
+def drift_failed() -> DriftResult:
+    """The drift result of a frame whose drift checks raised (the frame keeps its result)."""
+    return DriftResult.unknown("drift_error")
 
 
 def stage_timings(queue_s: float, pipeline_ms: Mapping[str, float], drift_s: float, handoff_s: float) -> dict[str, float]:
@@ -31,19 +31,20 @@ def stage_timings(queue_s: float, pipeline_ms: Mapping[str, float], drift_s: flo
 
 
 def result_header(h: FrameHeader, meta: dict[str, Any], *, worker: str, model: str, result: PipelineResult,
-                  drift: dict[str, Any], route: Route | None, timings: dict[str, float],
+                  drift: DriftResult, route: Route | None, timings: dict[str, float],
                   queue_depth: int) -> dict[str, Any]:
     """The result header of frame ``h`` (``docs/protocol.md``); ``route`` only when several bundles
-    are served."""
+    are served. The drift result becomes its wire map here."""
+    drift_map = drift.to_dict()
     if route is not None:
-        drift["route"] = {"fits": bool(route.fits), "candidates": len(route.candidates),
-                          "distance": round(float(route.distance), 4)}
+        drift_map["route"] = {"fits": bool(route.fits), "candidates": len(route.candidates),
+                              "distance": round(float(route.distance), 4)}
     particles = list(result.particles)
     return {
         "series": h.series, "frame": h.frame, "worker": worker, "model": model,
         "particle_count": len(particles), "particles": particles,
         "area_fraction": float(result.area_fraction),
-        "drift": plain(drift),
+        "drift": plain(drift_map),
         "timings_ms": timings,
         "queue_depth": queue_depth,
         "meta": meta,

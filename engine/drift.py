@@ -41,9 +41,11 @@ from fringelive.engine.camera import estimate_dose as camera_dose
 from fringelive.engine.cusum import CusumState, calibrate_threshold
 from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SIGNAL_DIRECTIONS,
                                                parse_drift_reference, tail_p_value)
+from fringelive.engine.drift_result import DriftResult
 from fringelive.engine.materials import reflection_spacings_for, spacings_for
 
 __all__ = [
+    "DriftResult",
     "DriftSettings",
     "FrameMeasurement",
     "camera_of",
@@ -403,14 +405,14 @@ class DriftMonitor:
         return bad, implied
 
     def assess(self, pixels: np.ndarray, meta: Mapping[str, Any] | None, result: Any, *, threshold: float = 0.5,
-               camera: CameraSettings | None = None, learned: PhotonTransferResult | None = None) -> dict[str, Any]:
-        """The ``drift`` header of one frame; updates the CUSUM. ``result``: a
+               camera: CameraSettings | None = None, learned: PhotonTransferResult | None = None) -> DriftResult:
+        """The drift assessment of one frame (the result header's ``drift`` map is its
+        :meth:`~fringelive.engine.drift_result.DriftResult.to_dict`); updates the CUSUM. ``result``: a
         :class:`fringelive.engine.pipeline.PipelineResult`. camera: the daemon's ``[camera]``
         (None = nothing configured); learned: the daemon's photon-transfer fit (used when
         confident). Precedence: header > ``[camera]`` > learned > the card's constants."""
         if not self.settings.enabled:
-            return {"status": "unknown", "reasons": ["drift_disabled"], "signals": {}, "p_values": {}, "estimates": {},
-                    "conditions": {}, "cusum": {}, "alarm": False, "calibrated": False}
+            return DriftResult.unknown("drift_disabled")
         cam, sources = self._frame_camera(pixels, result.mask, meta, camera, learned)
         m = measure_frame(pixels, meta, probabilities=result.probabilities, mask=result.mask,
                           member_masks=result.member_masks, particles=result.particles, card=self.card,
@@ -437,21 +439,21 @@ class DriftMonitor:
                 reasons.append("stream_alarm")
                 status = envelope.worst_status([status, "warn"])
         c = m.conditions
-        return {
-            "status": status,
-            "reasons": reasons,
-            "signals": signals,
-            "p_values": p_values,
-            "estimates": dict(m.estimates),
-            "conditions": {"pixel_size_nm": c.pixel_size_nm, "dose_e_per_A2": c.dose_e_per_A2,
-                           "voltage_kv": c.voltage_kv, "material": c.material},
-            "cusum": cusum,
-            "alarm": alarm,
-            "calibrated": self.reference.calibrated,
-            "camera": {"gain_counts_per_e": cam.gain_counts_per_e, "offset_counts": cam.offset_counts,
-                       "read_noise_counts": cam.read_noise_counts, "noise_factor": cam.noise_factor,
-                       "sources": sources, "learned": _learned_summary(learned)},
-        }
+        return DriftResult(
+            status=status,
+            reasons=tuple(reasons),
+            signals=signals,
+            p_values=p_values,
+            estimates=dict(m.estimates),
+            conditions={"pixel_size_nm": c.pixel_size_nm, "dose_e_per_A2": c.dose_e_per_A2,
+                        "voltage_kv": c.voltage_kv, "material": c.material},
+            cusum=cusum,
+            alarm=alarm,
+            calibrated=self.reference.calibrated,
+            camera={"gain_counts_per_e": cam.gain_counts_per_e, "offset_counts": cam.offset_counts,
+                    "read_noise_counts": cam.read_noise_counts, "noise_factor": cam.noise_factor,
+                    "sources": sources, "learned": _learned_summary(learned)},
+        )
 
     def describe(self) -> dict[str, Any]:
         """For control ``status``: calibration state and CUSUM parameters."""
