@@ -202,7 +202,7 @@ def make_pipeline(bundle: Any, backends: list[Any], config: DaemonConfig) -> Any
     :class:`ConfigError`."""
 
     try:
-        settings = dataclasses.replace(config.pipeline, members=config.model.members)
+        settings = dataclasses.replace(config.pipeline, members=config.model.members, particles=config.particles)
         return SegmentationPipeline(bundle, backends, settings)
     except ValueError as e:
         raise ConfigError(f"pipeline: {e}") from None

@@ -43,6 +43,7 @@ def result_header(h: FrameHeader, meta: dict[str, Any], *, worker: str, model: s
     return {
         "series": h.series, "frame": h.frame, "worker": worker, "model": model,
         "particle_count": len(particles), "particles": particles,
+        "specks": int(result.specks), "particle_summary": plain(result.particle_summary),
         "area_fraction": float(result.area_fraction),
         "drift": plain(drift_map),
         "timings_ms": timings,

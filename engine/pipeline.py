@@ -28,7 +28,8 @@ from fringelive.bundle.bundle_io import Bundle, load_bundle
 from fringelive.bundle.netspec import bytes_per_pixel_of
 from fringelive.engine import tiling
 from fringelive.engine.backends import Backend, create_backends
-from fringelive.engine.particles import area_fraction, particle_stats
+from fringelive.engine.particle_measure import measure_particles
+from fringelive.engine.particles import area_fraction
 from fringelive.engine.pipeline_settings import TILING_MODES, PipelineConfig, _is_int
 from fringelive.engine.preprocess import preprocess
 from fringelive.engine.probabilities import class1_probability, class1_probability_into
@@ -51,8 +52,12 @@ class PipelineResult:
     mask: (H, W) bool, ``probabilities > threshold``.
     member_masks: one (H, W) bool mask per member (each member's own probability > threshold),
         for member agreement; with one member it is ``(mask,)``.
-    particles: per-particle dicts from :func:`fringelive.engine.particles.particle_stats`.
+    particles: per-particle dicts from :func:`fringelive.engine.particles.particle_stats`
+        (particles only: components below the minimum are ``specks``).
     area_fraction: fraction of the frame's pixels in ``mask``.
+    specks: components below the particle minimum (removed from ``mask`` by default).
+    particle_summary: counts and size statistics
+        (:func:`fringelive.engine.particle_measure.size_summary`).
     timings_ms: ms per stage: "preprocess", "inference" (tiling + backend calls + stitching, all
         members), "postprocess" (probabilities, ensemble mean, threshold), "particles", "total".
     tile_size: halo-tile core side used (px), None for one whole-frame pass (or gaussian tiling).
@@ -70,6 +75,8 @@ class PipelineResult:
     tile_size: int | None = None
     members: tuple[str, ...] = field(default=())
     preprocess_stats: dict[str, Any] = field(default_factory=dict)
+    specks: int = 0
+    particle_summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -336,7 +343,9 @@ class SegmentationPipeline:
         mask = probabilities > cfg.threshold
         member_masks = inference.member_masks or (mask,)
         t1 = time.perf_counter()
-        particles = particle_stats(mask, inference.pixel_size_nm, min_area_px=cfg.min_particle_area_px)
+        measured = measure_particles(mask, inference.pixel_size_nm, cfg.particles,
+                                     min_area_px=cfg.min_particle_area_px)
+        mask, particles = measured.mask, measured.particles
         fraction = area_fraction(mask)
         t2 = time.perf_counter()
         timings = dict(inference.timings_ms)
@@ -353,6 +362,8 @@ class SegmentationPipeline:
             tile_size=inference.tile_size,
             members=inference.members,
             preprocess_stats=inference.preprocess_stats,
+            specks=measured.specks,
+            particle_summary=measured.summary,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import torch
 
 from fringelive.engine.backends import create_backend, create_backends
 from fringelive.engine.particles import particle_stats
+from fringelive.engine.particle_measure import ParticleSettings, measure_particles, min_area_px_for
 from fringelive.engine.pipeline import (
     PipelineConfig,
     PipelineResult,
@@ -88,8 +89,12 @@ def test_result_shapes_dtypes_timings(whole_result: PipelineResult, frame: np.nd
     assert r.mask.shape == frame.shape and r.mask.dtype == bool
     assert r.shape == frame.shape
     assert 0.0 <= r.probabilities.min() and r.probabilities.max() <= 1.0
-    np.testing.assert_array_equal(r.mask, r.probabilities > 0.5)
-    assert len(r.member_masks) == 1 and r.member_masks[0] is r.mask
+    # the published mask is the thresholded one cleaned by [particles] (holes filled, specks
+    # below 1 nm removed); the member mask is the raw threshold
+    raw = r.probabilities > 0.5
+    assert len(r.member_masks) == 1
+    np.testing.assert_array_equal(r.member_masks[0], raw)
+    np.testing.assert_array_equal(r.mask, measure_particles(raw, 0.02, ParticleSettings()).mask)
     assert set(r.timings_ms) == set(STAGES)
     assert all(v >= 0.0 for v in r.timings_ms.values())
     assert r.timings_ms["total"] >= max(r.timings_ms[s] for s in STAGES[:-1])
@@ -131,13 +136,17 @@ def test_particles_consistent_with_mask(tiny_bundle, whole_result: PipelineResul
     cfg = PipelineConfig(tile_size="whole", threshold=threshold, min_particle_area_px=10)
     with SegmentationPipeline.from_bundle(tiny_bundle, cfg) as pipe:
         r = pipe.run(frame, {"pixel_size_nm": 0.05})
-    np.testing.assert_array_equal(r.mask, r.probabilities > threshold)
+    # the published mask: threshold, holes filled, specks (< 1 nm at 0.05 nm/px) removed
+    raw = r.probabilities > threshold
+    np.testing.assert_array_equal(r.mask, measure_particles(raw, 0.05, ParticleSettings()).mask)
     assert 0.2 < r.area_fraction < 0.8
-    assert r.particles == particle_stats(r.mask, 0.05, min_area_px=10)
+    minimum = min_area_px_for(0.05, ParticleSettings(), 10)
+    assert r.particles == particle_stats(r.mask, 0.05, min_area_px=minimum)
     assert r.particles and sum(p["area_px"] for p in r.particles) <= r.mask.sum()
+    assert r.specks == measure_particles(raw, 0.05, ParticleSettings()).specks
     for p in r.particles:
         y0, x0, y1, x1 = p["bbox_px"]
-        assert r.mask[y0:y1, x0:x1].sum() >= p["area_px"] >= 10
+        assert r.mask[y0:y1, x0:x1].sum() >= p["area_px"] >= minimum
         assert p["area_nm2"] == pytest.approx(p["area_px"] * 0.05**2)
     with SegmentationPipeline.from_bundle(tiny_bundle, cfg) as pipe:
         no_size = pipe.run(frame, {})
