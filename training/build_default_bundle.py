@@ -10,7 +10,19 @@ bundle is named, with the ordinary commands, so anyone can reproduce it:
     fringelive synth --engine fast ... --out calib            (120 fast frames, 300–700 e/Å²)
     fringelive calibrate --bundle finetune/bundle calib abtem-train abtem-heldout
 
-in a working directory, and copy ``finetune/bundle`` to ``--out``:
+then, stage 2 (issue #11: right on realistic frames), fine-tune that bundle on the curated
+multislice database (``synth --preset curated``: conditions and structures drawn from the ranges
+microscopes produce, bare-support frames included; docs/training.md):
+
+    fringelive synth --preset curated --count 300 --seed 1000 --out cur_0
+    fringelive synth --preset curated --count 143 --seed 1001 --out cur_1p
+    fringelive synth --engine abtem ... --out eval_accept_au   (held out: full multislice, unseen camera)
+    fringelive synth --engine abtem ... --out eval_bare        (held out: bare carbon, unseen camera)
+    fringelive synth --preset curated ... --out eval_bands      (held out: pixel-size/dose bands, Au/Ag/Pt)
+    fringelive finetune --from finetune/bundle --data cur_0 cur_1p --benchmark ... --out ft1
+    fringelive calibrate --bundle ft1/bundle eval_bands
+
+in a working directory, and copy ``ft1/bundle`` to ``--out``:
     python -m fringelive.training.build_default_bundle --out default_bundle [--work DIR]
 
 The network is the published residual UNet (``resunet-seed``), first trained on fast synthetic
@@ -87,6 +99,49 @@ def commands(*, train_frames: int = 32, heldout_frames: int = 6, frame_px: int =
     ]
 
 
+CURATED_NAME = "default-curated-v2"
+DESCRIPTION_CURATED = (
+    "Default model: the published residual UNet fine-tuned on a curated abTEM multislice database "
+    "(fringelive synth --preset curated): Au, Ag, Pt, CdSe particles 1.5-12 nm at random orientation with twins and "
+    "stacking faults, bare and no-support frames, amorphous carbon 2-12 nm, defocus -15..15 nm, corrected and "
+    "uncorrected Cs, 200/300 kV, 0.012-0.046 nm/pixel, 50-3000 e/A^2, varied cameras. A starting point, not a "
+    "substitute for a model trained on your conditions.")
+#: The held-out camera (never in the database): gain 8 counts/e, offset 100, read noise 30 counts,
+#: detector blur σ 1 px, 40 % illumination gradient.
+HELD_OUT_CAMERA = ["--gain", "8", "--offset", "100", "--read-noise", "30", "--mtf-sigma", "1.0",
+                   "--illumination", "0.4"]
+
+
+def curated_commands(*, epochs: int = 6, lr: float = 3e-4, seed: int = 0) -> list[list[str]]:
+    """Stage 2: the curated database, the held-out sets and the fine-tune of ``finetune/bundle``."""
+    cam = HELD_OUT_CAMERA
+    return [
+        ["synth", "--preset", "curated", "--count", "300", "--seed", "1000", "--workers", "2", "--no-progress",
+         "--out", "cur_0"],
+        ["synth", "--preset", "curated", "--count", "143", "--seed", "1001", "--workers", "2", "--no-progress",
+         "--out", "cur_1p"],
+        ["synth", "--engine", "abtem", "--count", "24", "--size", "512", "--pixel-size", "0.02", "--material", "Au",
+         "--diameter", "3", "6", "--particles", "1", "2", "--carbon-thickness", "3", "6", "--defocus", "-6", "6",
+         "--cs", "-30", "30", "--dose", "423", "--twin-probability", "0.3", *cam, "--seed", "9001", "--workers", "1",
+         "--no-progress", "--out", "eval_accept_au"],
+        ["synth", "--engine", "abtem", "--count", "24", "--size", "512", "--pixel-size", "0.02", "--material", "Au",
+         "--particles", "0", "0", "--carbon-thickness", "3", "10", "--defocus", "-10", "10", "--cs", "-30", "30",
+         "--dose", "200", "900", "--sampling", "0.2", "--mask-pass", "shared", *cam, "--seed", "9012",
+         "--workers", "1", "--no-progress", "--out", "eval_bare"],
+        ["synth", "--preset", "curated", "--count", "60", "--pixel-size", "0.013", "0.042", "--dose", "200", "2000",
+         "--material", "Au", "Ag", "Pt", "--particles", "1", "3", "--empty-fraction", "0", "--diameter", "2", "10",
+         "--no-support-fraction", "0", "--carbon-thickness", "2", "10", *cam, "--seed", "9003", "--workers", "1",
+         "--no-progress", "--out", "eval_bands"],
+        ["finetune", "--from", "finetune/bundle", "--data", "cur_0", "cur_1p", "--out", "ft1", "--folds", "1",
+         "--split", "0.92", "0.08", "0", "--patch", "256", "--epochs", str(epochs), "--batch-size", "8",
+         "--lr", f"{lr:g}", "--lr-schedule", "cosine", "--lr-min", "1e-05", "--noise-rho-max", "0.3",
+         "--seed", str(seed), "--benchmark", "accept_au=eval_accept_au", "--benchmark", "bare_support=eval_bare",
+         "--select-metric", "pooled_dice", "--bundle-name", CURATED_NAME, "--description", DESCRIPTION_CURATED,
+         "--no-calibrate", "--no-progress"],
+        ["calibrate", "--bundle", "ft1/bundle", "eval_bands", "--no-dose-calibration", "--seed", str(seed)],
+    ]
+
+
 def build(out: Path, work: Path, **kwargs: object) -> Path:
     """Run the commands in ``work`` and copy the bundle to ``out`` (replacing it)."""
     out = out.resolve()
@@ -94,7 +149,7 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
     cwd = os.getcwd()
     os.chdir(work)  # relative paths, so the card's commands read the same anywhere
     try:
-        for argv in commands(**kwargs):  # type: ignore[arg-type]
+        for argv in commands(**kwargs) + curated_commands():  # type: ignore[arg-type]
             log.info("fringelive %s", shlex.join(argv))
             # the commands run as `python -m fringelive.cli` (training sits below the CLI layer)
             rc = subprocess.run([sys.executable, "-m", "fringelive.cli", *argv], check=False).returncode
@@ -102,7 +157,7 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
                 raise SystemExit(f"fringelive {argv[0]} failed with exit code {rc}")
     finally:
         os.chdir(cwd)
-    src = work / "finetune" / "bundle"
+    src = work / "ft1" / "bundle"
     staged = out.with_name(out.name + ".new")
     if staged.exists():
         shutil.rmtree(staged)
@@ -145,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                   abtem_px=args.abtem_px, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                   calib_frames=args.calib_frames)
     if args.print_commands:
-        for c in commands(**kwargs):
+        for c in commands(**kwargs) + curated_commands():
             print("fringelive " + shlex.join(c))
         return 0
     if args.work is not None:
