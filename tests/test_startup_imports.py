@@ -25,6 +25,7 @@ def _heavy_modules_after(imports: str) -> str:
 
 
 @pytest.mark.parametrize("module", ["fringelive.daemon.config", "fringelive.stream.health", "fringelive.cli.health",
+                                    "fringelive.cli.merge",
                                     "fringelive.engine.backends", "fringelive.engine.pipeline_settings"])
 def test_import_loads_no_torch_or_runtime(module: str) -> None:
     assert _heavy_modules_after(f"import {module}") == ""
