@@ -49,8 +49,9 @@ def test_hdf5plugin_filter_chunks_decode(tmp_path: Path, dtype: str, shape: tupl
         bs = f["bs"].id.read_direct_chunk((0, 0))[1]
         lz = f["lz"].id.read_direct_chunk((0, 0))[1]
     size = np.dtype(dtype).itemsize
-    assert np.array_equal(np.frombuffer(bslz4_decompress(bs, size), dtype).reshape(shape), x)
-    assert np.array_equal(np.frombuffer(lz4_hdf5_decompress(lz), dtype).reshape(shape), x)
+    for fast in (True, False):   # dectris-compression (when installed) and the numpy path
+        assert np.array_equal(np.frombuffer(bslz4_decompress(bs, size, use_fast=fast), dtype).reshape(shape), x)
+        assert np.array_equal(np.frombuffer(lz4_hdf5_decompress(lz, use_fast=fast), dtype).reshape(shape), x)
     # and ours → hdf5plugin's decoder
     with h5py.File(tmp_path / "d.h5", "w") as f:
         f.create_dataset("bs", shape=shape, dtype=dtype, chunks=shape, **hdf5plugin.Bitshuffle(cname="lz4"))
@@ -89,6 +90,16 @@ def test_recorded_stream_v2_messages(tmp_path: Path) -> None:
             f.create_dataset("x", shape=pixels.shape, dtype=pixels.dtype, chunks=pixels.shape, **flt)
             f["x"].id.write_direct_chunk((0, 0), data)
             assert np.array_equal(f["x"][()], pixels), folder.name
+        # the numpy path and DECTRIS's own decompressor (when installed) agree byte for byte
+        numpy_path = (bslz4_decompress(data, modifier, use_fast=False) if algorithm == "bslz4"
+                      else lz4_hdf5_decompress(data, use_fast=False))
+        assert numpy_path == pixels.tobytes()
+        try:
+            from dectris.compression import decompress
+        except ImportError:
+            pass
+        else:
+            assert bytes(decompress(data, algorithm, elem_size=modifier)) == numpy_path
         meta = frame_meta(None, img, name)
         assert meta["exposure_s"] == pytest.approx(img.fields["real_time"][0] / img.fields["real_time"][1])
         assert meta["timestamp"] == pytest.approx(img.fields["series_date"].timestamp())
