@@ -155,14 +155,17 @@ def _search_range(card: Card, px_meta: float | None, factor: float) -> tuple[flo
 def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabilities: np.ndarray,
                   mask: np.ndarray, member_masks: Sequence[np.ndarray], particles: Sequence[Mapping[str, Any]],
                   card: Card, reference: DriftReference | None = None, settings: DriftSettings | None = None,
-                  threshold: float = 0.5, camera: CameraSettings | None = None) -> FrameMeasurement:
+                  threshold: float = 0.5, camera: CameraSettings | None = None,
+                  signal_from_card: bool = False) -> FrameMeasurement:
     """Measure one frame: ``pixels (H, W)`` raw counts, the pipeline's ``probabilities``
     (H, W) float32, ``mask`` (H, W) bool, ``member_masks`` and ``particles``.
 
     camera: the frame's resolved camera (:func:`fringelive.engine.camera.resolve_camera`): the
     dose is ``(m − o)/g`` when gain and offset are known (``estimates.dose_verified``), else the
     shot-noise estimate or None, *unverified*. None: the card's constants and the raw shot-noise
-    measurement (``dose_measurement``), as bundle calibration (``engine/calibration.py``) needs."""
+    measurement (``dose_measurement``), as bundle calibration (``engine/calibration.py``) needs.
+    signal_from_card: the camera is the card's (schema-1 fallback): the ``log_dose_estimate``
+    signal is then the shot-noise estimate the card's reference was calibrated with."""
     settings = settings or DriftSettings()
     reference = reference or DriftReference()
     cond = envelope.conditions_from_meta(meta)
@@ -196,8 +199,17 @@ def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabi
         if px_est is not None and (px_for_dose is None or _disagree(px_est.pixel_size_nm, px_for_dose,
                                                                     _px_tol(card, settings))):
             px_for_dose = float(px_est.pixel_size_nm)
+        signal_dose = None
         if camera is not None:
             estimates.update(_camera_dose_estimates(pixels, mask, camera, px_for_dose, settings))
+            signal_dose = estimates.get("dose_e_per_A2")
+            if signal_from_card and estimates.get("dose_verified"):
+                legacy = image_estimates.CameraCalibration(
+                    gain_counts_per_e=camera.gain_counts_per_e, offset_counts=camera.offset_counts or 0.0,
+                    read_noise_counts=camera.read_noise_counts, noise_factor=camera.noise_factor)
+                measurement = image_estimates.measure_background_noise(pixels, mask, camera=legacy,
+                                                                       max_blocks=settings.max_background_blocks)
+                signal_dose = image_estimates.estimate_dose(measurement, legacy, px_for_dose)["dose_e_per_A2"]
         else:
             legacy = camera_of(reference)
             measurement = image_estimates.measure_background_noise(pixels, mask, camera=legacy,
@@ -206,8 +218,9 @@ def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabi
             estimates.update({k: (None if v is None else float(v)) for k, v in dose.items()})
             estimates["background_blocks"] = 0 if measurement is None else measurement.blocks
             estimates["dose_basis"] = None if measurement is None else measurement.basis
-        d = estimates.get("dose_e_per_A2")
+            signal_dose = estimates.get("dose_e_per_A2")
         # an unverified dose must not drive the CUSUM into a stream alarm
+        d = signal_dose
         signals["log_dose_estimate"] = math.log(d) if d and estimates.get("dose_verified", True) else None
         signals["log_pixel_size_estimate"] = (math.log(estimates["pixel_size_nm"])
                                               if estimates.get("pixel_size_nm") else None)
@@ -369,7 +382,7 @@ class DriftMonitor:
                 _log.warning("camera constants of bundle %s contradicted by the frames: implied gain %.3g vs %.3g "
                              "counts/e; dose unverified until [camera] is set or the fit is confident",
                              self.card.name, implied or math.nan, cam.gain_counts_per_e or math.nan)
-        if self.card_camera_contradicted or contradicts is not False:
+        if self.card_camera_contradicted or contradicts:
             drop = {f: (None if f in _CAMERA_FIELDS and sources[f] == "card" else getattr(cam, f)) for f in _CAMERA_FIELDS}
             sources = {f: ("default" if f in _CAMERA_FIELDS and sources[f] == "card" else s) for f, s in sources.items()}
             return replace(cam, **drop), sources
@@ -384,12 +397,15 @@ class DriftMonitor:
         """Does this frame contradict ``cam``'s gain and offset? Two implied gains of the flat
         background blocks: from the high-pass variance (``(v_hp − r²)/(f·(m − o))``, within the
         dose tolerance) and from the zero-frequency noise power (``(v_lf − r²)/(m − o)``, which a
-        detector MTF does not hide; within a factor 2). None: too little background to tell."""
+        detector MTF does not hide; within a factor 3.5). None: too little background to tell
+        (the card is then used)."""
         g, o, r2 = cam.gain_counts_per_e, cam.offset_counts, cam.read_noise_counts ** 2
         if g is None or o is None:
             return None, None
         block = 32 if min(pixels.shape) >= 512 else 16
         stats = block_statistics(pixels, block=block, mask=mask, max_blocks=100, nps_lags=min(3, block // 4 - 1))
+        if len(stats) < 6:  # the model sees (almost) no background: every block
+            stats = block_statistics(pixels, block=block, mask=None, max_blocks=100, nps_lags=min(3, block // 4 - 1))
         est = camera_dose(pixels, cam, None, stats=stats)
         implied = None if est is None else est.implied_gain_counts_per_e
         if implied is None:
@@ -416,7 +432,8 @@ class DriftMonitor:
         cam, sources = self._frame_camera(pixels, result.mask, meta, camera, learned)
         m = measure_frame(pixels, meta, probabilities=result.probabilities, mask=result.mask,
                           member_masks=result.member_masks, particles=result.particles, card=self.card,
-                          reference=self.reference, settings=self.settings, threshold=threshold, camera=cam)
+                          reference=self.reference, settings=self.settings, threshold=threshold, camera=cam,
+                          signal_from_card=sources.get("gain_counts_per_e") == "card")
         status, reasons, _ = evaluate(m, self.card, self.settings)
         signals = {k: _finite(v) for k, v in m.signals.items()}
         z: dict[str, float | None] = {}
