@@ -179,6 +179,8 @@ class Daemon(FrameThreads):
                  self.config.model.backend, device_of([b for m in ms.models for b in m.backends]),
                  self.config.queue.size, self.config.queue.policy, self.endpoints["ingest"],
                  self.endpoints["results"], self.endpoints["control"], self.endpoints.get("metrics", "disabled"))
+        if "view" in self.endpoints:
+            log.info("live view: %s (read-only; open it in a browser)", self.endpoints["view"])
         return self
 
     def __enter__(self) -> "Daemon":
