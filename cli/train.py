@@ -345,9 +345,9 @@ def _register_train(sub: Any, finetune: bool) -> None:
                        help="Gaussian-noise augmentation x'=(x+N(0,ρ²))/√(1+ρ²) with fixed ρ (std units of the "
                             "standardized input)")
     noise.add_argument("--noise-rho-max", type=float, metavar="RHO", help="same with ρ ~ U(0, RHO) per patch")
-    p.add_argument("--select-metric", choices=["dice", "pooled_dice", "loss"], default="dice",
+    p.add_argument("--select-metric", choices=["dice", "pooled_dice", "loss", "last"], default="dice",
                    help="validation score that picks the kept checkpoint: mean per-patch Dice (published), one Dice "
-                        "over all validation pixels, or lowest loss (default: dice)")
+                        "over all validation pixels, lowest loss, or the last epoch (default: dice)")
     p.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (count, default: 5)")
     p.add_argument("--fold", type=int, action="append", metavar="K",
                    help="train only this fold (0-based; repeat; default: all folds)")

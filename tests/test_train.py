@@ -124,6 +124,10 @@ def test_cosine_schedule_and_selection_metric() -> None:
     losses = [h["val_loss"] for h in r.history]
     assert r.best_epoch == int(np.argmin(losses)) and r.best_val_dice == -min(losses)
     assert all(0 <= h["val_pooled_dice"] <= 1 for h in r.history)
+    torch.manual_seed(0)
+    r = train_model(build_model("resunet", **TINY), (x[:4], y[:4]), (x[4:], y[4:]),
+                    TrainConfig(epochs=2, batch_size=2, lr=1e-2, device="cpu", select_metric="last"))
+    assert r.best_epoch == 1, "select_metric 'last' keeps the final epoch"
 
 
 def test_default_bundle_commands_parse() -> None:
@@ -138,6 +142,12 @@ def test_default_bundle_commands_parse() -> None:
     assert finetune.command == "finetune" and finetune.source == "run/bundle" and finetune.data == ["train", "abtem-train"]
     assert finetune.benchmark == ["heldout_423e=heldout", "heldout_abtem_423e=abtem-heldout"]
     assert csynth.engine == "fast" and calibrate.command == "calibrate" and str(calibrate.bundle) == "finetune/bundle"
+    from fringelive.training.build_default_bundle import curated_commands
+
+    stage2 = [parser.parse_args(c) for c in curated_commands()]
+    assert [a.command for a in stage2] == ["synth"] * 5 + ["finetune", "calibrate"]
+    assert stage2[0].preset == "curated" and stage2[5].source == "finetune/bundle"
+    assert stage2[5].select_metric == "last" and str(stage2[6].bundle) == "ft1/bundle"
 
 
 def test_trainer_noise_max_steps_and_tensorboard(tmp_path: Path) -> None:

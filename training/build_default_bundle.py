@@ -20,7 +20,7 @@ microscopes produce, bare-support frames included; docs/training.md):
     fringelive synth --engine abtem ... --out eval_bare        (held out: bare carbon, unseen camera)
     fringelive synth --preset curated ... --out eval_bands      (held out: pixel-size/dose bands, Au/Ag/Pt)
     fringelive finetune --from finetune/bundle --data cur_0 cur_1p --benchmark ... --out ft1
-    fringelive calibrate --bundle ft1/bundle eval_bands
+    fringelive calibrate --bundle ft1/bundle eval_bands eval_bare eval_accept_au
 
 in a working directory, and copy ``ft1/bundle`` to ``--out``:
     python -m fringelive.training.build_default_bundle --out default_bundle [--work DIR]
@@ -136,9 +136,10 @@ def curated_commands(*, epochs: int = 6, lr: float = 3e-4, seed: int = 0) -> lis
          "--split", "0.92", "0.08", "0", "--patch", "256", "--epochs", str(epochs), "--batch-size", "8",
          "--lr", f"{lr:g}", "--lr-schedule", "cosine", "--lr-min", "1e-05", "--noise-rho-max", "0.3",
          "--seed", str(seed), "--benchmark", "accept_au=eval_accept_au", "--benchmark", "bare_support=eval_bare",
-         "--select-metric", "pooled_dice", "--bundle-name", CURATED_NAME, "--description", DESCRIPTION_CURATED,
+         "--select-metric", "last", "--bundle-name", CURATED_NAME, "--description", DESCRIPTION_CURATED,
          "--no-calibrate", "--no-progress"],
-        ["calibrate", "--bundle", "ft1/bundle", "eval_bands", "--no-dose-calibration", "--seed", str(seed)],
+        ["calibrate", "--bundle", "ft1/bundle", "eval_bands", "eval_bare", "eval_accept_au", "--no-dose-calibration",
+         "--seed", str(seed)],
     ]
 
 

@@ -71,7 +71,7 @@ CHECKPOINT_FORMAT = "fringelive-train-checkpoint"
 RESUME_KEYS = ("batch_size", "lr", "weight_decay", "dihedral", "rotation_p", "noise_rho", "noise_rho_max",
                "seed", "amp", "freeze", "lr_schedule", "lr_min", "select_metric")
 LR_SCHEDULES = ("constant", "cosine")
-SELECT_METRICS = ("dice", "pooled_dice", "loss")
+SELECT_METRICS = ("dice", "pooled_dice", "loss", "last")
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ class TrainConfig:
     over ``epochs`` or ``max_steps``, whichever ends first); select_metric: validation score
     that picks the best checkpoint: "dice" (mean per-patch hard Dice, published),
     "pooled_dice" (one Dice over all validation pixels; steadier when many patches hold no
-    particle) or "loss" (lowest cross-entropy).
+    particle), "loss" (lowest cross-entropy) or "last" (the final epoch's weights: for a
+    schedule that decays to its end, where a small validation set's best epoch is noise).
     """
 
     epochs: int = 50
@@ -405,7 +406,9 @@ def train_model(
                 row.update({f"{name}_{k}": x for k, x in b.items()})
             row["seconds"] = seconds_before + time.perf_counter() - t0
             result.history.append(row)
-            if math.isnan(v["dice"]):
+            if cfg.select_metric == "last":
+                score = float(epoch)  # every epoch improves: the final weights are kept
+            elif math.isnan(v["dice"]):
                 score = -row["train_loss"]
             elif cfg.select_metric == "loss":
                 score = -v["loss"]
