@@ -81,11 +81,11 @@ def build_config(args: argparse.Namespace) -> Any:
         if args.backend is not None:
             cfg = cfg.override("model", backend=args.backend)
         if getattr(args, "precision", None) is not None:
-            cfg = cfg.override("model", precision=args.precision)
+            cfg = cfg.override("model", precision=getattr(args, "precision", None))
         if args.ingest is not None:
             cfg = cfg.override("ingest", endpoint=args.ingest)
-        if args.ingest_mode is not None:
-            cfg = cfg.override("ingest", mode=args.ingest_mode)
+        if getattr(args, "ingest_mode", None) is not None:
+            cfg = cfg.override("ingest", mode=getattr(args, "ingest_mode", None))
         if args.results is not None:
             cfg = cfg.override("results", endpoint=args.results)
         if args.control is not None:
@@ -96,7 +96,7 @@ def build_config(args: argparse.Namespace) -> Any:
         if args.drain_timeout is not None:
             cfg = cfg.override("lifecycle", drain_timeout_s=args.drain_timeout)
         if getattr(args, "follow", None):
-            cfg = follow_folders(cfg, args.follow)
+            cfg = follow_folders(cfg, getattr(args, "follow", None))
     except ConfigError as e:
         raise ConfigError(f"{e} (from the command line)") from None
     cfg.model.bundle_paths()  # fail now when there is no bundle at all

@@ -172,9 +172,11 @@ def test_frame_to_result_header_mask_and_probabilities(served: Daemon, client: C
     assert header["particle_count"] == len(header["particles"])
     assert 0.0 <= header["area_fraction"] <= 1.0
     drift = header["drift"]  # Poisson noise of 100 counts/px: 2500 e/Å² at 0.02 nm/px, not the 420 claimed
-    assert drift["status"] == "ood" and drift["alarm"] is False and drift["calibrated"] is False
-    assert drift["reasons"] == ["dose_metadata_mismatch", "dose_above_envelope"]
-    assert drift["estimates"]["dose_e_per_A2"] == pytest.approx(2500.0, rel=0.05)
+    # issue #12: with no camera constants anywhere (header, [camera], card) the image dose is
+    # unverified, never a dose_metadata_mismatch (the frame is flagged warn by its envelope only)
+    assert drift["status"] in ("ok", "warn") and drift["alarm"] is False and drift["calibrated"] is False
+    assert "dose_unverified" in drift["reasons"] and "dose_metadata_mismatch" not in drift["reasons"]
+    assert drift["estimates"].get("dose_e_per_A2") is None  # no camera: no absolute dose claimed
     assert drift["conditions"]["dose_e_per_A2"] == 420.0 and drift["conditions"]["pixel_size_nm"] == 0.02
     assert 0.0 <= drift["signals"]["entropy_mean"] <= 1.0 and drift["p_values"] == {} and drift["cusum"] == {}
     for stage in ("queue", "preprocess", "inference", "postprocess", "particles", "drift", "handoff", "publish"):

@@ -164,10 +164,12 @@ def test_ensemble_averages_member_probabilities(pair_bundle, small_frame: np.nda
     assert both.members == ("member0.onnx", "member1.onnx")
     mean = (singles[0].probabilities + singles[1].probabilities) / 2
     assert np.abs(both.probabilities - mean).max() < 1e-6
-    np.testing.assert_array_equal(both.mask, both.probabilities > 0.5)
+    # published mask: threshold cleaned by [particles] (no pixel size: the 20 px minimum)
+    np.testing.assert_array_equal(both.mask, measure_particles(both.probabilities > 0.5, None, ParticleSettings(),
+                                                               min_area_px=20).mask)
     assert len(both.member_masks) == 2
     for member_mask, single in zip(both.member_masks, singles):
-        np.testing.assert_array_equal(member_mask, single.mask)
+        np.testing.assert_array_equal(member_mask, single.probabilities > 0.5)
     assert not np.array_equal(singles[0].probabilities, singles[1].probabilities)
 
 
@@ -185,7 +187,8 @@ def test_gaussian_tiling_runs(tiny_bundle, whole_result: PipelineResult, frame: 
     with SegmentationPipeline.from_bundle(tiny_bundle, cfg) as pipe:
         r = pipe.run(frame, {})
     assert r.probabilities.shape == frame.shape and r.tile_size is None
-    np.testing.assert_array_equal(r.mask, r.probabilities > 0.5)
+    np.testing.assert_array_equal(r.mask, measure_particles(r.probabilities > 0.5, None, ParticleSettings(),
+                                                            min_area_px=20).mask)
     # Blending windows only changes the result near window borders (context is cut there).
     assert np.mean(np.abs(r.probabilities - whole_result.probabilities) < 0.05) > 0.5
 
