@@ -87,9 +87,11 @@ class TrackingStage:
         self.series = SeriesTracking(settings)
         self.metrics = TrackingMetrics(registry)
 
-    def apply(self, header: dict[str, Any], pixels: np.ndarray, mask: np.ndarray) -> InSituUpdate | None:
+    def apply(self, header: dict[str, Any], pixels: np.ndarray, mask: np.ndarray,
+              labels: np.ndarray | None = None) -> InSituUpdate | None:
         """Register and track the frame of result ``header`` (its ``series``, ``frame``,
-        ``particles`` and ``meta``); ``pixels`` (H, W) raw, ``mask`` (H, W) bool as published."""
+        ``particles`` and ``meta``); ``pixels`` (H, W) raw, ``mask`` (H, W) bool as published,
+        ``labels`` (H, W) int32 the pipeline's particle labels (None: labelled here)."""
         if not self.settings.enabled:
             return None
         meta = header.get("meta") or {}
@@ -97,7 +99,7 @@ class TrackingStage:
         particles = header["particles"]
         up = self.series.update(pixels, mask, particles, series=str(header["series"]), frame=int(header["frame"]),
                                 magnification=_number(meta.get("magnification")),
-                                pixel_size_nm=_number(meta.get("pixel_size_nm")))
+                                pixel_size_nm=_number(meta.get("pixel_size_nm")), labels=labels)
         for p, tid, circ in zip(particles, up.tracking.track_ids, up.circularity):
             p["track_id"] = int(tid)
             p["circularity"] = None if math.isnan(circ) else round(float(circ), 4)

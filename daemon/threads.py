@@ -290,7 +290,7 @@ class FrameThreads:
                                    route=routed, timings=timings, queue_depth=len(self._queue))
             if self._tracking is not None:  # registration + track ids + events (daemon/insitu.py)
                 try:
-                    self._tracking.apply(header, work.frame.pixels, result.mask)
+                    self._tracking.apply(header, work.frame.pixels, result.mask, result.labels)
                 except Exception as e:  # noqa: BLE001 - a tracking failure must not cost the frame its result
                     self._rlog.warning("tracking_error", "tracking failed on %s/%s: %s: %s", h.series, h.frame,
                                        type(e).__name__, e)

@@ -100,12 +100,14 @@ class SeriesTracking:
 
     def update(self, pixels: np.ndarray, mask: np.ndarray, particles: Sequence[Mapping[str, Any]], *,
                series: str, frame: int, magnification: float | None = None,
-               pixel_size_nm: float | None = None) -> InSituUpdate:
+               pixel_size_nm: float | None = None, labels: np.ndarray | None = None) -> InSituUpdate:
         """Register ``pixels`` (H, W) against the series' previous frame, then track
-        ``particles`` (of ``mask`` (H, W) bool) in the drift-corrected frame."""
+        ``particles`` (of ``mask`` (H, W) bool) in the drift-corrected frame. ``labels`` (H, W)
+        int32, numbered like ``particles`` (the pipeline's), saves labelling ``mask`` again."""
         st = self._state(series)
         reg = st.drift.update(pixels, series=series, magnification=magnification, pixel_size_nm=pixel_size_nm)
-        labels = labels_of(mask, particles)
+        if labels is None or labels.shape != np.shape(mask):
+            labels = labels_of(mask, particles)
         trk = st.tracker.update(FrameObservation(series, int(frame), particles, labels, pixel_size_nm,
                                                  reg.cumulative_px, magnification))
         return InSituUpdate(reg, trk, circularities(labels, particles), labels)

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-
-from fringelive.engine.particles import label_particles, particle_stats
+from fringelive.engine.particles import fill_holes, keep_labels, label_particles, stats_of_labels
 
 __all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for"]
 
@@ -60,12 +58,15 @@ class ParticleSettings:
 class ParticleMeasurement:
     """mask: (H, W) bool, the published mask (holes filled, specks removed per the settings);
     particles: per-particle dicts (:func:`fringelive.engine.particles.particle_stats`, labels
-    1..n); specks: components below the minimum; summary: :func:`size_summary`."""
+    1..n); specks: components below the minimum; summary: :func:`size_summary`;
+    labels: (H, W) int32 label image of the particles (0 = background or speck), numbered like
+    ``particles``, so later stages (tracking, circularity) need not label the mask again."""
 
     mask: np.ndarray
     particles: list[dict[str, Any]]
     specks: int
     summary: dict[str, Any] = field(default_factory=dict)
+    labels: np.ndarray | None = None
 
 
 def min_area_px_for(pixel_size_nm: float | None, settings: ParticleSettings, min_area_px: int) -> int:
@@ -84,21 +85,16 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
     if mask.ndim != 2 or mask.dtype != bool:
         raise ValueError(f"mask must be a 2-D bool array, got shape {mask.shape} dtype {mask.dtype}")
     minimum = min_area_px_for(pixel_size_nm, settings, min_area_px)
-    if settings.fill_holes and mask.any():
-        mask = ndimage.binary_fill_holes(mask)
+    if settings.fill_holes:
+        mask = fill_holes(mask)
     labels, count = label_particles(mask, connectivity=connectivity)
-    specks = 0
-    if count:
-        areas = np.bincount(labels.ravel(), minlength=count + 1)
-        small = areas < minimum
-        small[0] = False
-        specks = int(np.count_nonzero(small))
-        if specks and settings.remove_specks:
-            mask = mask & ~small[labels]
-    del labels
-    particles = particle_stats(mask, pixel_size_nm, min_area_px=minimum, connectivity=connectivity)
+    labels, kept = keep_labels(labels, count, minimum)
+    specks = count - kept
+    if specks and settings.remove_specks:
+        mask = labels > 0
+    particles = stats_of_labels(labels, kept, pixel_size_nm)
     return ParticleMeasurement(mask=mask, particles=particles, specks=specks,
-                               summary=size_summary(particles, specks, settings))
+                               summary=size_summary(particles, specks, settings), labels=labels)
 
 
 def size_summary(particles: list[dict[str, Any]], specks: int, settings: ParticleSettings) -> dict[str, Any]:

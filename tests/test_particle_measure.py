@@ -86,3 +86,33 @@ def test_without_pixel_size_sizes_are_in_pixels() -> None:
 def test_settings_errors_name_the_value(kw: dict, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         ParticleSettings(**kw)
+
+
+def test_fill_holes_equals_scipy_on_random_masks() -> None:
+    from scipy import ndimage
+
+    from fringelive.engine.particles import fill_holes
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        shape = (int(rng.integers(1, 48)), int(rng.integers(1, 48)))
+        mask = rng.random(shape) < rng.random()
+        np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+
+
+def test_labels_are_numbered_like_the_particles() -> None:
+    """The measurement's label image is what tracking would build from the published mask."""
+    from fringelive.engine.insitu import labels_of
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((400, 400), bool)
+    for _ in range(12):
+        _disc(mask, *rng.uniform(0, 400, 2), rng.uniform(3, 40))
+    mask ^= rng.random(mask.shape) < 0.01  # specks and holes
+    for settings in (ParticleSettings(), ParticleSettings(remove_specks=False), ParticleSettings(fill_holes=False)):
+        m = measure_particles(mask, 0.05, settings)
+        assert m.labels is not None and m.labels.dtype == np.int32 and int(m.labels.max()) == len(m.particles)
+        for p in m.particles:
+            assert int(np.count_nonzero(m.labels == p["label"])) == p["area_px"]
+        if settings.remove_specks:
+            np.testing.assert_array_equal(m.labels, labels_of(m.mask, m.particles))
