@@ -30,6 +30,7 @@ from fringelive.bundle.card import CardError, Preprocessing
 from fringelive.cli import CLIError
 from fringelive.cli.preprocessing import add_preprocessing_options, preprocessing_from_args
 from fringelive.engine.backends import BackendUnavailable
+from fringelive.training.benchmark_groups import parse_group_by
 from fringelive.training.evaluate import generalization_matrix, write_results
 from fringelive.training.experimental import DatasetConfig, DatasetError, Selection, build_dataset
 from fringelive.training.fastsim import CameraModel
@@ -355,6 +356,10 @@ def _register_train(sub: Any, finetune: bool) -> None:
                    help="fractions of samples per fold (default: 0.7 0.1 0.2)")
     p.add_argument("--benchmark", action="append", metavar="NAME=DIR",
                    help="named sample set evaluated every epoch and at the end (repeat)")
+    p.add_argument("--benchmark-by", action="append", metavar="COLUMN[=EDGES]",
+                   help="also score each benchmark set per metadata column: per value (e.g. material) or per bin "
+                        "of comma-separated edges in the column's unit (e.g. pixel_size_nm=0.02,0.03); each subset "
+                        "is logged as '<set>[<group>]' (repeat)")
     p.add_argument("--seed", type=int, default=0, help="random seed (integer; fold k uses seed + k)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
@@ -398,6 +403,12 @@ def _train(args: argparse.Namespace) -> int:
             raise _error(f"--benchmark takes NAME=DIR, got {item!r}")
         benchmarks.append((name, path))
     try:
+        benchmark_by = tuple(parse_group_by(g) for g in args.benchmark_by or [])
+    except ValueError as e:
+        raise _error(str(e)) from None
+    if benchmark_by and not benchmarks:
+        raise _error("--benchmark-by needs at least one --benchmark NAME=DIR to split")
+    try:
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                            dihedral=not args.no_dihedral, rotation_p=args.rotation_p, noise_rho=args.noise_rho,
                            noise_rho_max=args.noise_rho_max, seed=args.seed, device=args.device, amp=not args.no_amp,
@@ -409,7 +420,7 @@ def _train(args: argparse.Namespace) -> int:
                         arch_overrides=overrides if init is None else None, patch_px=args.patch, folds=args.folds,
                         run_folds=tuple(args.fold) if args.fold else None, split=tuple(args.split),
                         preprocessing=_preprocessing(args, init.preprocessing if init is not None else None),
-                        benchmarks=tuple(benchmarks), bundle_name=args.bundle_name, description=args.description,
+                        benchmarks=tuple(benchmarks), benchmark_by=benchmark_by, bundle_name=args.bundle_name, description=args.description,
                         log=args.log, init=init, command=_command(args),
                         export_check_sizes=tuple(args.check_size) if args.check_size else (512, 1024),
                         calibrate=not args.no_calibrate)

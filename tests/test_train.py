@@ -224,15 +224,30 @@ def test_cli_train(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     argv = ["train", "--data", str(tiny_set), "--out", str(tmp_path / "cli"), "--arch", "resunet", "--spec",
             '{"widths": [4, 8], "bottleneck": 8}', "--patch", "32", "--epochs", "1", "--batch-size", "8",
             "--folds", "5", "--fold", "1", "--check-size", "32", "--no-progress", "--xray-threshold", "1000",
-            "--bundle-name", "tiny-cli"]
+            "--bundle-name", "tiny-cli", "--benchmark", f"again={tiny_set}", "--benchmark-by", "dose_e_per_A2=425",
+            "--benchmark-by", "material"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "fold 1: best epoch 0" in out and "test Dice" in out
     card = load_bundle(tmp_path / "cli" / "bundle").card
+    # per-condition subsets of the benchmark: in the per-epoch log and the card
+    header = (tmp_path / "cli" / "fold1" / "log.csv").read_text().splitlines()[0]
+    assert "again[dose_e_per_A2<425]_dice" in header and "again[material=Au]_dice" in header
+    benches = card.metrics["benchmarks"]
+    low, high = benches["again[dose_e_per_A2<425]"], benches["again[dose_e_per_A2>=425]"]
+    assert low["of"] == "again" and low["samples"] + high["samples"] == 10
+    assert low["whole_sample"]["samples"] == low["samples"] and benches["again[material=Au]"]["samples"] == 10
     assert card.name == "tiny-cli" and card.preprocessing.xray_threshold_counts == 1000.0
     assert card.provenance.command.startswith("fringelive train --data")
     assert main(["train", "--data", str(tiny_set), "--out", str(tmp_path / "bad"), "--split", "0.5", "0.1", "0.1"]) == 2
     assert main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "bad2")]) == 1
+    assert main(["train", "--data", str(tiny_set), "--out", str(tmp_path / "bad3"), "--benchmark", f"b={tiny_set}",
+                 "--benchmark-by", "dose_e_per_A2=500,x"]) == 2
+    assert "EDGE,EDGE" in capsys.readouterr().err
+    assert main(["train", "--data", str(tiny_set), "--out", str(tmp_path / "bad4"), "--benchmark", f"b={tiny_set}",
+                 "--benchmark-by", "no_such_column", "--epochs", "1", "--patch", "32", "--fold", "0",
+                 "--arch", "resunet", "--spec", '{"widths": [4, 8], "bottleneck": 8}']) == 1
+    assert "'no_such_column' is in no sample's metadata" in capsys.readouterr().err
 
 
 def test_committed_default_bundle_records_its_recipe_and_heldout_dice() -> None:

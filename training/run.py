@@ -43,6 +43,7 @@ from fringelive.bundle.card import Envelope, Preprocessing
 from fringelive.engine.calibration import calibrate_bundle
 from fringelive.engine.models import build_model
 from fringelive.export.onnx_export import export_bundle
+from fringelive.training.benchmark_groups import GroupBy, groups_of
 from fringelive.training.evaluate import score_members, torch_member
 from fringelive.training.patches import fold_split, index_ranges, network_input, patchify, prepare_patches
 from fringelive.training.patches import RunError
@@ -80,7 +81,9 @@ class RunConfig:
     downsampling factor); folds: K of the cross-validation; run_folds: which folds to train
     (None = all); split: train/val/test fractions; preprocessing: for raw samples (None = card
     defaults, or the initial bundle's when fine-tuning); benchmarks: (name, path) sample sets
-    evaluated every epoch and at the end; bundle_name: None = derived from the envelope;
+    evaluated every epoch and at the end; benchmark_by: also score each benchmark set's subsets
+    per metadata column (:mod:`fringelive.training.benchmark_groups`); bundle_name: None =
+    derived from the envelope;
     log: csv | tensorboard | both | none; init: starting weights (fine-tuning);
     export_check_sizes: ONNX-vs-torch check inputs (px) of the export; eval_tile_px: largest
     tile core (px) of the final whole-sample benchmark scoring (None = whole samples);
@@ -98,6 +101,7 @@ class RunConfig:
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     preprocessing: Preprocessing | None = None
     benchmarks: tuple[tuple[str, str], ...] = ()
+    benchmark_by: tuple[GroupBy, ...] = ()
     bundle_name: str | None = None
     description: str | None = None
     log: str = "csv"
@@ -317,7 +321,10 @@ def run_training(cfg: RunConfig) -> RunResult:
         out.mkdir(parents=True, exist_ok=True)
         _check_run_file(out, _fingerprint(cfg, data_info, params))
     bench = {name: _Data([path]) for name, path in cfg.benchmarks}
+    subsets = _benchmark_subsets(bench, cfg.benchmark_by)
     bench_patches = {name: d.patches(range(len(d)), params, cfg.patch_px) for name, d in bench.items()}
+    for sub, (parent, idx) in subsets.items():
+        bench_patches[sub] = bench[parent].patches(idx, params, cfg.patch_px)
     splits = {k: fold_split(n, k, cfg.folds, cfg.split) for k in cfg.fold_list}
     models, fold_rows = [], []
     used: set[int] = set()
@@ -387,6 +394,11 @@ def run_training(cfg: RunConfig) -> RunResult:
         metrics["benchmarks"][bname]["sha256"] = sha256_file(bdata.sets[0].path)
         metrics["benchmarks"][bname]["whole_sample"] = _whole_sample_scores(models, bdata, params, cfg.eval_tile_px)
         log.info("benchmark %s, whole samples: %s", bname, metrics["benchmarks"][bname]["whole_sample"])
+    for sub, (parent, idx) in subsets.items():
+        metrics["benchmarks"][sub].update({"of": parent, "samples": len(idx)})
+        metrics["benchmarks"][sub]["whole_sample"] = _whole_sample_scores(models, bench[parent], params,
+                                                                          cfg.eval_tile_px, idx)
+        log.info("benchmark %s, whole samples: %s", sub, metrics["benchmarks"][sub]["whole_sample"])
     metrics.update(cfg.extra_metrics or {})
 
     bundle = export_bundle(models, out / "bundle", name=name, arch=cfg.arch if cfg.init is None else cfg.init.arch,
@@ -403,14 +415,30 @@ def run_training(cfg: RunConfig) -> RunResult:
     return result
 
 
-def _whole_sample_scores(models: list[Any], data: _Data, params: Preprocessing, tile_px: int | None) -> dict[str, Any]:
-    """Members (torch) on whole benchmark samples, through the halo tiler as the daemon runs them:
-    Dice (class 1, 0.5) mean ± std over members, the ensemble's Dice mean ± std over samples,
-    and pixel error rates."""
+def _benchmark_subsets(bench: dict[str, "_Data"], by: Sequence[GroupBy]) -> dict[str, tuple[str, list[int]]]:
+    """``{"<set>[<group>]": (set name, sample indices)}`` for every benchmark set and grouping."""
+    out: dict[str, tuple[str, list[int]]] = {}
+    for name, d in bench.items():
+        rows = d.rows(range(len(d)))
+        for g in by:
+            try:
+                groups = groups_of(rows, g)
+            except ValueError as e:
+                raise RunError(f"benchmark {name!r}: {e}") from None
+            for label, idx in groups.items():
+                out[f"{name}[{label}]"] = (name, idx)
+    return out
 
 
+def _whole_sample_scores(models: list[Any], data: _Data, params: Preprocessing, tile_px: int | None,
+                         indices: Sequence[int] | None = None) -> dict[str, Any]:
+    """Members (torch) on whole benchmark samples (``indices`` of them, None = all), through the
+    halo tiler as the daemon runs them: Dice (class 1, 0.5) mean ± std over members, the
+    ensemble's Dice mean ± std over samples, and pixel error rates."""
     xs = np.concatenate([data.inputs(j, params) for j in range(len(data.sets))])
     ys = np.concatenate([ss.labels for ss in data.sets])
+    if indices is not None:
+        xs, ys = xs[list(indices)], ys[list(indices)]
     tile = tile_constraints_for(models[0].spec)
     s = score_members([torch_member(m) for m in models], xs, ys, tile_size=tile_px,
                       halo=tile.halo_px, multiple_of=tile.multiple_of)

@@ -41,7 +41,8 @@ def _card_metrics(cfg: RunConfig, data_info: list[dict[str, Any]], folds: list[d
     benchmarks = {}
     for name in bench_names:
         vals = [r["benchmarks"][name]["dice"] for r in folds]
-        benchmarks[name] = {"path": dict(cfg.benchmarks)[name], "per_patch": {
+        parent = name.split("[", 1)[0]  # a subset "<set>[<group>]" (benchmark_by) lives in its set's file
+        benchmarks[name] = {"path": dict(cfg.benchmarks)[parent], "per_patch": {
             "patch_px": cfg.patch_px, "dice_mean": float(np.mean(vals)), "dice_std": float(np.std(vals)),
             "per_fold": vals}}
     return _finite_or_null({
