@@ -1,8 +1,9 @@
 """The ``dectris`` source: Stream V1/V2 decoding (daemon/sources/dectris_decode.py) checked
 against hdf5plugin's bitshuffle/LZ4 HDF5 filters (third-party encoders and decoders), against the
-Stream V2 messages DECTRIS publishes (``FRINGELIVE_DECTRIS_STREAM_V2_DATA``: a folder of
-``<series>/<n>.cbor`` from github.com/dectris/documentation ``stream_v2/test_data``; skipped when
-unset), and on messages built with cbor2 to the specification; then end to end in a daemon fed by
+Stream V2 messages DECTRIS publishes (github.com/dectris/documentation, branch
+``stream2-test_data``, ``stream_v2/test_data``: one image and the end message are committed under
+``tests/data/dectris_stream_v2``; ``FRINGELIVE_DECTRIS_STREAM_V2_DATA`` may point at the full set,
+a folder of ``<series>/<n>.cbor``), and on messages built with cbor2 to the specification; then end to end in a daemon fed by
 a PUSH socket on loopback that plays a detector (two series, V2 and V1, and a broken message)."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from polling import wait_until  # tests/polling.py
 cbor2 = pytest.importorskip("cbor2")
 pytest.importorskip("lz4")
 
-RECORDED = os.environ.get("FRINGELIVE_DECTRIS_STREAM_V2_DATA")
+RECORDED = os.environ.get("FRINGELIVE_DECTRIS_STREAM_V2_DATA") or str(Path(__file__).parent / "data" / "dectris_stream_v2")
 
 
 # --- compression against hdf5plugin (the HDF5 filters DECTRIS's framing comes from) -----------
@@ -64,7 +65,6 @@ def test_hdf5plugin_filter_chunks_decode(tmp_path: Path, dtype: str, shape: tupl
 
 # --- the recorded DECTRIS Stream V2 messages -----------------------------------------------------
 
-@pytest.mark.skipif(not RECORDED, reason="FRINGELIVE_DECTRIS_STREAM_V2_DATA not set (DECTRIS's recorded Stream V2 messages)")
 def test_recorded_stream_v2_messages(tmp_path: Path) -> None:
     hdf5plugin = pytest.importorskip("hdf5plugin")
     import h5py
