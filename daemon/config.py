@@ -25,7 +25,7 @@ from fringelive.daemon.view import ViewSettings
 from fringelive.daemon.journal import JournalConfig
 from fringelive.daemon.sources.config import parse_sources
 from fringelive.engine.backends.kinds import BACKEND_KINDS, PRECISIONS
-from fringelive.engine.drift import DriftSettings
+from fringelive.engine.drift_settings import DriftSettings
 from fringelive.engine.particle_measure import ParticleSettings
 from fringelive.engine.pipeline_settings import TILING_MODES, PipelineConfig
 from fringelive.engine.tracking import TrackingSettings

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from fringelive.stream.camera_sim import SimulatedCamera
-from fringelive.engine.drift import DriftMonitor, DriftSettings
+from fringelive.engine.drift import DriftMonitor
+from fringelive.engine.drift_settings import DriftSettings
 from fringelive.engine.calibration import build_reference, measure_frames
 from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
 from fringelive.bundle.bundle_io import load_bundle
@@ -50,11 +51,13 @@ def calibrated(tiny_bundle: Any, tmp_path_factory: pytest.TempPathFactory) -> tu
 def test_calibration_report(calibrated: tuple[Any, dict[str, Any]], tiny_bundle: Any) -> None:
     bundle, report = calibrated
     ref = bundle.card.drift_reference
-    assert ref["schema"] == 1 and ref["frames"] == 150
+    assert ref["schema"] == 2 and ref["frames"] == 150
     assert set(ref["signals"]) == {"entropy_foreground", "entropy_boundary", "log_dose_estimate"}
     assert report["skipped_signals"] == {"log_pixel_size_estimate": 0}  # the random model finds no particle to read fringes in
-    assert ref["dose_noise_factor"] == pytest.approx(1.0, abs=0.05)  # white shot noise: no correction
-    assert ref["camera_gain_counts_per_e"] == pytest.approx(1.0, abs=0.05)
+    camera = ref["calibration_camera"]  # the camera of the reference frames (schema 2)
+    assert camera["noise_factor"] == pytest.approx(1.0, abs=0.05)  # white shot noise: no correction
+    assert camera["gain_counts_per_e"] == pytest.approx(1.0, abs=0.05)
+    assert camera["offset_counts"] == 0.0 and camera["read_noise_counts"] == 0.0
     cusum = ref["cusum"]
     assert cusum["target_arl"] == 10_000 and cusum["arl_simulated"] >= 10_000 and 4.0 < cusum["h"] < 20.0
     assert cusum["channels"] == ["entropy_foreground:up", "entropy_boundary:up", "log_dose_estimate:up",
