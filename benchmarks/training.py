@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-abtem", action="store_true", help="skip the abTEM engine")
     args = ap.parse_args(argv)
 
-    from fringelive.training.synth import SynthConfig
+    from fringelive.training.synth_config import SynthConfig
 
     size = 256 if args.quick else 512
     abtem_n = args.abtem_count or (2 if args.quick else 4)

@@ -17,7 +17,8 @@ from fringelive.export.onnx_export import export_bundle
 from fringelive.training.evaluate import evaluate_bundle, generalization_matrix, write_results
 from fringelive.engine.models import build_model
 from fringelive.training.samples import load_sampleset, write_sampleset
-from fringelive.training.synth import SynthConfig, synthesize
+from fringelive.training.synth import synthesize
+from fringelive.training.synth_config import SynthConfig
 
 TINY = {"widths": (4, 8), "bottleneck": 8}
 

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from fringelive.training.samples import load_sampleset
-from fringelive.training.synth import SynthConfig, SynthError, draw_parameters, simulate_sample, synthesize
+from fringelive.training.synth import synthesize
+from fringelive.training.synth_config import SynthConfig, SynthError
+from fringelive.training.synth_sample import draw_parameters, simulate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = SynthConfig(engine="fast", count=6, size_px=64, pixel_size_nm=(0.05, 0.05), diameter_nm=(2.0, 3.0),
@@ -57,7 +59,8 @@ def test_resume_after_kill_skips_finished_samples(tmp_path: Path) -> None:
     cfg = replace(FAST, count=12)
     script = textwrap.dedent(f"""
         import time
-        from fringelive.training.synth import SynthConfig, synthesize
+        from fringelive.training.synth import synthesize
+        from fringelive.training.synth_config import SynthConfig
         from dataclasses import replace
         cfg = replace(SynthConfig(engine="fast", count=12, size_px=64, pixel_size_nm=(0.05, 0.05),
                       diameter_nm=(2.0, 3.0), particles_per_100nm2=6.0, dose_e_per_A2=(300.0, 600.0), seed=3))

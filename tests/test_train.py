@@ -17,7 +17,8 @@ from fringelive.engine.models import build_model
 from fringelive.training.run import RunConfig, RunError, default_bundle_name, fold_split, index_ranges, patchify, \
     run_training
 from fringelive.training.samples import envelope_from_metadata, load_sampleset
-from fringelive.training.synth import SynthConfig, synthesize
+from fringelive.training.synth import synthesize
+from fringelive.training.synth_config import SynthConfig
 from fringelive.training.trainer import TrainConfig, train_model
 
 from disc_data import discs  # tests/disc_data.py

@@ -66,7 +66,8 @@ def test_two_gloo_ranks_train_one_model(tmp_path: Path) -> None:
 def test_torchrun_cli_train_on_cpu(tmp_path: Path) -> None:
     """``torchrun --nproc_per_node 2 -m fringelive.cli train ...`` end to end."""
     from fringelive.bundle.bundle_io import load_bundle
-    from fringelive.training.synth import SynthConfig, synthesize
+    from fringelive.training.synth import synthesize
+    from fringelive.training.synth_config import SynthConfig
 
     synthesize(SynthConfig(engine="fast", count=10, size_px=64, pixel_size_nm=(0.1, 0.1), diameter_nm=(2.0, 3.0),
                            particles_per_100nm2=8.0), tmp_path / "syn", progress=False)

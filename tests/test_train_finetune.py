@@ -77,7 +77,8 @@ def test_cli_finetune_from_bundle_with_frozen_decoder(tiny_bundle, tmp_path: Pat
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from fringelive.cli import main
     from fringelive.bundle.bundle_io import load_bundle
-    from fringelive.training.synth import SynthConfig, synthesize
+    from fringelive.training.synth import synthesize
+    from fringelive.training.synth_config import SynthConfig
 
     synthesize(SynthConfig(engine="fast", count=5, size_px=64, pixel_size_nm=(0.1, 0.1), diameter_nm=(2.0, 3.0),
                            particles_per_100nm2=8.0), tmp_path / "syn", progress=False)
