@@ -20,7 +20,7 @@ def test_promtool_check_rules() -> None:
     out = subprocess.run([PROMTOOL, "check", "rules", str(DEPLOY / "alerts.yml")], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 6 rules found" in out.stdout
+    assert "SUCCESS: 8 rules found" in out.stdout
 
 
 @needs_promtool
@@ -36,11 +36,13 @@ def test_rules_use_for_keep_firing_for_and_exported_metrics() -> None:
 
     text = (DEPLOY / "alerts.yml").read_text()
     alerts = re.findall(r"- alert: (\w+)", text)
-    assert len(alerts) == 6
-    assert text.count("\n        for: ") == 6 and text.count("keep_firing_for: ") == 6
+    assert len(alerts) == 8
+    assert text.count("\n        for: ") == 8 and text.count("keep_firing_for: ") == 8
     used = set(re.findall(r"\b(fringelive_[a-z_]+)", text))
     metrics = DaemonMetrics()
     metrics.observe_drift("m", {"status": "warn", "reasons": ["dose_metadata_mismatch"], "signals": {"entropy_foreground": 0.1},
                                 "cusum": {"statistics": {"entropy_foreground": 0.0}, "h": 5.0}, "alarm": False})
+    metrics.observe_camera({"gain_counts_per_e": 8.0, "offset_counts": 100.0,
+                            "sources": {"gain_counts_per_e": "config", "offset_counts": "learned"}})
     exported = {s.name for fam in metrics.registry.collect() for s in fam.samples}
     assert used <= exported, used - exported

@@ -631,6 +631,8 @@ def test_dashboard_metric_names_are_exported_by_the_daemon() -> None:
     metrics.set_bundle(name="b", schema=1, members=1, backend="onnxruntime", device="cpu", path="/b")
     metrics.observe_drift("b", {"status": "ok", "reasons": ["dose_metadata_mismatch"], "signals": {"entropy_foreground": 0.1},
                                 "cusum": {"statistics": {"entropy_foreground": 0.0}, "h": 5.0}, "alarm": False})
+    metrics.observe_camera({"gain_counts_per_e": 8.0, "offset_counts": 100.0,
+                            "sources": {"gain_counts_per_e": "config", "offset_counts": "config"}})
     exported = {s.name for fam in metrics.registry.collect() for s in fam.samples}
     used = set(re.findall(r"\b(fringelive_[a-z_]+)", "\n".join(expressions())))
     assert len(used) >= 15
@@ -690,3 +692,129 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     unit.write_text(text.replace("ExecStart=/opt/fringelive/venv/bin/fringelive ", f"ExecStart={exe} "))
     r = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stdout + r.stderr
+
+
+# --- camera and drift alerting against a real daemon and a real Prometheus (issue #12) ---------------
+
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+PROMETHEUS = shutil.which("prometheus")
+CAMERA_ALERTS = {"FringeliveDoseUnverified", "FringeliveCameraConfigDisagreesWithStream", "FringeliveDriftAlarm"}
+#: Series only a bundle with a calibrated drift reference has (the tiny bundle has none; the
+#: DaemonMetrics test above covers them).
+NEEDS_CALIBRATED_BUNDLE = {"fringelive_drift_cusum"}
+
+
+def _metric_names(text: str) -> set[str]:
+    return set(re.findall(r"\b(fringelive_[a-z_]+)", text)) - NEEDS_CALIBRATED_BUNDLE
+
+
+@pytest.fixture(scope="module")
+def served_frames(served: Daemon) -> Daemon:
+    """``served`` after two frames (one with the camera header keys, one without), so every
+    labelled family the drift and camera panels read has a sample."""
+    import numpy as np
+    import zmq
+
+    from fringelive.daemon.protocol import encode_frame
+
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(served.endpoints["ingest"])
+    rng = np.random.default_rng(0)
+    meta = {"pixel_size_nm": 0.02, "dose_e_per_A2": 423.0}
+    camera = {"camera_gain_counts_per_e": 8.0, "camera_offset_counts": 100.0}
+    try:
+        for i, extra in enumerate((camera, {})):
+            frame = (100 + 8 * rng.poisson(17.0, (128, 128))).astype(np.uint16)
+            push.send_multipart(encode_frame(frame, series="alerting", frame=i, **meta, **extra))
+        t_end = time.monotonic() + 60
+        while time.monotonic() < t_end:
+            text = _scrape(served)
+            if "fringelive_camera_gain_counts_per_e{" in text and re.search(
+                    r'fringelive_drift_frames_total\{status="\w+"\} [2-9]', text):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the daemon did not process the two frames within 60 s")
+    finally:
+        push.close(linger=0)
+    return served
+
+
+def _scrape(d: Daemon) -> str:
+    import urllib.request
+
+    return urllib.request.urlopen(d.endpoints["metrics"], timeout=10).read().decode()
+
+
+def test_dashboard_and_alert_metrics_are_in_a_real_daemons_metrics(served_frames: Daemon) -> None:
+    """Every fringelive_ series the dashboard and the alert rules read is in the /metrics of a
+    running daemon that has processed frames (the camera row and the camera alerts included)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    exported = {s.name for fam in text_string_to_metric_families(_scrape(served_frames)) for s in fam.samples}
+    dashboard_used = _metric_names("\n".join(expressions()))
+    alert_used = _metric_names(ALERTS.read_text())
+    assert {"fringelive_camera_gain_counts_per_e", "fringelive_camera_fit_confident",
+            "fringelive_drift_reasons_total"} <= dashboard_used & alert_used
+    assert dashboard_used <= exported, sorted(dashboard_used - exported)
+    assert alert_used <= exported, sorted(alert_used - exported)
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (Debian: apt-get install prometheus)")
+def test_real_prometheus_loads_the_rules_and_scrapes_what_they_read(served_frames: Daemon, tmp_path: Path) -> None:
+    """A real Prometheus with deploy/prometheus's rule file, scraping the running daemon: it
+    loads every rule (the camera alerts included) and evaluates them without error, and each
+    fringelive_ metric of the camera panels and alerts has series in it."""
+    import urllib.parse
+    import urllib.request
+
+    shutil.copy(ALERTS, tmp_path / "alerts.yml")
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    job = config["scrape_configs"][0]
+    job.update(scrape_interval="1s", scrape_timeout="1s",
+               static_configs=[{"targets": [served_frames.endpoints["metrics"].split("//")[1].split("/")[0]]}])
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def api(path: str, **params: str) -> Any:
+        url = f"{base}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+        body = json.loads(urllib.request.urlopen(url, timeout=5).read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    try:
+        wanted = _metric_names(ALERTS.read_text()) & _metric_names("\n".join(expressions()))
+        wanted |= {n for n in _metric_names("\n".join(expressions())) if n.startswith("fringelive_camera_")}
+        t_end = time.monotonic() + 60
+        rules: list[dict[str, Any]] = []
+        missing: set[str] = set(wanted)
+        while time.monotonic() < t_end:
+            time.sleep(0.5)
+            if proc.poll() is not None:
+                raise AssertionError(f"prometheus exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            try:
+                rules = [r for g in api("rules")["groups"] for r in g["rules"]]
+                missing = {n for n in missing if not api("query", query=f'count({{__name__="{n}"}})')["result"]}
+            except OSError:
+                continue  # not listening yet
+            if rules and not missing and all(r["health"] == "ok" for r in rules):
+                break
+        names = {r["name"] for r in rules if r["type"] == "alerting"}
+        assert names == set(re.findall(r"- alert: (\w+)", ALERTS.read_text())) and CAMERA_ALERTS <= names
+        assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+        assert not missing, sorted(missing)
+        up = api("query", query='up{job="fringelive"}')["result"]
+        assert [float(s["value"][1]) for s in up] == [1.0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
