@@ -22,7 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fringelive.engine.camera import HEADER_KEYS, CameraSettings, PhotonTransferFit, PhotonTransferResult
+from fringelive.engine.camera import CameraSettings, PhotonTransferFit, PhotonTransferResult, header_camera
+from fringelive.engine.frame import FrameMetadata
 
 __all__ = ["CameraConfig", "CameraLearner", "write_camera_section"]
 
@@ -74,13 +75,14 @@ class CameraLearner:
     def settings(self) -> CameraSettings:
         return self.config.settings
 
-    def observe(self, pixels: np.ndarray, meta: Mapping[str, Any] | None, mask: np.ndarray | None) -> None:
+    def observe(self, pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | None,
+                mask: np.ndarray | None) -> None:
         """Feed one processed frame (raw counts ``(H, W)``, predicted particle ``mask``) to the
         fit. Frames whose header carries camera constants are not fed (a mixed stream of
         cameras must not pollute the fit); frames under 64² px are too small."""
         if self.fit is None or min(pixels.shape) < 64:
             return
-        if meta and any(meta.get(k) is not None for k in HEADER_KEYS):
+        if header_camera(meta):
             return
         self._seen += 1
         if (self._seen - 1) % self.config.learn_every:

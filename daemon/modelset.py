@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from fringelive.daemon.config import ConfigError, DaemonConfig
 from fringelive.engine.backends.auto import create_serving_backends
 from fringelive.engine.drift import DriftMonitor
 from fringelive.engine.envelope import conditions_from_meta, effective_tolerances
+from fringelive.engine.frame import FrameMetadata
 from fringelive.engine.pipeline import SegmentationPipeline
 from fringelive.engine.routing import Route, route
 
@@ -56,8 +57,8 @@ class ModelSet:
     def primary(self) -> Model:
         return self.models[0]
 
-    def route(self, meta: dict[str, Any]) -> tuple[Model, Any]:
-        """The model for a frame with header ``meta`` and the :class:`routing.Route`."""
+    def route(self, meta: FrameMetadata | Mapping[str, Any]) -> tuple[Model, Any]:
+        """The model for a frame with metadata ``meta`` and the :class:`routing.Route`."""
         if len(self.models) == 1:
             return self.models[0], Route(0, True, 0.0, (0,))
         r = route(conditions_from_meta(meta), [(m.bundle.card.envelope, m.tolerances) for m in self.models])

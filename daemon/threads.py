@@ -225,8 +225,8 @@ class FrameThreads:
         assert models is not None
         h = work.frame.header
         try:
-            model, route = models.route(h.to_dict())
-            inference = model.pipeline.infer(work.frame.pixels, h.to_dict())
+            model, route = models.route(h.meta)
+            inference = model.pipeline.infer(work.frame.pixels, h.meta)
         except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
             self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame, source=work.source)
             return False
@@ -270,15 +270,14 @@ class FrameThreads:
         t_begin = time.perf_counter()
         work, model = item.work, item.model
         h = work.frame.header
-        meta = h.to_dict()
         try:
             result = model.pipeline.finish(item.inference)
             t_drift = time.perf_counter()
             try:
                 camera = self.camera  # the daemon's, not the bundle's (daemon/camera.py)
-                drift = model.drift.assess(work.frame.pixels, meta, result, threshold=model.pipeline.config.threshold,
+                drift = model.drift.assess(work.frame.pixels, h.meta, result, threshold=model.pipeline.config.threshold,
                                            camera=camera.settings, learned=camera.learned)
-                camera.observe(work.frame.pixels, meta, result.mask)
+                camera.observe(work.frame.pixels, h.meta, result.mask)
             except Exception as e:  # noqa: BLE001 - a drift failure must not cost the frame its result
                 self._rlog.warning("drift_error", "drift checks failed on %s/%s: %s: %s", h.series, h.frame,
                                    type(e).__name__, e)
@@ -286,7 +285,7 @@ class FrameThreads:
             routed = item.route if len(self._models.models if self._models else ()) > 1 else None
             timings = stage_timings(item.t_started - work.t_received, result.timings_ms, time.perf_counter() - t_drift,
                                     t_begin - item.t_inferred)
-            header = result_header(h, meta, worker=self.worker, model=model.bundle.name, result=result, drift=drift,
+            header = result_header(h, h.to_dict(), worker=self.worker, model=model.bundle.name, result=result, drift=drift,
                                    route=routed, timings=timings, queue_depth=len(self._queue))
             if self._tracking is not None:  # registration + track ids + events (daemon/insitu.py)
                 try:

@@ -43,6 +43,7 @@ from fringelive.engine.drift_measure import disagree, dose_tolerance, evaluate, 
 from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SIGNAL_DIRECTIONS,
                                                parse_drift_reference, tail_p_value)
 from fringelive.engine.drift_result import DriftResult
+from fringelive.engine.frame import FrameMetadata
 from fringelive.engine.drift_settings import DriftSettings
 
 __all__ = ["DriftMonitor", "card_camera", "signal_directions"]
@@ -122,7 +123,7 @@ class DriftMonitor:
         if self.cusum is not None:
             self.cusum.reset()
 
-    def _frame_camera(self, pixels: np.ndarray, mask: np.ndarray, meta: Mapping[str, Any] | None,
+    def _frame_camera(self, pixels: np.ndarray, mask: np.ndarray, meta: FrameMetadata,
                       config: CameraSettings | None, learned: PhotonTransferResult | None
                       ) -> tuple[CameraSettings, dict[str, str]]:
         """Resolve the frame's camera; the card's constants only while the frames agree with
@@ -177,8 +178,8 @@ class DriftMonitor:
             bad, implied = True, lf_gain
         return bad, implied
 
-    def assess(self, pixels: np.ndarray, meta: Mapping[str, Any] | None, result: Any, *, threshold: float = 0.5,
-               camera: CameraSettings | None = None, learned: PhotonTransferResult | None = None) -> DriftResult:
+    def assess(self, pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | None, result: Any, *,
+               threshold: float = 0.5, camera: CameraSettings | None = None, learned: PhotonTransferResult | None = None) -> DriftResult:
         """The drift assessment of one frame (the result header's ``drift`` map is its
         :meth:`~fringelive.engine.drift_result.DriftResult.to_dict`); updates the CUSUM. ``result``: a
         :class:`fringelive.engine.pipeline.PipelineResult`. camera: the daemon's ``[camera]``
@@ -186,6 +187,7 @@ class DriftMonitor:
         confident). Precedence: header > ``[camera]`` > learned > the card's constants."""
         if not self.settings.enabled:
             return DriftResult.unknown("drift_disabled")
+        meta = FrameMetadata.of(meta)
         cam, sources = self._frame_camera(pixels, result.mask, meta, camera, learned)
         m = measure_frame(pixels, meta, probabilities=result.probabilities, mask=result.mask,
                           member_masks=result.member_masks, particles=result.particles, card=self.card,

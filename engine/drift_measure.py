@@ -20,6 +20,7 @@ from fringelive.engine.camera import CameraSettings
 from fringelive.engine.camera import estimate_dose as camera_dose
 from fringelive.engine.drift_reference import DriftReference
 from fringelive.engine.drift_settings import DriftSettings
+from fringelive.engine.frame import FrameMetadata
 from fringelive.engine.materials import reflection_spacings_for, spacings_for
 
 __all__ = ["FrameMeasurement", "camera_of", "measure_frame", "evaluate", "disagree", "dose_tolerance"]
@@ -54,7 +55,7 @@ def _search_range(card: Card, px_meta: float | None, factor: float) -> tuple[flo
     return (min(bounds), max(bounds)) if bounds else None
 
 
-def measure_frame(pixels: np.ndarray, meta: Mapping[str, Any] | None, *, probabilities: np.ndarray,
+def measure_frame(pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | None, *, probabilities: np.ndarray,
                   mask: np.ndarray, member_masks: Sequence[np.ndarray], particles: Sequence[Mapping[str, Any]],
                   card: Card, reference: DriftReference | None = None, settings: DriftSettings | None = None,
                   threshold: float = 0.5, camera: CameraSettings | None = None,

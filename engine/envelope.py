@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from fringelive.bundle.card import Envelope, Range, Tolerances
+from fringelive.engine.frame import FrameMetadata, positive_number
 
 __all__ = [
     "STATUSES",
@@ -88,34 +89,19 @@ def effective_tolerances(card: Tolerances, overrides: ToleranceOverrides | None 
     )
 
 
-def _positive(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    v = float(value)
-    return v if math.isfinite(v) and v > 0 else None
-
-
-def conditions_from_meta(meta: Mapping[str, Any] | None) -> Conditions:
-    """Conditions from a frame header's metadata (wire keys of ``docs/protocol.md``).
+def conditions_from_meta(meta: FrameMetadata | Mapping[str, Any] | None) -> Conditions:
+    """Conditions from a frame's metadata (:class:`~fringelive.engine.frame.FrameMetadata`, or a
+    map of the wire keys of ``docs/protocol.md``).
 
     Dose: ``dose_e_per_A2``, else ``dose_rate_e_per_A2_s × exposure_s``. Material: a
     ``material`` key, else ``tags.material``. Non-positive or non-numeric values count as absent.
     """
-    meta = meta or {}
-    dose = _positive(meta.get("dose_e_per_A2"))
-    if dose is None:
-        rate, exposure = _positive(meta.get("dose_rate_e_per_A2_s")), _positive(meta.get("exposure_s"))
-        if rate is not None and exposure is not None:
-            dose = rate * exposure
-    material = meta.get("material")
-    tags = meta.get("tags")
-    if not isinstance(material, str) and isinstance(tags, Mapping):
-        material = tags.get("material")
+    m = FrameMetadata.of(meta)
     return Conditions(
-        pixel_size_nm=_positive(meta.get("pixel_size_nm")),
-        dose_e_per_A2=dose,
-        voltage_kv=_positive(meta.get("voltage_kv")),
-        material=material.strip() if isinstance(material, str) and material.strip() else None,
+        pixel_size_nm=positive_number(m.pixel_size_nm),
+        dose_e_per_A2=m.dose,
+        voltage_kv=positive_number(m.voltage_kv),
+        material=m.material,
     )
 
 

@@ -28,6 +28,7 @@ from fringelive.bundle.bundle_io import Bundle, load_bundle
 from fringelive.bundle.netspec import bytes_per_pixel_of
 from fringelive.engine import tiling
 from fringelive.engine.backends import Backend, create_backends
+from fringelive.engine.frame import FrameMetadata
 from fringelive.engine.particle_measure import measure_particles
 from fringelive.engine.particles import area_fraction
 from fringelive.engine.pipeline_settings import TILING_MODES, PipelineConfig, _is_int
@@ -248,15 +249,16 @@ class SegmentationPipeline:
                          f"{shape[0]}×{shape[1]} px (halo {tile.halo_px} px); rebuild the engine with a larger tile size")
 
     # -- one frame --------------------------------------------------------------------------
-    def run(self, pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> PipelineResult:
+    def run(self, pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | None = None) -> PipelineResult:
         """Segment one frame ``pixels`` (H, W) of any real dtype (camera counts):
         ``finish(infer(pixels, meta))``.
 
-        ``meta.get("pixel_size_nm")`` (nm/px, optional) scales the particle sizes.
+        ``meta``: :class:`~fringelive.engine.frame.FrameMetadata` (or a map of wire keys); its
+        ``pixel_size_nm`` (nm/px, optional) scales the particle sizes.
         """
         return self.finish(self.infer(pixels, meta))
 
-    def infer(self, pixels: np.ndarray, meta: Mapping[str, Any] | None = None) -> FrameInference:
+    def infer(self, pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | None = None) -> FrameInference:
         """The backend half of :meth:`run`: preprocess, every member over its tiles, the mean
         class-1 probability (and each member's mask when there are several)."""
         if self._closed:
@@ -268,8 +270,7 @@ class SegmentationPipeline:
         if not (np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating)) \
                 or pixels.dtype == np.bool_:
             raise ValueError(f"pixels must hold real numbers (integer or float), got dtype {pixels.dtype}")
-        meta = meta or {}
-        pixel_size = meta.get("pixel_size_nm")
+        pixel_size = FrameMetadata.of(meta).pixel_size_nm
         if pixel_size is not None and not (isinstance(pixel_size, numbers.Real) and not isinstance(pixel_size, bool)
                                            and math.isfinite(pixel_size) and pixel_size > 0):
             raise ValueError(f"meta['pixel_size_nm'] must be a positive number (nm/px) or None, got {pixel_size!r}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from fringelive.daemon.protocol.errors import ProtocolError
 from fringelive.daemon.protocol.wire import (BYTEORDERS, DEFAULT_DTYPE, PROTOCOL_VERSION, _is_int, _is_number, _short,
                                              _type_name)
-from fringelive.engine.frame import ALLOWED_DTYPES, METADATA_KEYS
+from fringelive.engine.frame import ALLOWED_DTYPES, METADATA_KEYS, FrameMetadata
 
 __all__ = ["REQUIRED_KEYS", "MAX_SERIES_LENGTH", "MAX_FRAME_INDEX", "FrameLimits", "FrameHeader", "Frame",
            "parse_header"]
@@ -23,6 +23,7 @@ REQUIRED_KEYS: tuple[str, ...] = ("version", "series", "frame", "shape")
 _KNOWN_KEYS = frozenset(REQUIRED_KEYS + ("dtype", "byteorder") + METADATA_KEYS)
 MAX_SERIES_LENGTH = 256
 MAX_FRAME_INDEX = 2**63 - 1
+_META_FIELDS = frozenset(f.name for f in fields(FrameMetadata))
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,11 @@ class FrameLimits:
 @dataclass(frozen=True)
 class FrameHeader:
     """A validated frame header. ``shape`` is (height, width) px; ``dtype`` a numpy name from
-    :data:`ALLOWED_DTYPES`; ``byteorder`` the wire byte order ("little" | "big").
-
-    Metadata (``None`` when absent): ``pixel_size_nm`` (nm/px), ``dose_e_per_A2`` (e/Å² per frame;
-    derived as ``dose_rate_e_per_A2_s × exposure_s`` when only those were sent),
-    ``dose_rate_e_per_A2_s`` (e/Å²/s), ``exposure_s`` (s), ``magnification`` (×), ``voltage_kv``
-    (kV), ``defocus_nm`` (nm, negative = underfocus), ``timestamp`` (Unix s), ``camera`` (name),
-    ``tags`` (free map); the camera's constants ``camera_gain_counts_per_e`` (counts/e, > 0),
-    ``camera_offset_counts`` (counts), ``camera_read_noise_counts`` (rms counts, ≥ 0), which
-    override the daemon's ``[camera]`` for this frame. Unknown header keys are kept verbatim in ``extra``.
+    :data:`ALLOWED_DTYPES`; ``byteorder`` the wire byte order ("little" | "big"); ``meta`` the
+    frame's typed metadata (:class:`~fringelive.engine.frame.FrameMetadata`: ``pixel_size_nm``,
+    ``dose_e_per_A2`` (derived as ``dose_rate_e_per_A2_s × exposure_s`` when only those were
+    sent), ..., the camera's constants, and every unknown header key verbatim in ``extra``).
+    Its fields read as attributes of the header too (``h.pixel_size_nm``, ``h.extra``).
     """
 
     series: str
@@ -69,20 +66,12 @@ class FrameHeader:
     dtype: str = DEFAULT_DTYPE
     byteorder: str = "little"
     version: int = PROTOCOL_VERSION
-    pixel_size_nm: float | None = None
-    dose_e_per_A2: float | None = None
-    dose_rate_e_per_A2_s: float | None = None
-    exposure_s: float | None = None
-    magnification: float | None = None
-    voltage_kv: float | None = None
-    defocus_nm: float | None = None
-    timestamp: float | None = None
-    camera: str | None = None
-    tags: Mapping[str, Any] = field(default_factory=dict)
-    camera_gain_counts_per_e: float | None = None
-    camera_offset_counts: float | None = None
-    camera_read_noise_counts: float | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    meta: FrameMetadata = field(default_factory=FrameMetadata)
+
+    def __getattr__(self, name: str) -> Any:  # the metadata's fields, e.g. h.pixel_size_nm
+        if name in _META_FIELDS:
+            return getattr(self.meta, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def nbytes(self) -> int:
@@ -90,17 +79,13 @@ class FrameHeader:
         return self.shape[0] * self.shape[1] * np.dtype(self.dtype).itemsize
 
     def metadata(self) -> dict[str, Any]:
-        """The metadata keys that are set (e.g. for drift checks and result headers)."""
-        out: dict[str, Any] = {}
-        for key in METADATA_KEYS:
-            value = getattr(self, key)
-            if value is not None and not (key == "tags" and not value):
-                out[key] = dict(value) if key == "tags" else value
-        return out
+        """The metadata keys that are set, without the unknown ones (``extra``)."""
+        out = self.meta.to_dict()
+        return {k: out[k] for k in METADATA_KEYS if k in out}
 
     def to_dict(self) -> dict[str, Any]:
         """The header as a wire map: required keys, dtype/byteorder, set metadata, extra keys."""
-        out: dict[str, Any] = dict(self.extra)
+        out: dict[str, Any] = dict(self.meta.extra)
         out.update(version=self.version, series=self.series, frame=self.frame,
                    shape=[self.shape[0], self.shape[1]], dtype=self.dtype,
                    byteorder=self.byteorder)
@@ -246,5 +231,5 @@ def parse_header(header: Mapping[str, Any], limits: FrameLimits | None = None) -
                             series, frame)
     extra = {k: v for k, v in header.items() if k not in _KNOWN_KEYS}
     return FrameHeader(series=raw_series, frame=frame_value, shape=(height, width), dtype=dtype,
-                       byteorder=byteorder, version=version, camera=camera, tags=tags,
-                       extra=extra, **kw)
+                       byteorder=byteorder, version=version,
+                       meta=FrameMetadata(camera=camera, tags=tags, extra=extra, **kw))

@@ -89,7 +89,7 @@ from .blocks import BlockStats, block_statistics, flat_blocks
 from .calibrate import CameraCalibration, CameraCalibrationError, calibrate_camera
 from .dose import DoseEstimate, estimate_dose
 from .settings import (HEADER_KEYS, CameraError, CameraSettings, counts_to_electrons, electrons_to_counts,
-                       resolve_camera)
+                       header_camera, resolve_camera)
 from .transfer import PhotonTransferFit, PhotonTransferResult
 
 __all__ = [
@@ -108,5 +108,6 @@ __all__ = [
     "CameraCalibration",
     "CameraCalibrationError",
     "calibrate_camera",
+    "header_camera",
     "resolve_camera",
 ]

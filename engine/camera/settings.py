@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from fringelive.engine.frame import FrameMetadata
+
 if TYPE_CHECKING:
     from .transfer import PhotonTransferResult
 
-__all__ = ["HEADER_KEYS", "CameraError", "CameraSettings", "resolve_camera", "counts_to_electrons",
+__all__ = ["HEADER_KEYS", "CameraError", "CameraSettings", "header_camera", "resolve_camera", "counts_to_electrons",
            "electrons_to_counts"]
 
 #: Frame-header keys (docs/protocol.md) → CameraSettings fields; they override ``[camera]`` per frame.
@@ -89,11 +91,9 @@ class CameraSettings:
             raise CameraError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
         return cls(**dict(data))
 
-    def with_header(self, meta: Mapping[str, Any] | None) -> "CameraSettings":
-        """These settings overridden by a frame header's ``camera_*`` keys (:data:`HEADER_KEYS`)."""
-        if not meta:
-            return self
-        changes = {field_: meta[key] for key, field_ in HEADER_KEYS.items() if meta.get(key) is not None}
+    def with_header(self, meta: FrameMetadata | Mapping[str, Any] | None) -> "CameraSettings":
+        """These settings overridden by a frame's ``camera_*`` metadata (:data:`HEADER_KEYS`)."""
+        changes = header_camera(meta)
         if not changes:
             return self
         try:
@@ -105,7 +105,13 @@ class CameraSettings:
         return asdict(self)
 
 
-def resolve_camera(config: CameraSettings | None, meta: Mapping[str, Any] | None = None,
+def header_camera(meta: FrameMetadata | Mapping[str, Any] | None) -> dict[str, float]:
+    """The camera constants a frame's metadata sets: ``{CameraSettings field: value}``."""
+    m = FrameMetadata.of(meta)
+    return {field_: getattr(m, key) for key, field_ in HEADER_KEYS.items() if getattr(m, key) is not None}
+
+
+def resolve_camera(config: CameraSettings | None, meta: FrameMetadata | Mapping[str, Any] | None = None,
                    card_fallback: CameraSettings | None = None, learned: "PhotonTransferResult | None" = None
                    ) -> tuple[CameraSettings, dict[str, str]]:
     """The camera for one frame and where each constant came from.
@@ -121,7 +127,7 @@ def resolve_camera(config: CameraSettings | None, meta: Mapping[str, Any] | None
     if learned is not None and learned.confident:
         learned_vals = {"gain_counts_per_e": learned.gain_counts_per_e, "offset_counts": learned.offset_counts,
                         "read_noise_counts": learned.read_noise_counts, "noise_factor": learned.noise_factor}
-    header_vals = {f: meta[k] for k, f in HEADER_KEYS.items() if meta and meta.get(k) is not None}
+    header_vals = header_camera(meta)
     defaults = CameraSettings()
     for f in ("gain_counts_per_e", "offset_counts", "read_noise_counts", "noise_factor"):
         cfg_v = getattr(config, f)
