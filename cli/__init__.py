@@ -1,9 +1,11 @@
 """The ``fringelive`` console script: one entry point, subcommands registered by modules.
 
 Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds the
-subcommands listed for it with ``set_defaults(func=...)``; ``func(args) -> int`` is the exit
-code. :func:`main` imports only the module of the command given (all of them for ``--help`` or
-an unknown command), so a light command (``send``, ``watch``) does not load the engine.
+subcommands listed for it with ``set_defaults(func=...)`` and the summary of :data:`COMMANDS`
+(``help=summary(name)``); ``func(args) -> int`` is the exit code. :func:`main` imports only the
+module of the command given, so a light command (``send``, ``watch``) does not load the engine;
+``--help``, no command or an unknown one list the commands from :data:`COMMANDS` and import no
+command module.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error or a missing optional dependency
 (e.g. TensorRT without a GPU).
@@ -16,19 +18,40 @@ import importlib
 import logging
 import sys
 
-#: Command module → the subcommands its ``register`` adds.
-COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "fringelive.cli.serve": ("serve",),
-    "fringelive.cli.health": ("health",),  # Docker HEALTHCHECK, systemd, monitoring
-    "fringelive.cli.stream": ("send", "watch"),
-    "fringelive.cli.merge": ("merge",),  # results of several workers, in frame order
-    "fringelive.cli.tracks": ("tracks",),  # per-track time series of a recording, CSV
-    "fringelive.cli.demo": ("demo",),
-    "fringelive.cli.calibrate": ("calibrate",),  # drift reference statistics
-    "fringelive.cli.calibrate_camera": ("calibrate-camera",),  # also `calibrate camera`: the [camera] section
-    "fringelive.cli.train": ("synth", "dataset", "train", "finetune", "evaluate"),
-    "fringelive.cli.export": ("import-seed", "export"),  # export onnx|tensorrt|triton|openvino
+#: Command → (its module, the one-line summary of ``fringelive --help``), in the order listed.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("fringelive.cli.serve", "run the streaming segmentation daemon"),
+    # Docker HEALTHCHECK, systemd, monitoring
+    "health": ("fringelive.cli.health", "check that a running daemon serves (exit 0) or say what failed (exit 1)"),
+    "send": ("fringelive.cli.stream", "replay image files (.npy, .tif, .png/.jpg, .dm3/.dm4, .ser/.emd) to the daemon"),
+    "watch": ("fringelive.cli.stream", "print (and record) the daemon's published results and errors"),
+    "merge": ("fringelive.cli.merge", "merge the results of several daemon workers into one stream in frame order"),
+    "tracks": ("fringelive.cli.tracks", "per-track time series of a recording (summary, CSV export)"),
+    "demo": ("fringelive.cli.demo", "run the daemon on a simulated camera and show live results"),
+    "calibrate": ("fringelive.cli.calibrate",
+                  "store drift reference statistics (CUSUM threshold, dose calibration) in a bundle"),
+    # also `calibrate camera`
+    "calibrate-camera": ("fringelive.cli.calibrate_camera",
+                         "camera gain/offset by photon transfer → the [camera] config section"),
+    "synth": ("fringelive.cli.synth", "simulate HRTEM training frames and masks (abTEM multislice or fast)"),
+    "dataset": ("fringelive.cli.dataset", "make training patches from labelled experimental images"),
+    "train": ("fringelive.cli.train", "train with the published recipe and k-fold cross-validation"),
+    "finetune": ("fringelive.cli.train", "transfer learning from a bundle or checkpoint on new data"),
+    "evaluate": ("fringelive.cli.evaluate",
+                 "Dice, error rates and a generalization matrix of bundles on sample sets"),
+    "import-seed": ("fringelive.cli.export", "import the published checkpoints (.h5) as bundles"),
+    # export onnx|tensorrt|triton|openvino
+    "export": ("fringelive.cli.export", "export models as bundles (ONNX), TensorRT engines, Triton repositories"),
 }
+
+#: Command module → the subcommands its ``register`` adds (from :data:`COMMANDS`).
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    module: tuple(c for c, (m, _) in COMMANDS.items() if m == module) for module, _ in COMMANDS.values()}
+
+
+def summary(command: str) -> str:
+    """The one-line summary of ``command`` (its ``add_parser(help=...)``)."""
+    return COMMANDS[command][1]
 
 
 class CLIError(Exception):
@@ -45,7 +68,7 @@ def _command_of(argv: list[str]) -> str | None:
     for word in argv:
         if skip:
             skip = False
-        elif word == "--log-level":
+        elif len(word) > 2 and "--log-level".startswith(word):  # argparse takes --log, --log-l, ...
             skip = True
         elif not word.startswith("-"):
             return word
@@ -53,8 +76,9 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser with every command, or, given ``argv`` naming a known command, with that
-    command's module only."""
+    """The parser with every command; given ``argv``, with the module of the command it names
+    only, or, when it names none or an unknown one, with the summaries of :data:`COMMANDS` (for
+    the help and the error; no command module imported)."""
     parser = argparse.ArgumentParser(
         prog="fringelive",
         description="Streaming nanoparticle segmentation for HRTEM cameras, and the tools that "
@@ -63,10 +87,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging verbosity (default: INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    command = None if argv is None else _command_of(argv)
-    modules = [m for m, commands in COMMAND_MODULES.items() if command in commands] or list(COMMAND_MODULES)
-    for name in modules:
-        importlib.import_module(name).register(sub)
+    if argv is None:
+        modules = list(COMMAND_MODULES)
+    elif (command := _command_of(argv)) in COMMANDS:
+        modules = [COMMANDS[command][0]]
+    else:
+        for name, (_, text) in COMMANDS.items():
+            sub.add_parser(name, help=text, add_help=False)
+        return parser
+    for module in modules:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fringelive.bundle.bundle_io import BundleError
-from fringelive.cli import CLIError
+from fringelive.cli import CLIError, summary
 from fringelive.engine.calibration import calibrate_bundle
 from fringelive.engine.drift_reference import DriftReferenceError
 from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
@@ -33,7 +33,7 @@ from fringelive.training.samples import SampleSetError, load_sampleset
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "calibrate", help="store drift reference statistics (CUSUM threshold, dose calibration) in a bundle",
+        "calibrate", help=summary("calibrate"),
         description="Run a bundle on in-distribution frames, measure its drift signals (entropy, member "
                     "agreement, image-estimated dose and pixel size), calibrate the dose estimate from frames of "
                     "known dose, simulate the CUSUM threshold for a target false-alarm rate, and write the result "

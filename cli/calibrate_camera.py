@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fringelive.cli import CLIError
+from fringelive.cli import CLIError, summary
 from fringelive.daemon.camera import write_camera_section
 from fringelive.engine.camera import CameraCalibrationError, PhotonTransferFit, calibrate_camera
 from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
@@ -29,7 +29,7 @@ from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_fram
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "calibrate-camera", help="camera gain/offset by photon transfer → the [camera] config section",
+        "calibrate-camera", help=summary("calibrate-camera"),
         description="Fit the camera's gain (counts/e), offset (counts), read noise and noise factor from dark "
                     "frames plus flat frames at several illuminations (or from a recorded stream) and print the "
                     "daemon's [camera] section with the fit's residuals. Also spelled `fringelive calibrate camera`.")

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fringelive.cli import CLIError
+from fringelive.cli import CLIError, summary
 from fringelive.stream.demo import DemoError, run_demo
 
 __all__ = ["register", "run_demo"]
@@ -31,7 +31,7 @@ DESCRIPTION = ("The whole product in one command, ending by itself: start the da
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the daemon on a simulated camera and show live results",
+    p = sub.add_parser("demo", help=summary("demo"),
                        description=DESCRIPTION)
     p.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of streaming (default: 60)")
     p.add_argument("--frame-px", type=int, default=2048, metavar="PX", help="frame side in pixels (default: 2048; 4096 = OneView)")

@@ -18,7 +18,7 @@ from typing import Any
 
 from fringelive.bundle.bundle_io import BundleError, sha256_file
 from fringelive.bundle.card import CardError, Envelope, Preprocessing, Range, Source
-from fringelive.cli import CLIError
+from fringelive.cli import CLIError, summary
 from fringelive.cli.preprocessing import add_preprocessing_options, preprocessing_from_args
 from fringelive.engine.models import build_model
 from fringelive.export.onnx_export import ExportError, command_line, export_bundle
@@ -33,7 +33,7 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _register_import_seed(sub)
-    export = sub.add_parser("export", help="export models as bundles (ONNX), TensorRT engines, Triton repositories",
+    export = sub.add_parser("export", help=summary("export"),
                             description="Export networks as model bundles, and bundles as TensorRT engines or "
                             "NVIDIA Triton Inference Server model repositories.")
     esub = export.add_subparsers(dest="export_command", metavar="FORMAT")
@@ -85,7 +85,7 @@ def _command_line(args: argparse.Namespace, head: str) -> str:
 
 def _register_import_seed(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "import-seed", help="import the published checkpoints (.h5) as bundles",
+        "import-seed", help=summary("import-seed"),
         description="Load published checkpoints through a restricted unpickler, verify resunet-seed "
         "reproduces them, and write one bundle per training dataset (folds = ensemble members) "
         "named <material>-<diameter>nm-<pixel size>nm-<dose>e.")

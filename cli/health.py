@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fringelive.cli import CLIError
+from fringelive.cli import CLIError, summary
 from fringelive.daemon.config import ConfigError, load_config
 from fringelive.stream.health import (DEFAULT_CONTROL, HealthError, HealthTargets, check_health, client_endpoint,
                                       metrics_url, targets_from_config)
@@ -34,7 +34,7 @@ __all__ = ["HealthError", "HealthTargets", "check_health", "client_endpoint", "m
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "health", help="check that a running daemon serves (exit 0) or say what failed (exit 1)",
+        "health", help=summary("health"),
         description="Ping the daemon's control socket, check that its status is 'running' with no failed "
                     "thread and, with a metrics URL, that /metrics answers with fringelive_ series. For Docker "
                     "HEALTHCHECK, systemd and monitoring. Exit 0 when healthy, 1 otherwise (one line naming "

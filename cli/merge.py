@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from fringelive.cli import CLIError
+from fringelive.cli import CLIError, summary
 from fringelive.cli.argtypes import positive_float, positive_int
 from fringelive.daemon.metrics import MetricsServer
 from fringelive.stream.merge import LATE_POLICIES, ReorderSettings
@@ -34,7 +34,7 @@ __all__ = ["DEFAULT_MERGE_ENDPOINT", "MergerError", "ResultMerger", "register"]
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "merge", help="merge the results of several daemon workers into one stream in frame order",
+        "merge", help=summary("merge"),
         description="Subscribe to the results PUB of every worker (--from), put results and errors back "
                     "into frame order per series, republish them unchanged on one PUB (--endpoint). A frame "
                     "that never arrives is given up after --gap-timeout; duplicates are dropped; see "

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from fringelive.bundle.bundle_io import BundleError
-from fringelive.cli import CLIError
+from fringelive.cli import CLIError, summary
 from fringelive.daemon.config import ConfigError, DaemonConfig, load_config
 from fringelive.daemon.protocol import (DEFAULT_CONTROL_ENDPOINT, DEFAULT_INGEST_ENDPOINT, DEFAULT_METRICS_ADDRESS as _METRICS,
                                         DEFAULT_RESULTS_ENDPOINT)
@@ -29,7 +29,7 @@ log = logging.getLogger("fringelive.daemon")
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "serve", help="run the streaming segmentation daemon",
+        "serve", help=summary("serve"),
         description="Receive camera frames (ZeroMQ PULL), segment them, publish results (ZeroMQ PUB); "
                     "control on a REP socket, Prometheus metrics over HTTP. Stops on SIGTERM/SIGINT "
                     "after draining queued frames. Default endpoints (no --config): ingest "

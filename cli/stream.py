@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fringelive.cli import CLIError
+from fringelive.cli import CLIError, summary
 from fringelive.cli.argtypes import nonnegative_int, positive_float, positive_int
 from fringelive.daemon.protocol import (DEFAULT_INGEST_ENDPOINT, DEFAULT_RESULTS_ENDPOINT, ERROR_TOPIC,
                                         ProtocolError, RESULT_TOPIC, configure_curve_client, decode_error,
@@ -330,7 +330,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     send = sub.add_parser(
-        "send", help="replay image files (.npy, .tif, .png/.jpg, .dm3/.dm4, .ser/.emd) to the daemon",
+        "send", help=summary("send"),
         description="Send every image of FILES as one frame ([msgpack header, raw pixels]) "
         "over a ZeroMQ PUSH socket. A stack (N, H, W) or multi-page TIFF sends N frames. "
         "Metadata found in the files is sent; --meta overrides it.")
@@ -385,7 +385,7 @@ def register(sub: Any) -> None:
     send.set_defaults(func=cmd_send)
 
     watch = sub.add_parser(
-        "watch", help="print (and record) the daemon's published results and errors",
+        "watch", help=summary("watch"),
         description="Subscribe to b'result' and b'error' messages, print one line per message, "
         "optionally record masks and headers to HDF5. Stops after --count messages, after "
         "--timeout seconds without data, or on Ctrl-C (the file is closed cleanly). Exit code 1 "

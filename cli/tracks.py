@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fringelive.cli import CLIError
+from fringelive.cli import CLIError, summary
 
 __all__ = ["register"]
 
@@ -35,7 +35,7 @@ def cmd_tracks(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("tracks", help="per-track time series of a recording (summary, CSV export)",
+    p = sub.add_parser("tracks", help=summary("tracks"),
                        description="Read the tracking tables of a `fringelive watch --record` file: print per "
                                    "series the tracks, lifetimes, merges/splits and mean diameters; --csv writes "
                                    "one CSV per series and table (particles, events, registration).")
