@@ -1,11 +1,12 @@
 """Calibration of a bundle's drift reference from in-distribution frames (``fringelive calibrate``).
 
-1. Every frame runs through the bundle's pipeline and :func:`fringelive.engine.drift.measure_frame`
+1. Every frame runs through the bundle's pipeline and :func:`fringelive.engine.drift_measure.measure_frame`
    (:func:`measure_frames`).
 2. Frames whose metadata give dose and pixel size calibrate the dose estimate
    (:func:`calibrate_camera`): ``dose_noise_factor = median(N_true / N_shot-noise)`` (the MTF
    correction, 1 for white noise) and ``camera_gain_counts_per_e = median(mean counts / N_true)``
-   on background blocks, where ``N_true = dose · (10 · pixel size)²`` electrons per pixel.
+   on background blocks, where ``N_true = dose · (10 · pixel size)²`` electrons per pixel; they
+   are stored as the reference's ``calibration_camera`` (``noise_factor``, ``gain_counts_per_e``).
 3. Per signal, robust reference statistics (median, 1.4826·MAD floored by
    ``drift_reference.SCALE_FLOORS``) and the values themselves.
 4. The CUSUM threshold ``h`` for the target ARL0, simulated on the standardized reference
@@ -28,9 +29,11 @@ import torch
 from fringelive.bundle.bundle_io import load_bundle
 from fringelive.bundle.card import Card, utc_now_iso
 from fringelive.engine.cusum import calibrate_threshold
-from fringelive.engine.drift import DriftSettings, FrameMeasurement, evaluate, measure_frame
-from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SIGNAL_DIRECTIONS,
-                                               parse_drift_reference, robust_centre_scale)
+from fringelive.engine.drift_measure import FrameMeasurement, evaluate, measure_frame
+from fringelive.engine.drift_settings import DriftSettings
+from fringelive.engine.dose_estimate import CameraCalibration
+from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SCHEMA1_CAMERA_KEYS,
+                                               SIGNAL_DIRECTIONS, parse_drift_reference, robust_centre_scale)
 from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
 
 __all__ = ["measure_frames", "calibrate_camera", "build_reference", "calibrate_bundle", "MIN_SIGNAL_FRAMES"]
@@ -49,7 +52,7 @@ def measure_frames(pipeline: Any, frames: Iterable[tuple[np.ndarray, Mapping[str
     card: Card = pipeline.bundle.card
 
     reference = reference if reference is not None else parse_drift_reference(card.drift_reference)
-    raw = replace(reference, dose_noise_factor=1.0)
+    raw = reference.with_noise_factor(1.0)
     for pixels, meta in frames:
         result = pipeline.run(pixels, meta)
         yield measure_frame(pixels, meta, probabilities=result.probabilities, mask=result.mask,
@@ -82,8 +85,9 @@ def build_reference(measurements: Sequence[FrameMeasurement], card: Card, *, bas
                     method: str = "bootstrap", calibrate_dose: bool = True, gain: float | None = None,
                     offset: float | None = None, read_noise: float | None = None, sources: Sequence[str] = (),
                     min_frames: int = MIN_SIGNAL_FRAMES, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ``drift_reference`` map for ``card`` from measured in-distribution frames, and a
-    report ``{frames, camera, signals, cusum, statuses, estimate_checks}``.
+    """The ``drift_reference`` map (schema 2) for ``card`` from measured in-distribution frames,
+    and a report ``{frames, camera, signals, cusum, statuses, estimate_checks}`` (``camera``: the
+    ``calibration_camera`` written, under its schema-1 names ``camera_gain_counts_per_e``, ...).
 
     base: the card's current reference (camera constants kept unless overridden or
     calibrated). gain / offset / read_noise: camera constants to set (counts/e, counts,
@@ -95,17 +99,18 @@ def build_reference(measurements: Sequence[FrameMeasurement], card: Card, *, bas
         raise ValueError(f"calibration needs at least {max(2, min_frames)} frames, got {len(measurements)}")
     base = base or DriftReference()
     settings = settings or DriftSettings()
-    camera = {"camera_gain_counts_per_e": base.camera_gain_counts_per_e if gain is None else float(gain),
-              "camera_offset_counts": base.camera_offset_counts if offset is None else float(offset),
-              "read_noise_counts": base.read_noise_counts if read_noise is None else float(read_noise),
-              "dose_noise_factor": base.dose_noise_factor}
+    old = base.measurement_camera
+    camera = CameraCalibration(gain_counts_per_e=old.gain_counts_per_e if gain is None else float(gain),
+                               offset_counts=old.offset_counts if offset is None else float(offset),
+                               read_noise_counts=old.read_noise_counts if read_noise is None else float(read_noise),
+                               noise_factor=old.noise_factor)
     cam_report = calibrate_camera(measurements) if calibrate_dose else {"frames": 0}
     if calibrate_dose and cam_report.get("dose_noise_factor"):
-        camera["dose_noise_factor"] = cam_report["dose_noise_factor"]
+        camera = replace(camera, noise_factor=cam_report["dose_noise_factor"])
         if gain is None:
-            camera["camera_gain_counts_per_e"] = cam_report["camera_gain_counts_per_e"]
+            camera = replace(camera, gain_counts_per_e=cam_report["camera_gain_counts_per_e"])
     # The measurements are raw (noise factor 1): scale the dose estimates by the factor in force.
-    log_factor = math.log(camera["dose_noise_factor"])
+    log_factor = math.log(camera.noise_factor)
     rows: list[dict[str, float | None]] = []
     for m in measurements:
         row = dict(m.signals)
@@ -147,7 +152,7 @@ def build_reference(measurements: Sequence[FrameMeasurement], card: Card, *, bas
     for m in measurements:
         est = dict(m.estimates)
         if est.get("dose_e_per_A2") is not None:
-            est["dose_e_per_A2"] = est["dose_e_per_A2"] * camera["dose_noise_factor"]
+            est["dose_e_per_A2"] = est["dose_e_per_A2"] * camera.noise_factor
         status, _, _ = evaluate(replace(m, estimates=est), card, settings)
         statuses[status] = statuses.get(status, 0) + 1
         c = m.conditions
@@ -170,12 +175,14 @@ def build_reference(measurements: Sequence[FrameMeasurement], card: Card, *, bas
         "created": utc_now_iso(),
         "frames": len(measurements),
         "sources": list(sources),
-        **camera,
+        "calibration_camera": camera.to_dict(),
         "signals": signals,
         "cusum": cusum,
         "checks": checks,
     }
-    report = {"frames": len(measurements), "camera": camera, "dose_calibration": cam_report,
+    # the report keeps the schema-1 names (``calibrate --json`` output is an interface)
+    report_camera = {old_key: camera.to_dict()[key] for old_key, key in SCHEMA1_CAMERA_KEYS.items()}
+    report = {"frames": len(measurements), "camera": report_camera, "dose_calibration": cam_report,
               "signals": {n: {k2: v for k2, v in s.items() if k2 != "values"} for n, s in signals.items()},
               "skipped_signals": skipped, "cusum": cusum, "checks": checks}
     return reference, report

@@ -13,10 +13,13 @@ __all__ = ["CameraCalibration", "DoseMeasurement", "background_block_grid", "bac
 
 @dataclass(frozen=True)
 class CameraCalibration:
-    """Camera constants for the dose estimate. gain_counts_per_e: counts per electron (None =
-    unknown); offset_counts: counts added to every pixel; read_noise_counts: rms read noise,
-    counts; noise_factor: true/apparent electrons of the shot-noise estimate (1 for white noise,
-    < 1 when the MTF correlates neighbouring pixels)."""
+    """Camera constants of a bundle calibration: what :func:`measure_background_noise` measures
+    with and what a drift reference stores as its ``calibration_camera`` (same keys as the
+    daemon's ``[camera]``, :class:`fringelive.engine.camera.CameraSettings`, but with the
+    calibration's defaults: offset 0, no upper bound on the noise factor). gain_counts_per_e:
+    counts per electron (None = unknown); offset_counts: counts added to every pixel;
+    read_noise_counts: rms read noise, counts; noise_factor: true/apparent electrons of the
+    shot-noise estimate (1 for white noise, < 1 when the MTF correlates neighbouring pixels)."""
 
     gain_counts_per_e: float | None = None
     offset_counts: float = 0.0
@@ -33,6 +36,11 @@ class CameraCalibration:
             raise ValueError(f"read_noise_counts must be >= 0 (counts), got {self.read_noise_counts!r}")
         if not (math.isfinite(self.noise_factor) and self.noise_factor > 0):
             raise ValueError(f"noise_factor must be > 0, got {self.noise_factor!r}")
+
+    def to_dict(self) -> dict[str, float | None]:
+        """The drift reference's ``calibration_camera`` map (``engine/drift_reference.py``)."""
+        return {"gain_counts_per_e": self.gain_counts_per_e, "offset_counts": self.offset_counts,
+                "read_noise_counts": self.read_noise_counts, "noise_factor": self.noise_factor}
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,30 @@
 """The drift reference stored in a bundle's ``card.drift_reference`` (schema documented in
 ``docs/drift.md``), its strict parsing, and standardization of signals against it.
 
-Every key is optional, so a hand-written ``{"camera_gain_counts_per_e": 2.1}`` is a valid
-reference; ``fringelive calibrate`` writes the full form::
+Every key is optional. ``fringelive calibrate`` writes schema 2::
 
     {
-      "schema": 1,
+      "schema": 2,
       "created": "2025-01-01T00:00:00+00:00", "frames": 200, "sources": ["run1/", ...],
-      "camera_gain_counts_per_e": 1.0,      # counts per electron (null = unknown)
-      "camera_offset_counts": 0.0,          # counts added to every pixel
-      "read_noise_counts": 0.0,             # rms, counts
-      "dose_noise_factor": 1.0,             # shot-noise electrons: true / apparent
+      "calibration_camera": {               # the camera of the reference frames ([camera] keys)
+        "gain_counts_per_e": 1.0,           # counts per electron (null = unknown)
+        "offset_counts": 0.0,               # counts added to every pixel
+        "read_noise_counts": 0.0,           # rms, counts
+        "noise_factor": 1.0                 # shot-noise electrons: true / apparent
+      },
       "signals": {"entropy_foreground": {"centre": 0.41, "scale": 0.02, "direction": "up",
                                          "n": 200, "values": [...]}, ...},
       "cusum": {"k": 0.5, "h": 9.7, "target_arl": 10000, "arl_simulated": 10240.0, ...},
       "checks": {...}                       # calibration diagnostics, free-form
     }
+
+Schema 1 (cards calibrated before issue #12, bundles from ``import-seed``) kept the same four
+constants at the top level as ``camera_gain_counts_per_e``, ``camera_offset_counts``,
+``read_noise_counts``, ``dose_noise_factor``; it is still read (``schema`` absent means 1, or 2
+when ``calibration_camera`` is present, so a hand-written ``{"camera_gain_counts_per_e": 2.1}``
+stays valid). A schema this code does not know fails with :class:`DriftReferenceError` naming it.
+The calibration camera is what the reference's ``log_dose_estimate`` values were measured with;
+the daemon uses it as the camera only as the last-resort fallback (``docs/drift.md``).
 
 ``centre``/``scale`` are the median and 1.4826·MAD of the signal over in-distribution frames
 (``scale`` floored per signal, :data:`SCALE_FLOORS`); ``values`` the reference values themselves
@@ -26,15 +35,18 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from fringelive.engine.cusum import DIRECTIONS
+from fringelive.engine.dose_estimate import CameraCalibration
 
 __all__ = [
     "SCHEMA",
+    "SUPPORTED_SCHEMAS",
     "SIGNAL_DIRECTIONS",
     "SCALE_FLOORS",
+    "SCHEMA1_CAMERA_KEYS",
     "DriftReferenceError",
     "SignalReference",
     "CusumReference",
@@ -44,7 +56,10 @@ __all__ = [
     "tail_p_value",
 ]
 
-SCHEMA = 1
+#: The schema :func:`fringelive.engine.calibration.build_reference` writes.
+SCHEMA = 2
+#: The schemas :func:`parse_drift_reference` reads (1: camera constants at the top level).
+SUPPORTED_SCHEMAS = (1, 2)
 #: Which way each signal moves when frames leave the training distribution.
 SIGNAL_DIRECTIONS: dict[str, str] = {
     "entropy_foreground": "up",
@@ -62,10 +77,12 @@ SCALE_FLOORS: dict[str, float] = {
     "log_dose_estimate": 0.01,
     "log_pixel_size_estimate": 0.005,
 }
-_TOP_KEYS = ("schema", "created", "frames", "sources", "camera_gain_counts_per_e", "camera_offset_counts",
-             "read_noise_counts", "dose_noise_factor", "signals", "cusum", "checks")
-#: Camera constants of schema 1; they belong to the daemon's ``[camera]`` since schema 2.
-_CAMERA_KEYS = ("camera_gain_counts_per_e", "camera_offset_counts", "read_noise_counts")
+_COMMON_KEYS = ("schema", "created", "frames", "sources", "signals", "cusum", "checks")
+#: Schema 1's top-level camera constants → the ``calibration_camera`` keys of schema 2.
+SCHEMA1_CAMERA_KEYS = {"camera_gain_counts_per_e": "gain_counts_per_e", "camera_offset_counts": "offset_counts",
+                        "read_noise_counts": "read_noise_counts", "dose_noise_factor": "noise_factor"}
+_TOP_KEYS = {1: _COMMON_KEYS + tuple(SCHEMA1_CAMERA_KEYS), 2: _COMMON_KEYS + ("calibration_camera",)}
+_CAMERA_KEYS = tuple(SCHEMA1_CAMERA_KEYS.values())
 _CUSUM_KEYS = ("k", "h", "target_arl", "arl_simulated", "method", "chains", "steps", "alarms", "h_siegmund",
                "channels", "signals")
 
@@ -123,25 +140,87 @@ class CusumReference:
 
 @dataclass(frozen=True)
 class DriftReference:
-    """Parsed ``card.drift_reference`` (see the module docstring)."""
+    """Parsed ``card.drift_reference`` (see the module docstring). camera: the calibration
+    camera (``calibration_camera``; the constants the reference frames' dose was measured
+    with), None when the reference states none; schema: the schema it was written in."""
 
-    camera_gain_counts_per_e: float | None = None
-    camera_offset_counts: float = 0.0
-    read_noise_counts: float = 0.0
-    dose_noise_factor: float = 1.0
+    camera: CameraCalibration | None = None
     signals: dict[str, SignalReference] = field(default_factory=dict)
     cusum: CusumReference | None = None
+    schema: int = SCHEMA
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_camera(self) -> bool:
-        """The card carries camera constants (schema 1): a fallback only (docs/drift.md)."""
-        return any(k in self.raw for k in _CAMERA_KEYS)
+        """The reference states its camera: the daemon's last-resort fallback (docs/drift.md)."""
+        return self.camera is not None
+
+    @property
+    def measurement_camera(self) -> CameraCalibration:
+        """The camera to measure frames with as the reference did (defaults where it states none)."""
+        return self.camera or CameraCalibration()
 
     @property
     def calibrated(self) -> bool:
         """True when signal statistics and a CUSUM threshold are present."""
         return bool(self.signals) and self.cusum is not None
+
+    def with_noise_factor(self, noise_factor: float) -> "DriftReference":
+        """This reference measuring with another noise factor (calibration measures raw, 1)."""
+        return replace(self, camera=replace(self.measurement_camera, noise_factor=float(noise_factor)))
+
+    # Schema-1 names, read by code that predates ``camera`` (remove once no caller is left).
+    @property
+    def camera_gain_counts_per_e(self) -> float | None:
+        return self.measurement_camera.gain_counts_per_e
+
+    @property
+    def camera_offset_counts(self) -> float:
+        return self.measurement_camera.offset_counts
+
+    @property
+    def read_noise_counts(self) -> float:
+        return self.measurement_camera.read_noise_counts
+
+    @property
+    def dose_noise_factor(self) -> float:
+        return self.measurement_camera.noise_factor
+
+
+def _schema_of(data: Mapping[str, Any], where: str) -> int:
+    schema = data.get("schema", 2 if "calibration_camera" in data else 1)
+    if isinstance(schema, bool) or schema not in SUPPORTED_SCHEMAS:
+        raise DriftReferenceError(
+            f"{where}.schema {schema!r} is not supported by this fringelive (supported: "
+            f"{', '.join(map(str, SUPPORTED_SCHEMAS))}); upgrade fringelive, or re-run fringelive calibrate on the "
+            "bundle to write the current schema")
+    return int(schema)
+
+
+def _parse_camera(data: Mapping[str, Any], schema: int, where: str) -> CameraCalibration | None:
+    """The calibration camera: schema 2's ``calibration_camera`` map, or schema 1's top-level keys."""
+    if schema == 1:
+        if not any(k in data for k in SCHEMA1_CAMERA_KEYS):
+            return None
+        cam, w, names = data, where, dict(SCHEMA1_CAMERA_KEYS)
+    else:
+        cam = data.get("calibration_camera")
+        if cam is None:
+            return None
+        w = f"{where}.calibration_camera"
+        if not isinstance(cam, Mapping):
+            raise DriftReferenceError(f"{w} must be an object or null, got {cam!r}")
+        extra = sorted(set(cam) - set(_CAMERA_KEYS))
+        if extra:
+            raise DriftReferenceError(f"{w}: unknown key(s) {extra}; known: {list(_CAMERA_KEYS)}")
+        names = {k: k for k in _CAMERA_KEYS}
+    key = {v: k for k, v in names.items()}  # field → key in this schema
+    gain = _number(cam, key["gain_counts_per_e"], w, minimum=0.0, strict=True, allow_none=True)
+    offset = _number(cam, key["offset_counts"], w, default=0.0)
+    read = _number(cam, key["read_noise_counts"], w, minimum=0.0, default=0.0)
+    factor = _number(cam, key["noise_factor"], w, minimum=0.0, strict=True, default=1.0)
+    assert offset is not None and read is not None and factor is not None
+    return CameraCalibration(gain_counts_per_e=gain, offset_counts=offset, read_noise_counts=read, noise_factor=factor)
 
 
 def parse_drift_reference(data: Mapping[str, Any] | None) -> DriftReference:
@@ -153,16 +232,15 @@ def parse_drift_reference(data: Mapping[str, Any] | None) -> DriftReference:
     where = "drift_reference"
     if not isinstance(data, Mapping):
         raise DriftReferenceError(f"{where} must be an object or null, got {data!r}")
-    unknown = sorted(set(data) - set(_TOP_KEYS))
+    schema = _schema_of(data, where)
+    unknown = sorted(set(data) - set(_TOP_KEYS[schema]))
     if unknown:
-        raise DriftReferenceError(f"{where}: unknown key(s) {unknown}; known: {list(_TOP_KEYS)}")
-    schema = data.get("schema", SCHEMA)
-    if schema != SCHEMA:
-        raise DriftReferenceError(f"{where}.schema {schema!r} is not supported (supported: {SCHEMA})")
-    gain = _number(data, "camera_gain_counts_per_e", where, minimum=0.0, strict=True, allow_none=True)
-    offset = _number(data, "camera_offset_counts", where, default=0.0)
-    read = _number(data, "read_noise_counts", where, minimum=0.0, default=0.0)
-    factor = _number(data, "dose_noise_factor", where, minimum=0.0, strict=True, default=1.0)
+        moved = [k for k in unknown if schema == 2 and k in SCHEMA1_CAMERA_KEYS]
+        hint = (f" (schema 2 keeps them in calibration_camera: "
+                f"{', '.join(f'{k} -> calibration_camera.{SCHEMA1_CAMERA_KEYS[k]}' for k in moved)})" if moved else "")
+        raise DriftReferenceError(f"{where}: unknown key(s) {unknown} in schema {schema}{hint}; "
+                                  f"known: {list(_TOP_KEYS[schema])}")
+    camera = _parse_camera(data, schema, where)
     signals: dict[str, SignalReference] = {}
     raw_signals = data.get("signals") or {}
     if not isinstance(raw_signals, Mapping):
@@ -208,9 +286,7 @@ def parse_drift_reference(data: Mapping[str, Any] | None) -> DriftReference:
         target = _number(raw_cusum, "target_arl", w, minimum=1.0, allow_none=True)
         assert k is not None and h is not None
         cusum = CusumReference(k, h, target, dict(raw_cusum))
-    return DriftReference(camera_gain_counts_per_e=gain, camera_offset_counts=offset or 0.0,
-                          read_noise_counts=read or 0.0, dose_noise_factor=factor or 1.0, signals=signals, cusum=cusum,
-                          raw=dict(data))
+    return DriftReference(camera=camera, signals=signals, cusum=cusum, schema=schema, raw=dict(data))
 
 
 def robust_centre_scale(values: list[float], floor: float = 0.0) -> tuple[float, float]:

@@ -19,7 +19,9 @@ from fringelive.stream.camera_sim import Condition, SimulatedCamera
 from fringelive.engine.camera import CameraSettings
 from fringelive.engine.cusum import (CusumState, arl_from_passage, calibrate_threshold, siegmund_arl,
                                      siegmund_threshold, simulate_first_passage)
-from fringelive.engine.drift import DriftMonitor, DriftSettings, evaluate, measure_frame
+from fringelive.engine.drift import DriftMonitor
+from fringelive.engine.drift_measure import evaluate, measure_frame
+from fringelive.engine.drift_settings import DriftSettings
 from fringelive.engine.calibration import calibrate_camera
 from fringelive.engine.drift_reference import DriftReferenceError, parse_drift_reference, tail_p_value
 from fringelive.engine.image_estimates import (CameraCalibration, estimate_dose, estimate_pixel_size,
@@ -143,7 +145,7 @@ def test_dose_with_gain_offset_and_correlated_noise() -> None:
     # estimate overshoots; frames of known dose calibrate the noise factor.
     from scipy import ndimage
 
-    from fringelive.engine.drift import FrameMeasurement
+    from fringelive.engine.drift_measure import FrameMeasurement
 
     blurred = [(ndimage.gaussian_filter(f - 100.0, 0.6) + 100.0, m) for f, m in frames]
     raw_calib = CameraCalibration(offset_counts=100.0)
@@ -333,7 +335,7 @@ def test_drift_reference_parsing() -> None:
          r"drift_reference.signals.entropy_foreground.scale must be > 0, got 0.0"),
         ({"signals": {"brightness": {"centre": 0.1, "scale": 1.0}}}, r"signals.brightness: unknown signal"),
         ({"cusum": {"k": 0.5}}, r"drift_reference.cusum needs 'k' and 'h'"),
-        ({"schema": 2}, r"schema 2 is not supported"),
+        ({"schema": 3}, r"drift_reference.schema 3 is not supported by this fringelive \(supported: 1, 2\)"),
     ):
         with pytest.raises(DriftReferenceError, match=needle):
             parse_drift_reference(bad)
