@@ -65,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="training steps per set-up (count)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--no-abtem", action="store_true", help="skip the abTEM engine")
+    ap.add_argument("--curated-count", type=int, default=None,
+                    help="samples of `synth --preset curated` to simulate (count; default 4, --quick 2; 0 skips)")
     args = ap.parse_args(argv)
 
-    from fringelive.training.synth_config import SynthConfig
+    from fringelive.training.synth_config import PRESETS, SynthConfig, config_from_dict
 
     size = 256 if args.quick else 512
     abtem_n = args.abtem_count or (2 if args.quick else 4)
@@ -92,9 +94,16 @@ def main(argv: list[str] | None = None) -> int:
             synth_rate(replace(ab, size_px=32, pixel_size_nm=(0.1, 0.1), diameter_nm=(1.0, 1.0)), 1, 1)  # JIT warm-up
             ra, dta = synth_rate(ab, abtem_n, args.workers)
             rows.append(("abtem (0.1 Å, 2 Å slices, 3 nm C)", size, abtem_n, dta, ra))
+            cur_n = args.curated_count if args.curated_count is not None else (2 if args.quick else 4)
+            if cur_n:
+                # the default bundle's database: every condition drawn per sample, its approximations
+                # (band-limited sampling, shared particle pass, support reuse); always 512² frames
+                cur = config_from_dict(PRESETS["curated"])
+                rc, dtc = synth_rate(cur, cur_n, args.workers)
+                rows.append(("abtem --preset curated", cur.size_px, cur_n, dtc, rc))
     print(f"{'engine':38s} {'frame px':>8s} {'samples':>7s} {'seconds':>8s} {'samples/h':>10s} {'vs fast':>9s}")
     for name, px, n, dt, r in rows:
-        ref = rows[0][4] if px == size else rows[1][4]
+        ref = rows[0][4] if px == size else rows[1][4] if px == 1024 else float("nan")
         print(f"{name:38s} {px:>8d} {n:>7d} {dt:>8.1f} {r:>10.0f} {r / ref:>8.3g}×")
 
     import torch

@@ -1,8 +1,8 @@
 """Tiles per second through NVIDIA Triton Inference Server vs local ONNX Runtime, same tile batch.
 
-    python benchmarks/triton.py [--tile 512] [--batch 4] [--repeats 5] [--clients 1 2]
+    python benchmarks/triton_offload.py [--tile 512] [--batch 4] [--repeats 5] [--clients 1 2]
                                 [--platform python] [--bundle DIR] [--threads N]
-    python benchmarks/triton.py --url http://gpu-box:8000 [--prefix NAME] --bundle DIR   # a running server
+    python benchmarks/triton_offload.py --url http://gpu-box:8000 [--prefix NAME] --bundle DIR   # a running server
 
 Without ``--url`` it exports ``--bundle`` (default: the installed default bundle) with
 ``fringelive export triton --platform python --kind cpu`` and starts the ``tritonserver`` that
