@@ -38,15 +38,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fringelive.bundle.bundle_io import sha256_file, tile_constraints_for
+from fringelive.bundle.bundle_io import sha256_file
 from fringelive.bundle.card import Envelope, Preprocessing
 from fringelive.engine.calibration import calibrate_bundle
 from fringelive.engine.models import build_model
 from fringelive.export.onnx_export import export_bundle
-from fringelive.training.benchmark_groups import GroupBy, groups_of
-from fringelive.training.evaluate import score_members, torch_member
+from fringelive.training.benchmark_groups import GroupBy
 from fringelive.training.patches import fold_split, index_ranges, network_input, patchify, prepare_patches
 from fringelive.training.patches import RunError
+from fringelive.training.run_benchmarks import benchmark_subsets, record_benchmarks
 from fringelive.training.run_report import _card_metrics, _description, _write_evaluation
 from fringelive.training.samples import envelope_from_metadata, load_sampleset, preprocessing_to_json
 from fringelive.training.trainer import DistInfo, TrainConfig, evaluate_model, train_model
@@ -321,7 +321,7 @@ def run_training(cfg: RunConfig) -> RunResult:
         out.mkdir(parents=True, exist_ok=True)
         _check_run_file(out, _fingerprint(cfg, data_info, params))
     bench = {name: _Data([path]) for name, path in cfg.benchmarks}
-    subsets = _benchmark_subsets(bench, cfg.benchmark_by)
+    subsets = benchmark_subsets(bench, cfg.benchmark_by)
     bench_patches = {name: d.patches(range(len(d)), params, cfg.patch_px) for name, d in bench.items()}
     for sub, (parent, idx) in subsets.items():
         bench_patches[sub] = bench[parent].patches(idx, params, cfg.patch_px)
@@ -389,16 +389,7 @@ def run_training(cfg: RunConfig) -> RunResult:
     envelope = envelope_from_metadata(data.rows(sorted(used)))
     name = cfg.bundle_name or default_bundle_name(envelope, "finetuned-" if cfg.init is not None else "")
     metrics = _card_metrics(cfg, data_info, fold_rows, mean, std, list(bench_patches))
-    for bname, bdata in bench.items():
-        metrics["benchmarks"][bname]["command"] = str(bdata.sets[0].attrs.get("command", "")) or None
-        metrics["benchmarks"][bname]["sha256"] = sha256_file(bdata.sets[0].path)
-        metrics["benchmarks"][bname]["whole_sample"] = _whole_sample_scores(models, bdata, params, cfg.eval_tile_px)
-        log.info("benchmark %s, whole samples: %s", bname, metrics["benchmarks"][bname]["whole_sample"])
-    for sub, (parent, idx) in subsets.items():
-        metrics["benchmarks"][sub].update({"of": parent, "samples": len(idx)})
-        metrics["benchmarks"][sub]["whole_sample"] = _whole_sample_scores(models, bench[parent], params,
-                                                                          cfg.eval_tile_px, idx)
-        log.info("benchmark %s, whole samples: %s", sub, metrics["benchmarks"][sub]["whole_sample"])
+    record_benchmarks(metrics, models, bench, subsets, params, cfg.eval_tile_px)
     metrics.update(cfg.extra_metrics or {})
 
     bundle = export_bundle(models, out / "bundle", name=name, arch=cfg.arch if cfg.init is None else cfg.init.arch,
@@ -413,41 +404,6 @@ def run_training(cfg: RunConfig) -> RunResult:
             log.warning("drift calibration failed (%s: %s); drift_reference stays empty", type(e).__name__, e)
     _barrier(info)
     return result
-
-
-def _benchmark_subsets(bench: dict[str, "_Data"], by: Sequence[GroupBy]) -> dict[str, tuple[str, list[int]]]:
-    """``{"<set>[<group>]": (set name, sample indices)}`` for every benchmark set and grouping."""
-    out: dict[str, tuple[str, list[int]]] = {}
-    for name, d in bench.items():
-        rows = d.rows(range(len(d)))
-        for g in by:
-            try:
-                groups = groups_of(rows, g)
-            except ValueError as e:
-                raise RunError(f"benchmark {name!r}: {e}") from None
-            for label, idx in groups.items():
-                out[f"{name}[{label}]"] = (name, idx)
-    return out
-
-
-def _whole_sample_scores(models: list[Any], data: _Data, params: Preprocessing, tile_px: int | None,
-                         indices: Sequence[int] | None = None) -> dict[str, Any]:
-    """Members (torch) on whole benchmark samples (``indices`` of them, None = all), through the
-    halo tiler as the daemon runs them: Dice (class 1, 0.5) mean ± std over members, the
-    ensemble's Dice mean ± std over samples, and pixel error rates."""
-    xs = np.concatenate([data.inputs(j, params) for j in range(len(data.sets))])
-    ys = np.concatenate([ss.labels for ss in data.sets])
-    if indices is not None:
-        xs, ys = xs[list(indices)], ys[list(indices)]
-    tile = tile_constraints_for(models[0].spec)
-    s = score_members([torch_member(m) for m in models], xs, ys, tile_size=tile_px,
-                      halo=tile.halo_px, multiple_of=tile.multiple_of)
-    ens = s["ensemble_sample_dice"]
-    return {"samples": s["samples"], "sample_px": list(xs.shape[1:]),
-            "member_dice_mean": float(np.mean(s["member_dice"])), "member_dice_std": float(np.std(s["member_dice"])),
-            "ensemble_dice_mean": float(np.mean(ens)), "ensemble_dice_std_over_samples": float(np.std(ens)),
-            "false_positive_rate_mean": float(np.mean(s["false_positive_rate"])),
-            "false_negative_rate_mean": float(np.mean(s["false_negative_rate"]))}
 
 
 def _barrier(info: Any) -> None:
