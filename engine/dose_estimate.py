@@ -1,5 +1,16 @@
-"""Dose estimated from the image: shot noise of background blocks (away from particles) against the
-camera calibration, in e/Å² per frame."""
+"""Bundle calibration's dose measurement: the shot noise of *every* background block (away from
+predicted particles) against the calibration camera, in e/Å² per frame.
+
+The estimator is the daemon's (``fringelive.engine.camera``: the Laplacian high-pass variance
+:func:`~fringelive.engine.camera.blocks.laplacian_variance`, electrons
+:func:`~fringelive.engine.camera.dose.shot_noise_electrons` and
+:func:`~fringelive.engine.camera.dose.gain_electrons`); what differs is the choice of blocks and
+what is reported. Here every background block counts (no flatness test, no x-ray cleaning: the
+median over blocks outvotes them), every block of the frame when the model sees too little
+background, and the raw shot-noise electrons are kept, so ``fringelive calibrate`` gets a value
+on any frame, textured support included, to fit the noise factor and the reference's
+``log_dose_estimate`` on. The daemon's :func:`fringelive.engine.camera.estimate_dose` uses only
+flat blocks and the gain first (a *verified* dose). ``docs/drift.md`` § 2 compares them."""
 
 from __future__ import annotations
 
@@ -7,6 +18,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from fringelive.engine.camera.blocks import laplacian_variance, pick_evenly
+from fringelive.engine.camera.dose import gain_electrons, shot_noise_electrons
 
 __all__ = ["CameraCalibration", "DoseMeasurement", "background_block_grid", "background_window_centres", "estimate_dose", "measure_background_noise"]
 
@@ -70,7 +84,7 @@ class DoseMeasurement:
     def electrons_per_px_from_gain(self, camera: CameraCalibration) -> float | None:
         """``mean / gain`` electrons per pixel, None without a gain."""
         g = camera.gain_counts_per_e
-        return None if g is None else self.mean_counts / g
+        return None if g is None else float(gain_electrons(self.mean_counts, g))
 
     def gain_counts_per_e(self, camera: CameraCalibration) -> float | None:
         """The gain this frame implies: mean / shot-noise electrons (counts/e)."""
@@ -96,13 +110,6 @@ def background_block_grid(mask: np.ndarray | None, shape: tuple[int, int], block
     if margin_blocks > 0 and occupied.any():
         occupied = ndimage.binary_dilation(occupied, iterations=margin_blocks)
     return ~occupied
-
-
-def _pick(n_available: int, n_max: int) -> np.ndarray:
-    """Up to ``n_max`` indices spread evenly over ``range(n_available)``."""
-    if n_available <= n_max:
-        return np.arange(n_available)
-    return np.unique(np.linspace(0, n_available - 1, n_max).round().astype(np.int64))
 
 
 def measure_background_noise(pixels: np.ndarray, mask: np.ndarray | None, *, camera: CameraCalibration | None = None,
@@ -131,24 +138,17 @@ def measure_background_noise(pixels: np.ndarray, mask: np.ndarray | None, *, cam
     by, bx = np.nonzero(grid)
     if by.size < min_blocks:
         return None
-    sel = _pick(by.size, max_blocks)
+    sel = pick_evenly(by.size, max_blocks)
     ys, xs = by[sel] * block, bx[sel] * block
     ar = np.arange(block)
     blocks = pixels[ys[:, None, None] + ar[None, :, None], xs[:, None, None] + ar[None, None, :]]
     blocks = blocks.astype(np.float64) - camera.offset_counts
     means = blocks.mean(axis=(1, 2))
-    # 4-neighbour Laplacian: for white noise of variance v its variance is 20·v, while smooth
-    # structure (illumination, most of the support's texture) cancels to second order.
-    lap = 4.0 * blocks[:, 1:-1, 1:-1]
-    lap -= blocks[:, :-2, 1:-1]
-    lap -= blocks[:, 2:, 1:-1]
-    lap -= blocks[:, 1:-1, :-2]
-    lap -= blocks[:, 1:-1, 2:]
-    var = (lap * lap).mean(axis=(1, 2)) / 20.0 - camera.read_noise_counts ** 2
+    var = laplacian_variance(blocks) - camera.read_noise_counts ** 2
     good = (means > 0) & (var > 0)
     if int(good.sum()) < min_blocks:
         return None
-    ratio = means[good] ** 2 / var[good]
+    ratio = shot_noise_electrons(means[good], var[good])
     med = float(np.median(ratio))
     spread = float(np.median(np.abs(ratio - med)) / med) if med > 0 else math.inf
     return DoseMeasurement(mean_counts=float(np.median(means[good])), variance_counts2=float(np.median(var[good])),
@@ -187,5 +187,5 @@ def background_window_centres(grid: np.ndarray, block: int, size: int, limit: in
     ys, xs = np.nonzero(clear)
     if not ys.size:
         return []
-    sel = _pick(ys.size, limit)
+    sel = pick_evenly(ys.size, limit)
     return [((ys[i] + 0.5) * block, (xs[i] + 0.5) * block) for i in sel]

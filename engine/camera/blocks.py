@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BlockStats", "block_statistics", "flat_blocks"]
+__all__ = ["BlockStats", "block_statistics", "flat_blocks", "laplacian_variance", "pick_evenly"]
 
 @dataclass(frozen=True)
 class BlockStats:
@@ -51,13 +51,17 @@ def _block_grid(shape: tuple[int, int], block: int, mask: np.ndarray | None, mar
     return ~occ
 
 
-def _pick(n: int, n_max: int) -> np.ndarray:
+def pick_evenly(n: int, n_max: int) -> np.ndarray:
+    """Up to ``n_max`` indices spread evenly over ``range(n)``."""
     if n <= n_max:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, n_max).round().astype(np.int64))
 
 
-def _laplacian_var(x: np.ndarray) -> np.ndarray:
+def laplacian_variance(x: np.ndarray) -> np.ndarray:
+    """Per (B, B) block of ``x (n, B, B)``: the high-pass variance ``v_hp``, the variance of the
+    4-neighbour Laplacian ÷ 20 (its gain on white noise; smooth structure cancels to second
+    order), counts²; shape (n,)."""
     lap = 4.0 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:]
     return (lap * lap).mean(axis=(1, 2)) / 20.0
 
@@ -117,7 +121,7 @@ def block_statistics(frame: np.ndarray, *, block: int = 32, mask: np.ndarray | N
         raise ValueError(f"pair shape {np.shape(pair)} does not match the frame {frame.shape}")
     grid = _block_grid(frame.shape, block, mask)
     by, bx = np.nonzero(grid)
-    sel = _pick(by.size, max_blocks)
+    sel = pick_evenly(by.size, max_blocks)
     ys, xs = by[sel] * block, bx[sel] * block
     if ys.size == 0:
         empty = np.zeros(0)
@@ -141,7 +145,7 @@ def block_statistics(frame: np.ndarray, *, block: int = 32, mask: np.ndarray | N
         b, out_b = cleaned(np.asarray(pair))
         means, noise, outliers = 0.5 * (a + b).mean(axis=(1, 2)), (a - b) / math.sqrt(2.0), out_a + out_b
     v_lf, ring_z, _ = _zero_freq_power(noise, nps_lags)
-    return BlockStats(mean=means, v_hp=_laplacian_var(noise), v_lf=v_lf, outliers=outliers.astype(np.int64),
+    return BlockStats(mean=means, v_hp=laplacian_variance(noise), v_lf=v_lf, outliers=outliers.astype(np.int64),
                       origin=np.stack([ys, xs], axis=1), block=block, ring_z=ring_z)
 
 

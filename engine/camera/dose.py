@@ -10,7 +10,21 @@ import numpy as np
 from .blocks import BlockStats, block_statistics, flat_blocks
 from .settings import CameraSettings
 
-__all__ = ["DoseEstimate", "estimate_dose"]
+__all__ = ["DoseEstimate", "estimate_dose", "shot_noise_electrons", "gain_electrons"]
+
+def shot_noise_electrons(signal: np.ndarray | float, variance_hp: np.ndarray | float, noise_factor: float = 1.0
+                         ) -> np.ndarray | float:
+    """Electrons per pixel from shot noise, per block: ``n = f·(m − o)² / (v_hp − r²)``
+    (``signal`` = m − o counts, ``variance_hp`` = v_hp − r² counts², ``noise_factor`` = f).
+    The one definition: the daemon's dose (:func:`estimate_dose`) and bundle calibration's
+    measurement (``engine/dose_estimate.py``) both use it."""
+    return noise_factor * signal ** 2 / variance_hp
+
+
+def gain_electrons(signal: np.ndarray | float, gain_counts_per_e: float) -> np.ndarray | float:
+    """Electrons per pixel from the gain: ``n = (m − o) / g`` (``signal`` = m − o counts)."""
+    return signal / gain_counts_per_e
+
 
 @dataclass(frozen=True)
 class DoseEstimate:
@@ -70,11 +84,11 @@ def estimate_dose(frame: np.ndarray, camera: CameraSettings, pixel_size_nm: floa
         var = s.v_hp - r2
         good = (sig > 0) & (var > 0)
         if good.sum() >= min_blocks:
-            per = f * sig[good] ** 2 / var[good]
+            per = shot_noise_electrons(sig[good], var[good], f)
             n_shot = float(np.median(per))
             spread = float(np.median(np.abs(per - n_shot)) / n_shot) if n_shot > 0 else None
         if g is not None:
-            n_gain = (m - o) / g
+            n_gain = gain_electrons(m - o, g)
     if n_gain is not None and n_gain > 0:
         n, method = n_gain, "gain"
     elif n_shot is not None:
