@@ -201,8 +201,15 @@ def test_no_constants_anywhere_is_unverified_never_a_mismatch(small: Scenes) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="with the curated default model (issue #11) the learned fit on these fastsim "
-                   "scenes reaches gain 8.99 / offset 109 (within 15 %) but is not declared confident; open in #12")
+@pytest.mark.xfail(strict=False, reason=(
+    "learned through the daemon: gain 8.99 ± 0.14 counts/e, offset 109.3 ± 2.3 counts (truth 8 / 100: within 15 %) "
+    "but not confident: 16 % of the background blocks textured > max_textured 15 %. Cause (issue #12, reproduced "
+    "offline with the same numbers): fastsim's support texture (carbon_contrast 0.03 plus its 2-20 nm phase noise) "
+    "in blocks that pass the flatness tests adds variance ∝ signal² to the zero-frequency noise power, so the "
+    "v_lf slope (gain) and the MTF offset read high. Not the particle masks: the exact mask gives 9.07 / 111.2, no "
+    "mask 9.00 / 109.4, the model's raw mask (specks kept) 9.13 / 109.3; flat scenes give 7.95 / 98.4, given "
+    "noise_factor 0.25 gives gain 8.02. 2 lags instead of 3 removes the texture bias (7.92) but reads 7 % low on "
+    "flat frames (MTF). Open in #12"))
 def test_learned_from_the_stream() -> None:
     """≥ 100 frames at two dose levels: gain and offset learned within 15 %, exposed in the
     header, control status and metrics; doses unverified (≤ 5 % flagged) until then; afterwards
