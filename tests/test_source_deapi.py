@@ -1,5 +1,8 @@
 """The ``deapi`` source against the simulated DE-Server that the ``deapi`` package ships
-(``python -m deapi.simulated_server.initialize_server PORT``), end to end in a daemon."""
+(``python -m deapi.simulated_server.initialize_server PORT``), end to end in a daemon
+(``control = true``), and the passive mode's start-up there (that server serves one connection
+at a time with its own state, so an operator's acquisition cannot be watched on it: the passive
+mode is tested against de-twin's multi-client DE-Server in tests/test_source_detwin.py)."""
 
 from __future__ import annotations
 
@@ -40,9 +43,13 @@ def de_server() -> Any:
     proc.wait(10)
 
 
-def test_config_requires_control_and_checks_values() -> None:
-    with pytest.raises(ConfigError, match=r"source\[0\]\.control = false .* not supported"):
-        DaemonConfig.from_dict({"source": [{"kind": "deapi"}]})
+def test_config_checks_values() -> None:
+    assert DaemonConfig.from_dict({"source": [{"kind": "deapi"}]}).source[0].control is False   # passive by default
+    with pytest.raises(ConfigError, match=r"source\[0\]\.frame_type must be one of \['singleframe_integrated', .*"
+                                          r"got 'virtual_image0'"):
+        DaemonConfig.from_dict({"source": [{"kind": "deapi", "frame_type": "virtual_image0"}]})
+    with pytest.raises(ConfigError, match=r"source\[0\]\.control must be true or false, got 'passive'"):
+        DaemonConfig.from_dict({"source": [{"kind": "deapi", "control": "passive"}]})
     with pytest.raises(ConfigError, match=r"source\[0\]\.port must be in 1\.\.65535, got 0"):
         DaemonConfig.from_dict({"source": [{"kind": "deapi", "control": True, "port": 0}]})
 
@@ -89,3 +96,22 @@ def test_daemon_segments_frames_from_the_deapi_simulated_server(tiny_bundle: Any
     assert per_source["in_flight"] == 0 and per_source["received"] == (
         per_source["processed"] + sum(per_source["dropped"].values()) + sum(per_source["rejected"].values()))
     assert counts["in_flight"] == 0
+
+
+def test_passive_source_attaches_without_acquiring(de_server: int) -> None:
+    """Passive: connects, reads the status, takes nothing while DE-Server is idle and never
+    starts an acquisition (the simulated server stays idle)."""
+    from fringelive.daemon.sources.config import open_source
+
+    cfg = DaemonConfig.from_dict({"source": [{"kind": "deapi", "port": de_server, "name": "de", "poll_s": 0.05}]})
+    src = open_source(cfg.source[0])
+    assert src is not None
+    with src:
+        t_end = time.monotonic() + 1.5
+        got = []
+        while time.monotonic() < t_end:
+            item = src.get(0.1)
+            if item is not None:
+                got.append(item)
+        status = src._client["Acquisition Status"]
+    assert got == [] and src.acquisitions_seen == 0 and status == "Idle"

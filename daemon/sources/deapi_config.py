@@ -8,15 +8,20 @@ from typing import Any
 
 from fringelive.daemon.endpoints import ConfigError
 
-__all__ = ["DeapiSourceConfig"]
+__all__ = ["DeapiSourceConfig", "FRAME_TYPES"]
+
+#: The ``deapi.FrameType`` names a source may take (single frames and sums; not masks or virtual images).
+FRAME_TYPES = ("singleframe_integrated", "singleframe_counted", "sumintermediate", "sumtotal", "cumulative")
 
 
 @dataclass(frozen=True)
 class DeapiSourceConfig:
-    """``host``/``port``: the DE-Server (default port 13240); ``control``: let fringelive start
-    the acquisitions (one frame each, ``start_acquisition(1)``; required: a passive mode that only
-    watches acquisitions started elsewhere is not supported yet); ``poll_s``: seconds between
-    acquisitions; ``dataset``: series name (default: DE-Server's dataset name);
+    """``host``/``port``: the DE-Server (default port 13240); ``control``: false (default,
+    passive): watch the acquisitions the operator starts in DE's software and take their live
+    frames, never changing a setting; true: fringelive starts one-frame acquisitions itself
+    (``start_acquisition(1)``); ``poll_s``: seconds between polls (passive) or acquisitions
+    (control); ``frame_type``: the DE-Server result taken (``FRAME_TYPES``; default
+    "singleframe_integrated"); ``dataset``: series name (default: DE-Server's dataset name);
     ``pixel_size_nm``: specimen pixel size, nm/px; ``voltage_kv``: kV; ``meta``: more wire
     metadata keys."""
 
@@ -25,6 +30,7 @@ class DeapiSourceConfig:
     name: str | None = None
     control: bool = False
     poll_s: float = 0.5
+    frame_type: str = "singleframe_integrated"
     dataset: str | None = None
     pixel_size_nm: float | None = None
     voltage_kv: float | None = None
@@ -41,10 +47,11 @@ class DeapiSourceConfig:
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
                 raise ConfigError(f"{key} must be a number > 0, got {v!r}")
-        if not self.control:
-            raise ConfigError("control = false (watching acquisitions started elsewhere) is not supported by the deapi "
-                              "source yet; set control = true to let fringelive start one-frame acquisitions, got "
-                              "control = false")
+        if not isinstance(self.control, bool):
+            raise ConfigError(f"control must be true (fringelive starts acquisitions) or false (passive: it watches "
+                              f"the operator's), got {self.control!r}")
+        if self.frame_type not in FRAME_TYPES:
+            raise ConfigError(f"frame_type must be one of {list(FRAME_TYPES)}, got {self.frame_type!r}")
         if not isinstance(self.meta, dict) or any(k in ("series", "frame", "shape", "dtype") for k in self.meta):
             raise ConfigError(f"meta must be a table of metadata keys (not series/frame/shape/dtype), got {self.meta!r}")
 
