@@ -231,8 +231,8 @@ def test_malformed_messages_raise_precise_errors() -> None:
 
 
 def test_config_is_passive_and_checked() -> None:
-    with pytest.raises(ConfigError, match=r"source\[0\]\.control = true .* not supported"):
-        DaemonConfig.from_dict({"source": [{"kind": "dectris", "control": True}]})
+    with pytest.raises(ConfigError, match=r"source\[0\]\.nimages is only used with control = true.* got nimages = 5"):
+        DaemonConfig.from_dict({"source": [{"kind": "dectris", "nimages": 5}]})
     with pytest.raises(ConfigError, match=r"source\[0\]\.version must be one of"):
         DaemonConfig.from_dict({"source": [{"kind": "dectris", "version": "v3"}]})
     with pytest.raises(ConfigError, match=r"source\[0\]\.pixel_size_nm must be a number > 0"):

@@ -1,11 +1,13 @@
-"""The ``dectris`` source: a passive client of a DECTRIS detector's stream (Stream V1 or V2).
+"""The ``dectris`` source: a client of a DECTRIS detector's stream (Stream V1 or V2), passive by default.
 
 It connects a ZeroMQ PULL socket to the detector's (or a simulator's) PUSH endpoint and decodes
-each message (``dectris_decode.py``). It never talks to the SIMPLON REST API: arming, triggering
-and configuring stay with the detector's own control software (``control = false``; true is
-refused at start-up). Note that a PUSH socket deals messages round-robin: another PULL client on
-the same endpoint gets every other message, so fringelive should be the only stream client (or
-use the detector's stream forwarding).
+each message (``dectris_decode.py``). By default (``control = false``) it never talks to the
+SIMPLON REST API: arming, triggering and configuring stay with the detector's own control
+software. With ``control = true`` a second thread drives the detector through SIMPLON
+(``simplon.py``: configure once, then arm / trigger / disarm per series); the API must answer at
+start-up, and a failing call fails the source. Note that a PUSH socket deals messages
+round-robin: another PULL client on the same endpoint gets every other message, so fringelive
+should be the only stream client (or use the detector's stream forwarding).
 
 Per series: the ``start`` (V2) / ``dheader`` (V1) fields are kept until its ``end`` /
 ``dseries_end`` and give each image its metadata (``dectris_decode.frame_meta``); ``series`` is the
@@ -18,6 +20,7 @@ cannot be decoded is counted ``rejected{reason="unreadable"}`` and the stream go
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import zmq
@@ -25,6 +28,7 @@ import zmq
 from fringelive.daemon.sources.base import SourceFrame, ThreadedSource
 from fringelive.daemon.sources.dectris_config import DectrisSourceConfig
 from fringelive.daemon.sources.dectris_decode import StreamDecodeError, decode_message, frame_meta
+from fringelive.daemon.sources.simplon import SimplonControl
 
 __all__ = ["DectrisSource"]
 
@@ -35,7 +39,7 @@ _POLL_MS = 50
 
 class DectrisSource(ThreadedSource):
     """See the module docstring. ``series_seen``: (series, kind) boundaries in order (start/end),
-    for status and tests."""
+    for status and tests; ``control``: the :class:`SimplonControl` (``control = true``) or None."""
 
     kind = "dectris"
 
@@ -49,6 +53,32 @@ class DectrisSource(ThreadedSource):
         self._sock.connect(config.endpoint)
         self._starts: dict[str, dict[str, Any]] = {}
         self.series_seen: list[tuple[str, str]] = []
+        self._ends = self._images = 0
+        self.control: SimplonControl | None = None
+        self._control_thread: threading.Thread | None = None
+        if config.control:
+            self.control = SimplonControl(config, self.stopped, lambda: self._ends, lambda: self._images)
+            try:
+                self.control.check(self.name)
+            except BaseException:
+                self.on_close()
+                raise
+
+    def start(self) -> "DectrisSource":
+        super().start()
+        if self.control is not None and self._control_thread is None:
+            self._control_thread = threading.Thread(target=self._run_control, name=f"fringelive-simplon-{self.name}",
+                                                    daemon=True)
+            self._control_thread.start()
+        return self
+
+    def _run_control(self) -> None:
+        assert self.control is not None
+        try:
+            self.control.run()
+        except BaseException as e:  # noqa: BLE001 - re-raised by get() in the consumer: fails the source
+            self._error = e
+            self.stopped.set()
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -70,10 +100,12 @@ class DectrisSource(ThreadedSource):
             log.info("%s: series %s started (%s)", self.name, msg.series, msg.fields.get("detector_description", ""))
             return None
         if msg.kind == "end":
+            self._ends += 1
             self._starts.pop(msg.series, None)
             self.series_seen.append((msg.series, "end"))
             log.info("%s: series %s ended", self.name, msg.series)
             return None
+        self._images += 1
         header: dict[str, Any] = {"series": msg.series or self.name, "frame": msg.image_id}
         try:
             channel, pixels = msg.pixels(self.config.channel)
@@ -86,6 +118,12 @@ class DectrisSource(ThreadedSource):
             header["voltage_kv"] = float(self.config.voltage_kv)
         header.update(self.config.meta)
         return SourceFrame(header, pixels)
+
+    def close(self) -> None:
+        self.stopped.set()
+        if self._control_thread is not None:
+            self._control_thread.join(60.0)   # an ongoing REST call ends; a detector left armed is disarmed
+        super().close()
 
     def on_close(self) -> None:
         self._sock.close(linger=0)
