@@ -21,7 +21,7 @@ import zmq
 
 from fringelive.daemon.config import ConfigError, DaemonConfig
 from fringelive.daemon.protocol import decode_result
-from fringelive.daemon.server import Daemon
+from fringelive.daemon.server import Daemon, DaemonError
 
 from polling import wait_until  # tests/polling.py
 
@@ -84,6 +84,8 @@ class Dcu:
     def handle(self, path: str, value: Any) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
         if parts[:3] == ["detector", "api", V] and parts[3] == "config" and parts[4] in self.config:
+            if parts[4] == "nimages" and value > 1000:
+                return 400, {"error": f"nimages {value} out of range"}
             if self.armed:
                 return 400, {"error": "configuration while armed"}
             self.config[parts[4]] = value
@@ -238,3 +240,15 @@ def test_external_triggers_and_a_stop_while_armed_disarms(tiny_bundle: Any) -> N
         assert dcu.calls[-2:] == ["arm", "disarm"] and not dcu.armed
     finally:
         dcu.close()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_failing_simplon_call_fails_the_daemon_with_the_answer(tiny_bundle: Any, dcu: Dcu) -> None:
+    cfg = daemon_config(tiny_bundle, {"endpoint": dcu.stream, "api": dcu.url, "nimages": 5000})
+    with pytest.raises(DaemonError, match=r"SIMPLON PUT http://127\.0\.0\.1:\d+/detector/api/1\.8\.0/config/nimages "
+                                          r"answered HTTP 400: .*nimages 5000 out of range"):
+        with Daemon(cfg) as d:
+            t_end = time.monotonic() + 30
+            while time.monotonic() < t_end:
+                d.wait(0.2)
+    assert "arm" not in dcu.calls
