@@ -50,13 +50,14 @@ __all__ = ["DriftMonitor", "card_camera", "signal_directions"]
 
 
 def card_camera(reference: DriftReference) -> CameraSettings | None:
-    """The camera constants a (schema-1) card's ``drift_reference`` carries, as the last-resort
-    fallback of :func:`fringelive.engine.camera.resolve_camera`; None when it has none."""
-    if not reference.has_camera:
+    """The camera the card's drift reference was calibrated with (``calibration_camera``; a
+    schema-1 reference's top-level constants), as the last-resort fallback of
+    :func:`fringelive.engine.camera.resolve_camera`; None when the reference states none."""
+    cam = reference.camera
+    if cam is None:
         return None
-    return CameraSettings(name="card", gain_counts_per_e=reference.camera_gain_counts_per_e,
-                          offset_counts=reference.camera_offset_counts, read_noise_counts=reference.read_noise_counts,
-                          noise_factor=min(reference.dose_noise_factor, 1.5))
+    return CameraSettings(name="card", gain_counts_per_e=cam.gain_counts_per_e, offset_counts=cam.offset_counts,
+                          read_noise_counts=cam.read_noise_counts, noise_factor=min(cam.noise_factor, 1.5))
 
 
 _log = logging.getLogger(__name__)
@@ -237,8 +238,10 @@ class DriftMonitor:
         return {
             "calibrated": ref.calibrated,
             "signals": sorted(ref.signals),
-            "camera_gain_counts_per_e": ref.camera_gain_counts_per_e,
-            "dose_noise_factor": ref.dose_noise_factor,
+            "reference_schema": ref.schema,
+            "calibration_camera": None if ref.camera is None else ref.camera.to_dict(),
+            "camera_gain_counts_per_e": ref.measurement_camera.gain_counts_per_e,
+            "dose_noise_factor": ref.measurement_camera.noise_factor,
             "card_camera": None if self.card_camera is None else self.card_camera.to_dict(),
             "card_camera_contradicted": self.card_camera_contradicted,
             "cusum": None if self.cusum is None else {"k": self.cusum.k, "h": self.cusum.h, "frames": self.cusum.frames,

@@ -27,9 +27,9 @@ __all__ = ["FrameMeasurement", "camera_of", "measure_frame", "evaluate", "disagr
 
 
 def camera_of(reference: DriftReference) -> image_estimates.CameraCalibration:
-    return image_estimates.CameraCalibration(
-        gain_counts_per_e=reference.camera_gain_counts_per_e, offset_counts=reference.camera_offset_counts,
-        read_noise_counts=reference.read_noise_counts, noise_factor=reference.dose_noise_factor)
+    """The camera the reference's frames were measured with (its ``calibration_camera``;
+    defaults where it states none): a frame measured with it compares with the reference."""
+    return reference.measurement_camera
 
 
 @dataclass(frozen=True)

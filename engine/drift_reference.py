@@ -169,23 +169,6 @@ class DriftReference:
         """This reference measuring with another noise factor (calibration measures raw, 1)."""
         return replace(self, camera=replace(self.measurement_camera, noise_factor=float(noise_factor)))
 
-    # Schema-1 names, read by code that predates ``camera`` (remove once no caller is left).
-    @property
-    def camera_gain_counts_per_e(self) -> float | None:
-        return self.measurement_camera.gain_counts_per_e
-
-    @property
-    def camera_offset_counts(self) -> float:
-        return self.measurement_camera.offset_counts
-
-    @property
-    def read_noise_counts(self) -> float:
-        return self.measurement_camera.read_noise_counts
-
-    @property
-    def dose_noise_factor(self) -> float:
-        return self.measurement_camera.noise_factor
-
 
 def _schema_of(data: Mapping[str, Any], where: str) -> int:
     schema = data.get("schema", 2 if "calibration_camera" in data else 1)

@@ -321,7 +321,7 @@ def test_member_agreement_signal(card, au423) -> None:  # noqa: ANN001
 
 def test_drift_reference_parsing() -> None:
     ref = parse_drift_reference({"camera_gain_counts_per_e": 2.0})
-    assert ref.camera_gain_counts_per_e == 2.0 and ref.dose_noise_factor == 1.0 and not ref.calibrated
+    assert ref.camera.gain_counts_per_e == 2.0 and ref.camera.noise_factor == 1.0 and not ref.calibrated
     assert parse_drift_reference(None).signals == {}
     ok = {"signals": {"entropy_foreground": {"centre": 0.1, "scale": 0.01}}, "cusum": {"k": 0.5, "h": 6.0}}
     ref = parse_drift_reference(ok)

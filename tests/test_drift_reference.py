@@ -84,7 +84,10 @@ def test_monitor_uses_the_calibration_camera_as_the_card_fallback_in_both_schema
         cam = monitor.card_camera
         assert cam is not None and (cam.gain_counts_per_e, cam.offset_counts, cam.read_noise_counts,
                                     cam.noise_factor) == (8.0, 100.0, 3.0, 0.3)
-        assert monitor.describe()["card_camera"]["gain_counts_per_e"] == 8.0
+        status = monitor.describe()  # control status → bundles[].drift
+        assert status["card_camera"]["gain_counts_per_e"] == 8.0 and status["reference_schema"] == data["schema"]
+        assert status["calibration_camera"] == SCHEMA2["calibration_camera"]
+        assert (status["camera_gain_counts_per_e"], status["dose_noise_factor"]) == (8.0, 0.3)
 
 
 def test_the_shipped_default_bundle_reference_parses() -> None:
