@@ -279,6 +279,10 @@ class Card:
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str | None = None
     schema_version: int = SCHEMA_VERSION
+    #: the bundle's operating point: class-1 probability above which a pixel is particle (0.5 =
+    #: argmax; ``fringelive calibrate --choose-threshold`` picks it on labelled frames; the
+    #: daemon's ``[pipeline] threshold`` overrides it)
+    threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
@@ -295,6 +299,9 @@ class Card:
         files = [m.file for m in self.members]
         if len(set(files)) != len(files):
             raise CardError(f"members name the same file twice: {files!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0.0 < self.threshold < 1.0:
+            raise CardError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

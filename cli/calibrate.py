@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from fringelive.bundle.bundle_io import BundleError
 from fringelive.cli import CLIError, summary
-from fringelive.engine.calibration import calibrate_bundle
+from fringelive.engine.calibration import calibrate_bundle, calibrate_decision_threshold
 from fringelive.engine.drift_reference import DriftReferenceError
 from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
 from fringelive.stream.send import merge_meta, parse_meta
@@ -64,6 +64,10 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for ONNX Runtime and torch (count; default: the runtimes' own)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the CUSUM simulation (integer)")
+    p.add_argument("--choose-threshold", action="append", type=Path, metavar="SAMPLESET", default=None,
+                   help="first choose the bundle's threshold (card.threshold: best pooled Dice of the published mask, "
+                        "candidates 0.30-0.80) on this labelled raw sample set (synth/dataset; repeat for several), "
+                        "then calibrate the drift reference at it; use frames no reported metric is measured on")
     p.add_argument("--dry-run", action="store_true", help="print the reference, do not write the card (flag, no unit)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (flag, no unit)")
     p.set_defaults(func=run_calibrate)
@@ -140,6 +144,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CLIError(str(e), 2) from None
     files = _files(list(args.data))
+    if args.choose_threshold:
+        _choose_threshold(args)
 
     def progress(n: int) -> None:
         if not args.json and n % 50 == 0:
@@ -160,6 +166,44 @@ def run_calibrate(args: argparse.Namespace) -> int:
     else:
         _print_report(report["bundle"], report)
     return 0
+
+
+def _labelled(paths: list[Path]) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    for path in paths:
+        if not _is_sampleset(path):
+            raise CLIError(f"--choose-threshold {path}: not a sample set (no samples.h5); it needs labelled frames "
+                           "from `fringelive synth` or `fringelive dataset`", 2)
+        try:
+            ss = load_sampleset(path)
+        except SampleSetError as e:
+            raise CLIError(str(e), 2) from None
+        if ss.content != "raw":
+            raise CLIError(f"--choose-threshold {path}: a sample set of {ss.content} patches; it needs raw frames", 2)
+        for image, label, meta in zip(ss.images, ss.labels, ss.metadata):
+            yield image, label, dict(meta)
+
+
+def _choose_threshold(args: argparse.Namespace) -> None:
+    try:
+        rep = calibrate_decision_threshold(args.bundle, _labelled(list(args.choose_threshold)), threads=args.threads,
+                                  dry_run=args.dry_run, sources=[str(p) for p in args.choose_threshold])
+    except BundleError as e:
+        raise CLIError(str(e), 2) from None
+    except ValueError as e:
+        raise CLIError(f"threshold calibration failed: {e}", 1) from None
+    if args.json:
+        print(json.dumps({"threshold_calibration": rep}, indent=2, default=str))
+        return
+    print(f"fringelive calibrate: bundle {rep['bundle']}, threshold {rep['threshold']:g} (was {rep['previous']:g}) "
+          f"on {rep['frames']} labelled frames ({rep['frames_without_particles']} without particles)")
+    print(f"  {'threshold':>9s} {'pooled Dice':>11s}" + ("  called on frames without particles: mean / max"
+                                                        if rep["called_fraction_without_particles_mean"] else ""))
+    for i, t in enumerate(rep["grid"]):
+        line = f"  {t:9.2f} {rep['pooled_dice'][i]:11.4f}"
+        if rep["called_fraction_without_particles_mean"]:
+            line += (f"  {100 * rep['called_fraction_without_particles_mean'][i]:.2f} % / "
+                     f"{100 * rep['called_fraction_without_particles_max'][i]:.2f} %")
+        print(line + ("  <" if t == rep["threshold"] else ""))
 
 
 def _print_report(name: str, report: dict[str, Any]) -> None:

@@ -275,7 +275,7 @@ class FrameThreads:
             t_drift = time.perf_counter()
             try:
                 camera = self.camera  # the daemon's, not the bundle's (daemon/camera.py)
-                drift = model.drift.assess(work.frame.pixels, h.meta, result, threshold=model.pipeline.config.threshold,
+                drift = model.drift.assess(work.frame.pixels, h.meta, result, threshold=model.pipeline.threshold,
                                            camera=camera.settings, learned=camera.learned)
                 camera.observe(work.frame.pixels, h.meta, result.mask)
             except Exception as e:  # noqa: BLE001 - a drift failure must not cost the frame its result

@@ -35,8 +35,10 @@ from fringelive.engine.dose_estimate import CameraCalibration
 from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SCHEMA1_CAMERA_KEYS,
                                                SIGNAL_DIRECTIONS, parse_drift_reference, robust_centre_scale)
 from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
+from fringelive.engine.threshold_choice import DEFAULT_GRID, ThresholdTally
 
-__all__ = ["measure_frames", "calibrate_camera", "build_reference", "calibrate_bundle", "MIN_SIGNAL_FRAMES"]
+__all__ = ["measure_frames", "calibrate_camera", "build_reference", "calibrate_bundle",
+           "calibrate_decision_threshold", "MIN_SIGNAL_FRAMES"]
 
 #: A signal enters the reference only when this many frames (and half of them) gave a value.
 MIN_SIGNAL_FRAMES = 10
@@ -57,7 +59,7 @@ def measure_frames(pipeline: Any, frames: Iterable[tuple[np.ndarray, Mapping[str
         result = pipeline.run(pixels, meta)
         yield measure_frame(pixels, meta, probabilities=result.probabilities, mask=result.mask,
                             member_masks=result.member_masks, particles=result.particles, card=card, reference=raw,
-                            settings=settings, threshold=pipeline.config.threshold)
+                            settings=settings, threshold=pipeline.threshold)
 
 
 def calibrate_camera(measurements: Sequence[FrameMeasurement]) -> dict[str, Any]:
@@ -238,3 +240,30 @@ def calibrate_bundle(bundle_path: str | Path, frames: Iterable[Any], metadata: I
     report["written"] = None if written is None else str(written)
     report.setdefault("bundle", bundle.name)
     return report
+
+
+def calibrate_decision_threshold(bundle_path: str | Path,
+                                 frames: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],
+                                 *, grid: Sequence[float] = DEFAULT_GRID, threads: int | None = None,
+                                 dry_run: bool = False, sources: Sequence[str] = ()) -> dict[str, Any]:
+    """Choose the bundle's threshold (``card.threshold``) on labelled ``frames`` = (raw counts
+    (H, W), label (H, W) {0, 1}, metadata) through its pipeline (:mod:`fringelive.engine.threshold_choice`)
+    and write it, with the per-candidate scores in ``card.metrics["threshold_calibration"]``,
+    unless ``dry_run``. Frames must not be those the drift reference or any reported metric is
+    measured on. Returns the choice's report plus ``written``."""
+    bundle = load_bundle(bundle_path)
+    if threads:
+        torch.set_num_threads(threads)
+    with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
+        tally = ThresholdTally(tuple(grid), pipe.config.particles, pipe.config.min_particle_area_px)
+        for pixels, label, meta in frames:
+            inference = pipe.infer(pixels, meta)
+            tally.add(inference.probabilities, label, inference.pixel_size_nm)
+    report = {**tally.result().to_dict(), "previous": bundle.card.threshold, "sources": list(sources),
+              "created": utc_now_iso()}
+    written = None
+    if not dry_run:
+        card = bundle.card.replace(threshold=report["threshold"],
+                                   metrics={**bundle.card.metrics, "threshold_calibration": report})
+        written = bundle.write_card(card).path / "card.json"
+    return {**report, "bundle": bundle.name, "written": None if written is None else str(written)}

@@ -50,7 +50,7 @@ class PipelineResult:
     """What :meth:`SegmentationPipeline.run` computed for one frame.
 
     probabilities: (H, W) float32, class-1 probability averaged over the members.
-    mask: (H, W) bool, ``probabilities > threshold``.
+    mask: (H, W) bool, ``probabilities > threshold`` (:attr:`SegmentationPipeline.threshold`).
     member_masks: one (H, W) bool mask per member (each member's own probability > threshold),
         for member agreement; with one member it is ``(mask,)``.
     particles: per-particle dicts from :func:`fringelive.engine.particles.particle_stats`
@@ -176,6 +176,13 @@ class SegmentationPipeline:
         if not limits:
             return None
         return (min(x[0] for x in limits), min(x[1] for x in limits), min(x[2] for x in limits))
+
+    @property
+    def threshold(self) -> float:
+        """The class-1 probability above which a pixel is particle: ``config.threshold``, else the
+        bundle's (``card.threshold``)."""
+        t = self.config.threshold
+        return float(self.bundle.card.threshold if t is None else t)
 
     @property
     def batch_size(self) -> int:
@@ -313,7 +320,7 @@ class SegmentationPipeline:
             if p.shape != shape:
                 raise RuntimeError(f"tiling returned probabilities of shape {p.shape} for a frame of shape {shape}")
             if len(self.backends) > 1:
-                member_masks.append(p > cfg.threshold)
+                member_masks.append(p > self.threshold)
             if mean is None:
                 mean = p
             else:
@@ -344,7 +351,7 @@ class SegmentationPipeline:
         cfg = self.config
         t0 = time.perf_counter()
         probabilities = inference.probabilities
-        mask = probabilities > cfg.threshold
+        mask = probabilities > self.threshold
         member_masks = inference.member_masks or (mask,)
         t1 = time.perf_counter()
         measured = measure_particles(mask, inference.pixel_size_nm, cfg.particles,

@@ -35,7 +35,8 @@ class PipelineConfig:
         FLOPs of one pass).
     tiling: "halo" (exact, equals one whole-frame pass) or "gaussian" (MONAI-style blend of
         ``gaussian_roi`` px windows overlapping by the fraction ``gaussian_overlap``).
-    threshold: class-1 probability above which a pixel is particle.
+    threshold: class-1 probability above which a pixel is particle; None = the bundle's own
+        (``card.threshold``: 0.5 unless calibrated, :attr:`SegmentationPipeline.threshold`).
     min_particle_area_px: smallest particle (px) when the frame has no pixel size; with one,
         ``particles.min_diameter_nm`` decides (:mod:`fringelive.engine.particle_measure`).
     particles: what counts as a particle, specks, holes, size statistics (``[particles]``).
@@ -49,7 +50,7 @@ class PipelineConfig:
     tiling: str = "halo"
     gaussian_roi: int = 512
     gaussian_overlap: float = 0.25
-    threshold: float = 0.5
+    threshold: float | None = None
     min_particle_area_px: int = 20
     members: tuple[int, ...] | None = None
     particles: ParticleSettings = field(default_factory=ParticleSettings)
@@ -74,7 +75,8 @@ class PipelineConfig:
             raise ValueError(f"gaussian_roi must be a positive integer (px), got {self.gaussian_roi!r}")
         if not 0.0 <= self.gaussian_overlap < 1.0:
             raise ValueError(f"gaussian_overlap must be >= 0 and < 1, got {self.gaussian_overlap!r}")
-        if not 0.0 < self.threshold < 1.0:
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))
+                                           or not 0.0 < self.threshold < 1.0):
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
         if not _is_int(self.min_particle_area_px) or self.min_particle_area_px < 0:
             raise ValueError(f"min_particle_area_px must be an integer >= 0, got {self.min_particle_area_px!r}")

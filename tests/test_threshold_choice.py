@@ -1,0 +1,92 @@
+"""The bundle's threshold: chosen on labelled frames, stored in the card, used unless configured."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fringelive.bundle.card import CardError
+from fringelive.engine.threshold_choice import ThresholdTally, choose_threshold
+
+
+def _disc(n: int, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:n, :n]
+    return ((yy - n / 2) ** 2 + (xx - n / 2) ** 2 <= r * r).astype(np.uint8)
+
+
+def test_pooled_dice_picks_the_threshold_that_drops_support_texture() -> None:
+    """A model sure of the particle (p 0.9) but tempted by texture (p 0.6 on bare frames)."""
+    rng = np.random.default_rng(0)
+    items = []
+    for _ in range(3):
+        label = _disc(128, 30)
+        items.append((np.where(label > 0, 0.9, 0.1).astype(np.float32), label, 0.05))
+        texture = np.kron(rng.random((4, 4)) < 0.3, np.ones((32, 32)))  # 1.6 nm patches: above the speck size
+        bare = np.where(texture > 0, 0.6, 0.05).astype(np.float32)
+        items.append((bare, np.zeros((128, 128), np.uint8), 0.05))
+    choice = choose_threshold(items)
+    assert choice.threshold == 0.6 and choice.empty_frames == 3  # the lowest that drops the texture (p > t)
+    i = choice.grid.index(0.5)
+    assert choice.pooled_dice[choice.grid.index(choice.threshold)] > choice.pooled_dice[i]
+    assert choice.empty_called_mean[i] > 0 and choice.empty_called_max[choice.grid.index(choice.threshold)] == 0
+
+
+def test_grid_and_shape_errors_name_the_value() -> None:
+    with pytest.raises(ValueError, match=r"\(0, 1\), got \[0.5, 1.2\]"):
+        ThresholdTally((0.5, 1.2))
+    with pytest.raises(ValueError, match="differ in shape"):
+        ThresholdTally().add(np.zeros((4, 4), np.float32), np.zeros((4, 5)), None)
+    with pytest.raises(ValueError, match="no labelled frames"):
+        ThresholdTally().result()
+
+
+def test_card_threshold_is_checked_and_defaults_to_half(tmp_path: Path) -> None:
+    from fringelive.bundle.bundle_io import load_bundle
+
+    src = Path(__file__).resolve().parents[1] / "default_bundle"
+    card = load_bundle(src).card
+    assert 0 < card.threshold < 1
+    d = card.to_dict()
+    d.pop("threshold")
+    from fringelive.bundle.card import Card
+
+    assert Card.from_dict(d).threshold == 0.5  # cards written before the field
+    with pytest.raises(CardError, match="threshold must be a probability in \\(0, 1\\), got 1.5"):
+        Card.from_dict({**d, "threshold": 1.5})
+
+
+def test_calibrate_choose_threshold_cli_writes_the_card_and_the_daemon_pipeline_uses_it(tmp_path: Path) -> None:
+    from fringelive.bundle.bundle_io import load_bundle
+    from fringelive.cli import main
+    from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
+    from fringelive.training.synth import synthesize
+    from fringelive.training.synth_config import SynthConfig
+
+    bundle = tmp_path / "b"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "default_bundle", bundle,
+                    ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
+    labelled = tmp_path / "lab"
+    synthesize(SynthConfig(engine="fast", count=3, size_px=256, pixel_size_nm=(0.05, 0.05), diameter_nm=(3.0, 5.0),
+                           seed=4), labelled, progress=False)
+    assert main(["calibrate", "--bundle", str(bundle), "--choose-threshold", str(labelled), "--dry-run", "--json",
+                 "--max-frames", "2", str(labelled)]) in (0, 1)  # the drift part may need more frames
+    assert load_bundle(bundle).card.threshold == load_bundle(bundle).card.threshold  # dry run: unchanged
+    from fringelive.engine.calibration import calibrate_decision_threshold
+    from fringelive.training.samples import load_sampleset
+
+    ss = load_sampleset(labelled)
+    rep = calibrate_decision_threshold(bundle, zip(ss.images, ss.labels, ss.metadata), grid=(0.35, 0.65))
+    card = load_bundle(bundle).card
+    assert card.threshold == rep["threshold"] in (0.35, 0.65)
+    assert card.metrics["threshold_calibration"]["frames"] == 3
+    assert json.loads((bundle / "card.json").read_text())["threshold"] == rep["threshold"]
+    with SegmentationPipeline.from_bundle(bundle) as pipe:
+        assert pipe.threshold == rep["threshold"]
+    with SegmentationPipeline.from_bundle(bundle, PipelineConfig(threshold=0.42)) as pipe:
+        assert pipe.threshold == 0.42  # [pipeline] threshold overrides the card
+    assert main(["calibrate", "--bundle", str(bundle), "--choose-threshold", str(tmp_path / "none"),
+                 str(labelled)]) == 2
