@@ -35,6 +35,21 @@ def test_pooled_dice_picks_the_threshold_that_drops_support_texture() -> None:
     assert choice.empty_called_mean[i] > 0 and choice.empty_called_max[choice.grid.index(choice.threshold)] == 0
 
 
+def test_bare_support_budget_excludes_thresholds_that_call_texture() -> None:
+    """Texture at p 0.45 on frames without particles: within a 0.5 % budget the texture is not
+    called, although lower thresholds would score a better pooled Dice on the particles."""
+    label = _disc(128, 34)
+    rim = (label > 0) & (_disc(128, 30) == 0)  # the model is unsure at the particle edge: p 0.4
+    frame = np.where(rim, 0.4, np.where(label > 0, 0.9, 0.1)).astype(np.float32)
+    texture = np.kron(np.eye(4), np.ones((32, 32)))[:128, :128]  # 6 % of the pixels, 1.6 nm patches
+    bare = np.where(texture > 0, 0.45, 0.05).astype(np.float32)
+    items = [(frame, label, 0.05)] * 4 + [(bare, np.zeros_like(label), 0.05)]
+    assert choose_threshold(items, max_called_empty=1.0).threshold == 0.35  # Dice alone: take the rim
+    assert choose_threshold(items).threshold == 0.5  # 0.45 and up drop the texture; ties go to 0.5
+    with pytest.raises(ValueError, match="fraction in \\[0, 1\\], got 5"):
+        choose_threshold(items, max_called_empty=5)
+
+
 def test_grid_and_shape_errors_name_the_value() -> None:
     with pytest.raises(ValueError, match=r"\(0, 1\), got \[0.5, 1.2\]"):
         ThresholdTally((0.5, 1.2))
