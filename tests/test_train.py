@@ -149,6 +149,13 @@ def test_default_bundle_commands_parse() -> None:
     assert [a.command for a in stage2] == ["synth"] * 5 + ["finetune", "calibrate"]
     assert stage2[0].preset == "curated" and stage2[5].source == "finetune/bundle"
     assert stage2[5].select_metric == "last" and str(stage2[6].bundle) == "ft1/bundle"
+    from fringelive.training.build_default_bundle import stage3_commands
+
+    stage3 = [parser.parse_args(c) for c in stage3_commands()]
+    assert [a.command for a in stage3] == ["synth"] * 4 + ["finetune", "calibrate"]
+    assert stage3[4].source == "ft1/bundle" and stage3[4].data == ["cur_0", "cur_1", "cur_2", "cur_3"]
+    assert stage3[4].benchmark_by == ["pixel_size_nm=0.02,0.03", "dose_e_per_A2=500,1000", "material"]
+    assert str(stage3[5].bundle) == "ft3/bundle" and [str(p) for p in stage3[5].choose_threshold] == ["cur_val"]
 
 
 def test_trainer_noise_max_steps_and_tensorboard(tmp_path: Path) -> None:
@@ -252,26 +259,30 @@ def test_cli_train(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_committed_default_bundle_records_its_recipe_and_heldout_dice() -> None:
-    """default_bundle is stage 2 of training/build_default_bundle.py (the curated fine-tune): its
-    card records the finetune and synth commands, the per-epoch benchmarks, and reaches Dice >= 0.9
-    on whole held-out multislice frames at 0.02 nm/pixel and 423 e/Å² with an unseen camera."""
+    """default_bundle is stage 3 of training/build_default_bundle.py (the curated fine-tunes): its
+    card records the finetune and synth commands, the per-epoch benchmarks (per condition too),
+    the threshold choice, and reaches Dice >= 0.9 on whole held-out multislice frames at
+    0.02 nm/pixel and 423 e/Å² with an unseen camera."""
     from fringelive.bundle.bundle_io import load_bundle
-    from fringelive.training.build_default_bundle import CURATED_NAME, curated_commands
+    from fringelive.training.build_default_bundle import DEFAULT_NAME, stage3_commands
 
     path = Path(__file__).resolve().parents[1] / "default_bundle"
     if not (path / "card.json").is_file():
         pytest.skip(f"no default bundle at {path}")
     card = load_bundle(path).card
-    assert card.name == CURATED_NAME
+    assert card.name == DEFAULT_NAME
     command = card.provenance.command
-    assert command.startswith("fringelive finetune ") and "--data cur_0 cur_1p" in command
+    assert command.startswith("fringelive finetune ") and "--data cur_0 cur_1 cur_2 cur_3" in command
     assert "--select-metric last" in command and "--benchmark bare_support=eval_bare" in command
     assert all("--preset curated" in d["command"] for d in card.metrics["training"]["data"])
     benches = card.metrics["benchmarks"]
     assert {"accept_au", "bare_support"} <= set(benches)
     assert benches["accept_au"]["whole_sample"]["samples"] == 24
     assert benches["accept_au"]["whole_sample"]["ensemble_dice_mean"] >= 0.9
-    calibrate = curated_commands()[-1]
+    assert benches["bands[material=Ag]"]["of"] == "bands" and benches["bands[dose_e_per_A2<500]"]["samples"] > 0
+    calibrate = stage3_commands()[-1]
     ref = card.drift_reference
     assert ref and ref["frames"] >= 100 and ref["cusum"]["h"] > 0  # measured by the calibrate command
-    assert ref["sources"] == calibrate[3:calibrate.index("--no-dose-calibration")]
+    assert ref["sources"] == calibrate[3:calibrate.index("--choose-threshold")]
+    chosen = card.metrics["threshold_calibration"]
+    assert chosen["sources"] == ["cur_val"] and chosen["threshold"] == card.threshold

@@ -22,7 +22,19 @@ microscopes produce, bare-support frames included; docs/training.md):
     fringelive finetune --from finetune/bundle --data cur_0 cur_1p --benchmark ... --out ft1
     fringelive calibrate --bundle ft1/bundle eval_bands eval_bare eval_accept_au
 
-in a working directory, and copy ``ft1/bundle`` to ``--out``:
+then, stage 3, that bundle fine-tuned further on the grown database (1,200 curated frames; the
+third set draws the served envelope's doses and materials), with per-condition benchmarks, and
+its threshold chosen on a separate labelled set before the drift reference is measured:
+
+    fringelive synth --preset curated --count 300 --seed 1001 --out cur_1       (cur_1p is its first 143)
+    fringelive synth --preset curated --count 300 --seed 1002 --dose 100 2500 --material Au Ag Pt --out cur_2
+    fringelive synth --preset curated --count 300 --seed 1003 --out cur_3
+    fringelive synth --preset curated --count 60 --seed 1100 --out cur_val     (threshold choice only)
+    fringelive finetune --from ft1/bundle --data cur_0 cur_1 cur_2 cur_3 --benchmark ... --benchmark-by ... --out ft3
+    fringelive calibrate --bundle ft3/bundle eval_bands eval_bare eval_accept_au --choose-threshold cur_val
+
+in a working directory, and copy ``ft3/bundle`` (with the verification tiles of the bundle it
+replaces: same preprocessing) to ``--out``:
     python -m fringelive.training.build_default_bundle --out default_bundle [--work DIR]
 
 The network is the published residual UNet (``resunet-seed``), first trained on fast synthetic
@@ -49,6 +61,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from fringelive.engine.precision import VERIFICATION_FILE
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +114,8 @@ def commands(*, train_frames: int = 32, heldout_frames: int = 6, frame_px: int =
 
 
 CURATED_NAME = "default-curated-v2"
+#: the shipped default (stage 3)
+DEFAULT_NAME = "default-curated-v3"
 DESCRIPTION_CURATED = (
     "Default model: the published residual UNet fine-tuned on a curated abTEM multislice database "
     "(fringelive synth --preset curated): Au, Ag, Pt, CdSe particles 1.5-12 nm at random orientation with twins and "
@@ -143,6 +159,30 @@ def curated_commands(*, epochs: int = 6, lr: float = 3e-4, seed: int = 0) -> lis
     ]
 
 
+def stage3_commands(*, epochs: int = 3, lr: float = 2e-4, seed: int = 0) -> list[list[str]]:
+    """Stage 3: more curated data, the fine-tune of ``ft1/bundle`` with per-condition benchmarks,
+    the threshold (on ``cur_val``, never a reported set) and the drift reference."""
+    return [
+        ["synth", "--preset", "curated", "--count", "300", "--seed", "1001", "--workers", "2", "--no-progress",
+         "--out", "cur_1"],
+        ["synth", "--preset", "curated", "--count", "300", "--seed", "1002", "--dose", "100", "2500", "--material",
+         "Au", "Ag", "Pt", "--workers", "2", "--no-progress", "--out", "cur_2"],
+        ["synth", "--preset", "curated", "--count", "300", "--seed", "1003", "--workers", "2", "--no-progress",
+         "--out", "cur_3"],
+        ["synth", "--preset", "curated", "--count", "60", "--seed", "1100", "--workers", "1", "--no-progress",
+         "--out", "cur_val"],
+        ["finetune", "--from", "ft1/bundle", "--data", "cur_0", "cur_1", "cur_2",
+         "cur_3", "--out", "ft3", "--folds", "1", "--split", "0.94", "0.06", "0", "--patch", "256", "--epochs",
+         str(epochs), "--batch-size", "8", "--lr", f"{lr:g}", "--lr-schedule", "cosine", "--lr-min", "1e-5",
+         "--noise-rho-max", "0.3", "--seed", str(seed), "--benchmark", "accept_au=eval_accept_au", "--benchmark",
+         "bare_support=eval_bare", "--benchmark", "bands=eval_bands", "--benchmark-by", "pixel_size_nm=0.02,0.03",
+         "--benchmark-by", "dose_e_per_A2=500,1000", "--benchmark-by", "material", "--select-metric", "last",
+         "--bundle-name", DEFAULT_NAME, "--description", DESCRIPTION_CURATED, "--no-calibrate", "--no-progress"],
+        ["calibrate", "--bundle", "ft3/bundle", "eval_bands", "eval_bare", "eval_accept_au", "--choose-threshold",
+         "cur_val", "--no-dose-calibration", "--seed", str(seed)],
+    ]
+
+
 def build(out: Path, work: Path, **kwargs: object) -> Path:
     """Run the commands in ``work`` and copy the bundle to ``out`` (replacing it)."""
     out = out.resolve()
@@ -150,7 +190,7 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
     cwd = os.getcwd()
     os.chdir(work)  # relative paths, so the card's commands read the same anywhere
     try:
-        for argv in commands(**kwargs) + curated_commands():  # type: ignore[arg-type]
+        for argv in commands(**kwargs) + curated_commands() + stage3_commands():  # type: ignore[arg-type]
             log.info("fringelive %s", shlex.join(argv))
             # the commands run as `python -m fringelive.cli` (training sits below the CLI layer)
             rc = subprocess.run([sys.executable, "-m", "fringelive.cli", *argv], check=False).returncode
@@ -158,11 +198,14 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
                 raise SystemExit(f"fringelive {argv[0]} failed with exit code {rc}")
     finally:
         os.chdir(cwd)
-    src = work / "ft1" / "bundle"
+    src = work / "ft3" / "bundle"
     staged = out.with_name(out.name + ".new")
     if staged.exists():
         shutil.rmtree(staged)
     shutil.copytree(src, staged)
+    tiles = out / VERIFICATION_FILE  # the parity gate's tiles: preprocessed frames, the same for this bundle
+    if tiles.is_file() and not (staged / VERIFICATION_FILE).is_file():
+        shutil.copy2(tiles, staged / VERIFICATION_FILE)
     if out.exists():
         old = out.with_name(out.name + ".old")
         os.replace(out, old)
@@ -201,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                   abtem_px=args.abtem_px, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                   calib_frames=args.calib_frames)
     if args.print_commands:
-        for c in commands(**kwargs) + curated_commands():
+        for c in commands(**kwargs) + curated_commands() + stage3_commands():
             print("fringelive " + shlex.join(c))
         return 0
     if args.work is not None:
