@@ -5,8 +5,8 @@ page (``/``, one self-contained HTML file, no CDN) shows the latest frame binned
 with the mask outline burnt in (``/frame.png``), the track ids and a scale bar in nm (SVG), the
 series and frame, the drift status with its reasons and the stage registration, particle count
 and mean diameter over time (two canvases) and the current size histogram (SVG). It updates by
-server-sent events (``/events``: one JSON state per shown frame); ``/state.json`` is the latest
-state. GET only (anything else: 405); no control actions.
+server-sent events (``/events``: one JSON state per shown frame); the page is served with the
+latest state embedded (drawn on load), and ``/state.json`` is that state. GET only (anything else: 405); no control actions.
 
 **It never slows the pipeline.** The finisher calls :meth:`ViewServer.offer` with references to
 the frame's header, pixels and mask: a one-slot mailbox (the newest replaces an unshown one, which
@@ -151,6 +151,10 @@ def render_state(header: Mapping[str, Any], shape: tuple[int, int], b: int, seq:
     }
 
 
+#: where the page takes its first state (view_page.html)
+_STATE_PLACEHOLDER = b"/*FRINGELIVE_STATE*/null"
+
+
 class ViewServer:
     """The view's HTTP server and render thread; :meth:`offer` is called by the finisher."""
 
@@ -235,6 +239,12 @@ class ViewServer:
                 self._stop.wait(rest)
 
     # -- HTTP ----------------------------------------------------------------------------------
+    def page_with(self, state: dict[str, Any] | None) -> bytes:
+        """The page with the latest state embedded, so it draws on load without a round trip
+        (``</`` escaped: the JSON cannot end the script element)."""
+        text = json.dumps(state).replace("</", "<\\/")
+        return self._page.replace(_STATE_PLACEHOLDER, text.encode())
+
     def _wait_state(self, after: int, timeout: float) -> dict[str, Any] | None:
         with self._state_cond:
             self._state_cond.wait_for(lambda: self._stop.is_set() or (self._state is not None
@@ -261,7 +271,9 @@ class ViewServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 path = self.path.split("?", 1)[0]
                 if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", view._page)
+                    with view._state_cond:
+                        state = view._state
+                    self._send(200, "text/html; charset=utf-8", view.page_with(state))
                 elif path == "/frame.png":
                     with view._state_cond:
                         png = view._png

@@ -85,6 +85,10 @@ def test_mailbox_drops_display_frames_and_routes_are_read_only() -> None:
 
         status, ctype, body = _get(view.url)
         assert status == 200 and ctype.startswith("text/html") and b'<img id="frame"' in body
+        # the latest state is embedded: the page draws on load, without waiting for a fetch
+        assert b'const initial = {"seq": ' in body and b'"series": "unit"' in body
+        escaped = view.page_with({"series": "</script><script>alert(1)</script>"})
+        assert b"</script><script>alert" not in escaped and b"<\\/script><script>alert" in escaped
         status, ctype, png = _get(view.url + "frame.png")
         assert ctype == "image/png" and png[:4] == b"\x89PNG"
         state = json.loads(_get(view.url + "state.json")[2])
