@@ -45,8 +45,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
+
+from fringelive.engine.particles import keep_labels, label_particles
 
 __all__ = [
     "TrackingSettings",
@@ -156,17 +157,8 @@ def label_kept(mask: np.ndarray, *, min_area_px: int = 20, connectivity: int = 2
     """Label image (H, W) int32 numbered like ``particles.particle_stats(mask, min_area_px=...)``:
     components below ``min_area_px`` are 0, the kept ones 1..n in raster order of their first
     pixel. Cost: one ``ndimage.label`` plus one table look-up over the frame."""
-    mask = np.asarray(mask, dtype=bool)
-    structure = np.ones((3, 3), bool) if connectivity == 2 else ndimage.generate_binary_structure(2, 1)
-    labels, n = ndimage.label(mask, structure=structure)
-    if n == 0:
-        return labels.astype(np.int32, copy=False)
-    area = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = area >= max(int(min_area_px), 1)
-    keep[0] = False
-    lut = np.zeros(n + 1, dtype=np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    labels, count = label_particles(np.asarray(mask, dtype=bool), connectivity=connectivity)
+    return keep_labels(labels, count, min_area_px)[0]
 
 
 class ParticleTracker:
