@@ -102,16 +102,22 @@ def _files(data: list[Path]) -> list[Path]:
     return out
 
 
-def _sampleset_frames(path: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """Raw frames and their metadata rows of a sample set (``fringelive synth``/``dataset``)."""
-
+def _raw_sampleset(path: Path, where: str, need: str) -> Any:
+    """The sample set at ``path``; a usage error (``<where>: a sample set of ... patches; <need>``)
+    unless it holds raw frames."""
     try:
         ss = load_sampleset(path)
     except SampleSetError as e:
         raise CLIError(str(e), 2) from None
     if ss.content != "raw":
-        raise CLIError(f"{path}: a sample set of {ss.content} patches; calibration needs raw frames (the daemon "
-                       "preprocesses what it receives): use a raw `synth` set or the experimental images", 2)
+        raise CLIError(f"{where}: a sample set of {ss.content} patches; {need}", 2)
+    return ss
+
+
+def _sampleset_frames(path: Path) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Raw frames and their metadata rows of a sample set (``fringelive synth``/``dataset``)."""
+    ss = _raw_sampleset(path, str(path), "calibration needs raw frames (the daemon preprocesses what it receives): "
+                                         "use a raw `synth` set or the experimental images")
     for image, meta in zip(ss.images, ss.metadata):
         yield image, dict(meta)
 
@@ -178,12 +184,7 @@ def _labelled(paths: list[Path]) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
         if not _is_sampleset(path):
             raise CLIError(f"--choose-threshold {path}: not a sample set (no samples.h5); it needs labelled frames "
                            "from `fringelive synth` or `fringelive dataset`", 2)
-        try:
-            ss = load_sampleset(path)
-        except SampleSetError as e:
-            raise CLIError(str(e), 2) from None
-        if ss.content != "raw":
-            raise CLIError(f"--choose-threshold {path}: a sample set of {ss.content} patches; it needs raw frames", 2)
+        ss = _raw_sampleset(path, f"--choose-threshold {path}", "it needs raw frames")
         for image, label, meta in zip(ss.images, ss.labels, ss.metadata):
             yield image, label, dict(meta)
 
