@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from fringelive.engine.particles import fill_holes, keep_labels, label_particles, stats_of_labels
 
 __all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for"]
