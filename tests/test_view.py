@@ -194,10 +194,12 @@ def test_page_in_headless_chromium_while_frames_flow(tmp_path: Path) -> None:
             url = d.endpoints["view"]
             base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     "--window-size=1280,900", "--timeout=5000"]
-            for _ in range(3):  # the page draws on its first state (fetch or event); retry a slow start
+            for _ in range(6):  # the page draws the latest state on load; retry a slow start, and a frame
+                # whose particles all touch the edge (no histogram bar): the series cycles on to others
                 dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=60).stdout
-                if 'data-frames-drawn="0"' not in dom:
+                if 'data-frames-drawn="0"' not in dom and "<rect" in dom:
                     break
+                time.sleep(0.5)
             shot = tmp_path / "view.png"
             subprocess.run([*base, f"--screenshot={shot}", url], capture_output=True, timeout=60)
         finally:
