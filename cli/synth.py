@@ -72,6 +72,9 @@ def register(sub: Any) -> None:
     p.add_argument("--mask-pass", choices=["shared", "separate"],
                    help="particle exit wave for the mask: from the one multislice (shared) or a second one "
                         "(separate; default)")
+    p.add_argument("--support-pool", type=int, metavar="N",
+                   help="with the curated preset's support reuse: distinct carbon unit slabs per grid, seeded by "
+                        "--seed (count; 1 = one slab per grid shared by every database, as before v4; preset: 4)")
     p.add_argument("--log-uniform", nargs="+", choices=["pixel-size", "dose", "diameter", "carbon-thickness"],
                    help="draw these ranges log-uniformly (default: none)")
     p.add_argument("--dose", type=float, nargs="+", metavar="E_PER_A2", help="electron dose, e/Å² (default: 423)")
@@ -111,7 +114,8 @@ _SYNTH_VALUES = {"engine": "engine", "size": "size_px", "particles_per_100nm2": 
                  "uncorrected_fraction": "uncorrected_fraction", "edge_overlap": "edge_overlap",
                  "sampling": "sampling_A", "slice_thickness": "slice_thickness_A", "mask_pass": "mask_pass",
                  "mask_threshold": "mask_threshold_rad", "mask_closing": "mask_closing_A",
-                 "mask_min_area": "mask_min_area_nm2", "seed": "seed", "count": "count"}
+                 "mask_min_area": "mask_min_area_nm2", "seed": "seed", "count": "count",
+                 "support_pool": "support_pool"}
 _SYNTH_CAMERA = {"gain": "gain", "offset": "offset", "read_noise": "read_noise", "mtf_sigma": "mtf_sigma_px",
                  "illumination": "illumination", "xray_rate": "xray_rate_per_mpx", "xray_counts": "xray_counts"}
 _LOG_NAMES = {"pixel-size": "pixel_size_nm", "dose": "dose_e_per_A2", "diameter": "diameter_nm",

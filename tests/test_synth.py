@@ -186,6 +186,27 @@ def test_abtem_sample_is_deterministic_and_mask_follows_the_particle() -> None:
     assert not np.array_equal(raw, other)
 
 
+def test_support_pool_gives_each_database_its_own_carbon() -> None:
+    pytest.importorskip("abtem")
+    from fringelive.training.multislice import support_slices
+
+    def slab(pool: int, pool_seed: int | None, draw_seed: int = 0) -> np.ndarray:
+        return support_slices(16.0, 32, 30.0, np.random.default_rng(draw_seed), pool=pool, pool_seed=pool_seed)
+
+    one = slab(1, None)
+    assert one.shape == (6, 32, 32) and one.dtype == np.float32  # 3 nm = 3 unit slabs of 2 slices
+    assert np.array_equal(one, slab(1, None))  # the single shared slab of earlier databases
+    assert np.array_equal(slab(4, 7), slab(4, 7))  # deterministic per database seed
+    assert not np.array_equal(slab(4, 7), slab(4, 8))  # another database, other carbon atoms
+    # a stack draws from the pool: with 4 members, 3 copies are not all one slab's symmetries
+    members = {round(float(np.sort(u.ravel())[-5:].sum()), 3) for u in slab(4, 7, draw_seed=3).reshape(3, 2, 32, 32)}
+    assert len(members) > 1
+    with pytest.raises(ValueError, match="pool must be an integer >= 1, got 0"):
+        slab(0, 7)
+    with pytest.raises(ValueError, match="support_pool must be an integer >= 1, got 0"):
+        SynthConfig(support_pool=0)
+
+
 @pytest.mark.slow
 def test_abtem_synthesize_with_workers_matches_serial(tmp_path: Path) -> None:
     pytest.importorskip("abtem")

@@ -128,13 +128,18 @@ HELD_OUT_CAMERA = ["--gain", "8", "--offset", "100", "--read-noise", "30", "--mt
                    "--illumination", "0.4"]
 
 
+#: The curated preset as stages 2 and 3 ran it: one carbon unit slab per grid for every database
+#: (the preset's ``support_pool`` was added later, for stage 4).
+_SYNTH_CURATED_V3 = ["synth", "--preset", "curated", "--support-pool", "1"]
+
+
 def curated_commands(*, epochs: int = 6, lr: float = 3e-4, seed: int = 0) -> list[list[str]]:
     """Stage 2: the curated database, the held-out sets and the fine-tune of ``finetune/bundle``."""
     cam = HELD_OUT_CAMERA
     return [
-        ["synth", "--preset", "curated", "--count", "300", "--seed", "1000", "--workers", "2", "--no-progress",
+        [*_SYNTH_CURATED_V3, "--count", "300", "--seed", "1000", "--workers", "2", "--no-progress",
          "--out", "cur_0"],
-        ["synth", "--preset", "curated", "--count", "143", "--seed", "1001", "--workers", "2", "--no-progress",
+        [*_SYNTH_CURATED_V3, "--count", "143", "--seed", "1001", "--workers", "2", "--no-progress",
          "--out", "cur_1p"],
         ["synth", "--engine", "abtem", "--count", "24", "--size", "512", "--pixel-size", "0.02", "--material", "Au",
          "--diameter", "3", "6", "--particles", "1", "2", "--carbon-thickness", "3", "6", "--defocus", "-6", "6",
@@ -144,7 +149,7 @@ def curated_commands(*, epochs: int = 6, lr: float = 3e-4, seed: int = 0) -> lis
          "--particles", "0", "0", "--carbon-thickness", "3", "10", "--defocus", "-10", "10", "--cs", "-30", "30",
          "--dose", "200", "900", "--sampling", "0.2", "--mask-pass", "shared", *cam, "--seed", "9012",
          "--workers", "1", "--no-progress", "--out", "eval_bare"],
-        ["synth", "--preset", "curated", "--count", "60", "--pixel-size", "0.013", "0.042", "--dose", "200", "2000",
+        [*_SYNTH_CURATED_V3, "--count", "60", "--pixel-size", "0.013", "0.042", "--dose", "200", "2000",
          "--material", "Au", "Ag", "Pt", "--particles", "1", "3", "--empty-fraction", "0", "--diameter", "2", "10",
          "--no-support-fraction", "0", "--carbon-thickness", "2", "10", *cam, "--seed", "9003", "--workers", "1",
          "--no-progress", "--out", "eval_bands"],
@@ -163,13 +168,13 @@ def stage3_commands(*, epochs: int = 3, lr: float = 2e-4, seed: int = 0) -> list
     """Stage 3: more curated data, the fine-tune of ``ft1/bundle`` with per-condition benchmarks,
     the threshold (on ``cur_val``, never a reported set) and the drift reference."""
     return [
-        ["synth", "--preset", "curated", "--count", "300", "--seed", "1001", "--workers", "2", "--no-progress",
+        [*_SYNTH_CURATED_V3, "--count", "300", "--seed", "1001", "--workers", "2", "--no-progress",
          "--out", "cur_1"],
-        ["synth", "--preset", "curated", "--count", "300", "--seed", "1002", "--dose", "100", "2500", "--material",
+        [*_SYNTH_CURATED_V3, "--count", "300", "--seed", "1002", "--dose", "100", "2500", "--material",
          "Au", "Ag", "Pt", "--workers", "2", "--no-progress", "--out", "cur_2"],
-        ["synth", "--preset", "curated", "--count", "300", "--seed", "1003", "--workers", "2", "--no-progress",
+        [*_SYNTH_CURATED_V3, "--count", "300", "--seed", "1003", "--workers", "2", "--no-progress",
          "--out", "cur_3"],
-        ["synth", "--preset", "curated", "--count", "60", "--seed", "1100", "--workers", "1", "--no-progress",
+        [*_SYNTH_CURATED_V3, "--count", "60", "--seed", "1100", "--workers", "1", "--no-progress",
          "--out", "cur_val"],
         ["finetune", "--from", "ft1/bundle", "--data", "cur_0", "cur_1", "cur_2",
          "cur_3", "--out", "ft3", "--folds", "1", "--split", "0.94", "0.06", "0", "--patch", "256", "--epochs",

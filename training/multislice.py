@@ -178,38 +178,55 @@ SUPPORT_SLICE_A = 5.0
 """Slice thickness (Å) of the cached support: carbon is a weak phase object, so 5 Å slices
 (2 per unit) change its image by far less than shot noise (docs/training.md)."""
 
-_SUPPORT_CACHE: "dict[tuple[int, float, float], np.ndarray]" = {}
-_SUPPORT_CACHE_BYTES = 768 * 2**20
+_SUPPORT_CACHE: "dict[tuple[int, ...], np.ndarray]" = {}
+_SUPPORT_CACHE_BYTES = 1280 * 2**20
 
 
-def support_slices(extent_A: float, gpts: int, thickness_A: float, rng: np.random.Generator,
-                   slice_thickness_A: float = SUPPORT_SLICE_A) -> np.ndarray:
-    """Projected-potential slices ``(n, gpts, gpts)`` (abTEM ``[x, y]`` order, V·Å) of an
-    amorphous-carbon slab ``thickness_A`` thick, assembled from a cached unit slab.
-
-    The support reuse approximation: building the potential of 10⁵–10⁶ random carbon atoms is
-    most of a sample's cost, so one ``SUPPORT_UNIT_A``-thick slab of random atoms is built per
-    (grid, extent, slice thickness) and process, and a support of thickness t is a stack of
-    ``round(t / unit)`` copies, each moved by a random periodic shift and one of the 8 square
-    symmetries. Within one copy the atom positions are as random as before; across copies the
-    slabs are correlated only through the shared atoms, which the shifts decorrelate laterally.
-    """
-    key = (int(gpts), round(float(extent_A), 3), float(slice_thickness_A))
+def _unit_slab(extent_A: float, gpts: int, slice_thickness_A: float, pool_seed: int | None, member: int) -> np.ndarray:
+    """One cached unit slab ``(n, gpts, gpts)`` of random carbon atoms: member ``member`` of the
+    pool seeded by ``pool_seed`` (``None``: the single slab of schema-1 databases)."""
+    key = (int(gpts), round(float(extent_A), 3), float(slice_thickness_A), pool_seed, member)
     unit = _SUPPORT_CACHE.get(key)
     if unit is None:
         from .structures import amorphous_carbon
 
-        carbon = amorphous_carbon(extent_A, SUPPORT_UNIT_A, np.random.default_rng(list(key[:1]) + [int(extent_A * 1e3)]))
+        seed = [int(gpts), int(extent_A * 1e3)]
+        if pool_seed is not None:
+            seed += [int(pool_seed), member]
+        carbon = amorphous_carbon(extent_A, SUPPORT_UNIT_A, np.random.default_rng(seed))
         carbon.set_cell([extent_A, extent_A, SUPPORT_UNIT_A])
         carbon.set_pbc(True)
         unit = np.asarray(_potential(carbon, gpts, slice_thickness_A).array, dtype=np.float32)
         while _SUPPORT_CACHE and sum(a.nbytes for a in _SUPPORT_CACHE.values()) + unit.nbytes > _SUPPORT_CACHE_BYTES:
             _SUPPORT_CACHE.pop(next(iter(_SUPPORT_CACHE)))
         _SUPPORT_CACHE[key] = unit
+    return unit
+
+
+def support_slices(extent_A: float, gpts: int, thickness_A: float, rng: np.random.Generator,
+                   slice_thickness_A: float = SUPPORT_SLICE_A, *, pool: int = 1,
+                   pool_seed: int | None = None) -> np.ndarray:
+    """Projected-potential slices ``(n, gpts, gpts)`` (abTEM ``[x, y]`` order, V·Å) of an
+    amorphous-carbon slab ``thickness_A`` thick, assembled from cached unit slabs.
+
+    The support reuse approximation: building the potential of 10⁵–10⁶ random carbon atoms is
+    most of a sample's cost, so ``pool`` distinct ``SUPPORT_UNIT_A``-thick slabs of random atoms
+    are built per (grid, extent, slice thickness, ``pool_seed``) and process, and a support of
+    thickness t is a stack of ``round(t / unit)`` slabs, each drawn from the pool and moved by a
+    random periodic shift and one of the 8 square symmetries. Within one slab the atom positions
+    are as random as before; across slabs of one pool member they are correlated only through
+    the shared atoms, which the shifts decorrelate laterally. ``pool_seed`` (the database's
+    seed) gives every database its own carbon; ``pool=1, pool_seed=None`` is the single slab
+    per grid of earlier databases, reproduced exactly.
+    """
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+        raise ValueError(f"pool must be an integer >= 1, got {pool!r}")
     copies = max(0, int(round(thickness_A / SUPPORT_UNIT_A)))
     out = []
     for _ in range(copies):
-        u = np.roll(unit, tuple(int(v) for v in rng.integers(0, gpts, 2)), axis=(1, 2))
+        member = int(rng.integers(0, pool)) if pool > 1 else 0
+        u = _unit_slab(extent_A, gpts, slice_thickness_A, pool_seed, member)
+        u = np.roll(u, tuple(int(v) for v in rng.integers(0, gpts, 2)), axis=(1, 2))
         if rng.random() < 0.5:
             u = u.transpose(0, 2, 1)
         if rng.random() < 0.5:

@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "focal_spread_nm": (2.0, 6.0), "angular_spread_mrad": (0.05, 0.5),
         "sampling_A": 0.25, "slice_thickness_A": 2.0, "mask_pass": "shared", "edge_overlap": True,
         "log_uniform": ("pixel_size_nm", "dose_e_per_A2", "diameter_nm", "carbon_thickness_nm"),
-        "support_reuse": True, "pixel_size_levels": 40, "max_coverage": 0.5,
+        "support_reuse": True, "support_pool": 4, "pixel_size_levels": 40, "max_coverage": 0.5,
         "camera": {"gain": (0.5, 10.0), "offset": (0.0, 500.0), "illumination": (0.0, 0.3),
                    "read_noise": (0.0, 20.0), "mtf_sigma_px": (0.0, 0.8),
                    "xray_rate_per_mpx": 2.0, "xray_counts": 8000.0, "dtype": "uint16"},
@@ -84,6 +84,8 @@ class SynthConfig:
     around Scherzer defocus; the others draw Cs from ``cs_um``. angular_spread_mrad: beam
     convergence. edge_overlap: particles may be cut by the frame edge. support_reuse: build the
     carbon from cached unit slabs (:func:`fringelive.training.multislice.support_slices`);
+    support_pool: with support_reuse, how many distinct unit slabs per grid (seeded by ``seed``,
+    so every database has its own carbon); 1 is the single slab per grid shared by all databases;
     pixel_size_levels: when > 0, the drawn pixel size is rounded to one of that many log-spaced
     levels across its range (so cached supports are reused); max_coverage: particles beyond this
     share of the field's area (by their discs) are not placed, and no particle is wider than 0.6
@@ -124,6 +126,7 @@ class SynthConfig:
     log_uniform: tuple[str, ...] = ()
     mask_pass: str = "separate"
     support_reuse: bool = False
+    support_pool: int = 1
     pixel_size_levels: int = 0
     max_coverage: float = 1.0
 
@@ -170,6 +173,8 @@ class SynthConfig:
 
         if self.mask_pass not in MASK_PASSES:
             raise ValueError(f"mask_pass must be one of {MASK_PASSES}, got {self.mask_pass!r}")
+        if isinstance(self.support_pool, bool) or not isinstance(self.support_pool, int) or self.support_pool < 1:
+            raise ValueError(f"support_pool must be an integer >= 1, got {self.support_pool!r}")
         if isinstance(self.pixel_size_levels, bool) or not isinstance(self.pixel_size_levels, int) \
                 or self.pixel_size_levels < 0:
             raise ValueError(f"pixel_size_levels must be an integer >= 0, got {self.pixel_size_levels!r}")

@@ -157,7 +157,8 @@ def _simulate_abtem(cfg: SynthConfig, p: dict[str, Any]) -> tuple[np.ndarray, np
         from .multislice import SUPPORT_SLICE_A, SUPPORT_UNIT_A, oversampling, support_slices
 
         gpts = cfg.size_px * oversampling(px, cfg.sampling_A)
-        support = support_slices(extent_A, gpts, carbon_A, rng)
+        support = support_slices(extent_A, gpts, carbon_A, rng, pool=cfg.support_pool,
+                                 pool_seed=cfg.seed if cfg.support_pool > 1 else None)
         carbon_A = 0.0
     atoms, particles_only = specimen([a for a, _ in built], centres, extent_A, carbon_A, rng)
     depth = 0.0
