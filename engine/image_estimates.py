@@ -118,7 +118,8 @@ def radial_power_profile(pixels: np.ndarray, centres: Sequence[tuple[float, floa
         win /= np.float32(med)
         win -= np.float32(float((win * t).sum() / t.sum()))  # zero weighted mean: no DC leakage
         win *= t
-        power = np.abs(np.fft.rfft2(win)) ** 2
+        # float64 transform: numpy's complex64 FFT is ~3x slower on this path and less exact
+        power = np.abs(np.fft.rfft2(win.astype(np.float64))) ** 2
         total += np.bincount(rbin, power.ravel() * weight, minlength=n + 1)[:n]
         used += 1
     if not used:
@@ -303,10 +304,12 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
     tols = [min(3.0 * ratio_tolerance, max(ratio_tolerance, half_width / (f * window * math.sqrt(snr))))
             for f, snr, _ in top]
 
+    # (peak, reflection) products f·d, float64 as the scalar expressions give them
+    f_d = np.array([f for f, _, _ in top], dtype=np.float64)[:, None] * np.asarray(spacings_nm, dtype=np.float64)
+
     def explained(px: float, tol_floor: float = 0.0) -> list[int]:
         """Indices of the peaks that some reflection puts within their tolerance at ``px``."""
-        return [i for i, (f, _, _) in enumerate(top)
-                if any(abs(f * d / px - 1.0) <= max(tols[i], tol_floor) for d in spacings_nm)]
+        return np.flatnonzero(_explained_by(f_d, tols, np.array([px], dtype=np.float64), tol_floor)[0]).tolist()
 
     def score(idx: list[int]) -> float:
         return sum(top[i][1] for i in idx)
@@ -314,12 +317,13 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
     def nearest(f: float, px: float) -> float:
         return min(spacings_nm, key=lambda dd: abs(f * dd / px - 1.0))
 
-    # The best any reading by all reflections achieves: what the image supports at all.
+    # The best any reading by all reflections achieves: what the image supports at all
+    # (every plausible f·d at once; the same comparisons as ``explained``, one array).
     best_full = 0.0
-    for f, _, _ in top:
-        for d in spacings_nm:
-            if plausible(f * d):
-                best_full = max(best_full, score(explained(f * d)))
+    cands = f_d.ravel()
+    cands = cands[(cands >= lo_px) & (cands <= hi_px)]
+    if cands.size:
+        best_full = max(0.0, max(score(np.flatnonzero(row).tolist()) for row in _explained_by(f_d, tols, cands)))
 
     # 1. The metadata's pixel size, when it explains the peaks as well as any reading (within
     #    tie_margin, each peak within agree_tolerance of some reflection): the image does not
@@ -348,6 +352,14 @@ def estimate_pixel_size(pixels: np.ndarray, particle_centres: Sequence[tuple[flo
     elif confidence != "high" and any(plausible(f * dd) for dd in spacings_nm if dd not in primary):
         confidence = "low"  # a lone peak that a higher order would put in the band as well
     return PixelSizeEstimate(px, d, f, snr, confidence, len(centres))
+
+
+def _explained_by(f_d: np.ndarray, tols: Sequence[float], pxs: np.ndarray, tol_floor: float = 0.0) -> np.ndarray:
+    """``(len(pxs), peaks)`` bool: at pixel size ``pxs[j]`` (nm/px) some reflection puts peak i
+    within ``max(tols[i], tol_floor)``: ``|f_i·d / px − 1|`` over ``f_d`` ``(peaks, reflections)``
+    = frequency × d-spacing, float64, the same IEEE operations as the scalar expression."""
+    tol = np.maximum(np.asarray(tols, dtype=np.float64), tol_floor)[None, :, None]
+    return (np.abs(f_d[None] / pxs[:, None, None] - 1.0) <= tol).any(axis=2)
 
 
 def _primary_reading(top: list[tuple[float, float, float]], spacings: Sequence[float], plausible: Any,

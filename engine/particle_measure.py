@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fringelive.engine.particles import fill_holes, keep_labels, label_particles, stats_of_labels
+from fringelive.engine.particles import fill_holes, label_kept_runs, stats_of_labels
 
 __all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for"]
 
@@ -88,12 +88,11 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
     minimum = min_area_px_for(pixel_size_nm, settings, min_area_px)
     if settings.fill_holes:
         mask = fill_holes(mask)
-    labels, count = label_particles(mask, connectivity=connectivity)
-    labels, kept = keep_labels(labels, count, minimum)
+    labels, count, kept, runs = label_kept_runs(mask, minimum, connectivity=connectivity)
     specks = count - kept
     if specks and settings.remove_specks:
         mask = labels > 0
-    particles = stats_of_labels(labels, kept, pixel_size_nm)
+    particles = stats_of_labels(labels, kept, pixel_size_nm, runs=runs)
     return ParticleMeasurement(mask=mask, particles=particles, specks=specks,
                                summary=size_summary(particles, specks, settings), labels=labels)
 

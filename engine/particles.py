@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["particle_stats", "stats_of_labels", "area_fraction", "label_particles", "fill_holes", "keep_labels"]
+__all__ = ["particle_stats", "stats_of_labels", "area_fraction", "label_particles", "fill_holes", "keep_labels",
+           "foreground_runs", "label_kept_runs"]
 
 _STRUCTURES = {
     1: np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool),  # 4-connected
@@ -125,29 +126,62 @@ def keep_labels(labels: np.ndarray, count: int, min_area_px: int) -> tuple[np.nd
     return lut[labels], n
 
 
-def stats_of_labels(labels: np.ndarray, count: int, pixel_size_nm: float | None) -> list[dict[str, Any]]:
-    """Per-particle dicts (see :func:`particle_stats`) of a label image ``labels`` (H, W) int32
-    whose components 1..``count`` are all particles, numbered in raster order of their first
-    pixel (as :func:`label_particles` + :func:`keep_labels` give them)."""
-    if count == 0:
-        return []
-    height, width = labels.shape
-    mask = labels > 0
-
-    # Horizontal runs of foreground pixels: +1 where a run starts, -1 one past where it ends.
-    # Two different components never touch, so each run lies in one component.
+def foreground_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The horizontal runs of foreground pixels of ``mask`` (H, W) bool, in raster order:
+    ``(row, c0, c1)`` int arrays (n,), run k covering columns ``c0[k] .. c1[k] - 1`` of row
+    ``row[k]``. Two different components never touch, so each run lies in one component."""
+    height, width = mask.shape
+    # +1 where a run starts, -1 one past where it ends
     padded = np.zeros((height, width + 2), dtype=np.int8)
     padded[:, 1:-1] = mask
-    del mask
     edges = np.diff(padded, axis=1)  # (H, W + 1)
     del padded
     starts = np.flatnonzero(edges == 1)
     stops = np.flatnonzero(edges == -1)
     del edges
     row = starts // (width + 1)
-    c0 = starts - row * (width + 1)
-    c1 = stops - row * (width + 1)
+    return row, starts - row * (width + 1), stops - row * (width + 1)
+
+
+def label_kept_runs(mask: np.ndarray, min_area_px: int, *, connectivity: int = 2
+                    ) -> tuple[np.ndarray, int, int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`label_particles` + :func:`keep_labels` of ``mask`` (H, W) bool with the areas
+    summed over the foreground runs instead of every pixel: ``(labels (H, W) int32, count
+    (components found), kept (labels 1..kept), runs)``; ``runs`` = ``(row, c0, c1, label)`` of
+    the kept components' runs in raster order, for :func:`stats_of_labels`. Equal to the two
+    calls (the same labels, numbered alike)."""
+    labels, count = label_particles(mask, connectivity=connectivity)
+    row, c0, c1 = foreground_runs(mask)
     lab = labels[row, c0]
+    if count == 0:
+        return labels, 0, 0, (row, c0, c1, lab)
+    area = np.bincount(lab, weights=(c1 - c0).astype(np.float64), minlength=count + 1)
+    keep = area >= max(int(min_area_px), 1)
+    keep[0] = False
+    n = int(np.count_nonzero(keep))
+    if n == count:
+        return labels, count, count, (row, c0, c1, lab)
+    lut = np.zeros(count + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, n + 1, dtype=np.int32)
+    new = lut[lab]
+    sel = new > 0
+    return lut[labels], count, n, (row[sel], c0[sel], c1[sel], new[sel])
+
+
+def stats_of_labels(labels: np.ndarray, count: int, pixel_size_nm: float | None, *,
+                    runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """Per-particle dicts (see :func:`particle_stats`) of a label image ``labels`` (H, W) int32
+    whose components 1..``count`` are all particles, numbered in raster order of their first
+    pixel (as :func:`label_particles` + :func:`keep_labels` give them). ``runs``: the labels'
+    foreground runs ``(row, c0, c1, label)`` as :func:`label_kept_runs` gives them (None: found here)."""
+    if count == 0:
+        return []
+    height, width = labels.shape
+    if runs is None:
+        row, c0, c1 = foreground_runs(labels > 0)
+        lab = labels[row, c0]
+    else:
+        row, c0, c1, lab = runs
     length = (c1 - c0).astype(np.float64)
 
     n = count + 1
