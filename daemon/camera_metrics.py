@@ -8,7 +8,10 @@
     fringelive_camera_fit_offset_se_counts        gauge  its 1-sigma uncertainty, counts
     fringelive_camera_fit_confident               gauge  1 once the learned fit is confident, else 0
     fringelive_camera_fit_levels                  gauge  dose levels seen by the fit
-    fringelive_camera_fit_frames                  gauge  frames in the fit
+    fringelive_camera_fit_frames                  gauge  frames in the fit (frame pairs when fitted on pairs)
+    fringelive_camera_fit_temporal                gauge  1 when the fit in force is from frame pairs, 0 single frames
+    fringelive_camera_config_disagrees{constant}  gauge  1 when the configured constant disagrees with the confident
+                                                         fit, 0 when it agrees, NaN without a confident fit
 """
 
 from __future__ import annotations
@@ -41,9 +44,17 @@ class CameraMetrics:
         self.fit_confident = Gauge("fringelive_camera_fit_confident", "1 once the learned camera fit is confident.",
                                    registry=r)
         self.fit_levels = Gauge("fringelive_camera_fit_levels", "Dose levels seen by the camera fit.", registry=r)
-        self.fit_frames = Gauge("fringelive_camera_fit_frames", "Frames in the camera fit.", registry=r)
+        self.fit_frames = Gauge("fringelive_camera_fit_frames", "Frames (or frame pairs) in the camera fit.",
+                                registry=r)
+        self.fit_temporal = Gauge("fringelive_camera_fit_temporal", "1 when the camera fit is from frame pairs of "
+                                  "one scene and dose (temporal), 0 from single frames.", registry=r)
+        self.disagrees = Gauge("fringelive_camera_config_disagrees", "1 when the configured camera constant disagrees "
+                               "with the confident learned fit beyond its tolerance, 0 agrees, NaN no confident fit.",
+                               ["constant"], registry=r)
         for g in (self.fit_gain, self.fit_gain_se, self.fit_offset, self.fit_offset_se):
             g.set(math.nan)
+        for key in ("gain_counts_per_e", "offset_counts"):
+            self.disagrees.labels(constant=key).set(math.nan)
         self._sources: dict[str, str] = {}
 
     def observe(self, camera: Mapping[str, Any] | None) -> None:
@@ -67,3 +78,8 @@ class CameraMetrics:
                 if v is not None:
                     gauge.set(float(v))
             self.fit_confident.set(1.0 if fit.get("confident") else 0.0)
+            self.fit_temporal.set(1.0 if fit.get("method") == "temporal" else 0.0)
+        bad = camera.get("config_disagrees")
+        for key in ("gain_counts_per_e", "offset_counts"):
+            v = bad.get(key) if isinstance(bad, Mapping) else None
+            self.disagrees.labels(constant=key).set(math.nan if v is None else float(bool(v)))

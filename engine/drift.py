@@ -36,7 +36,8 @@ import numpy as np
 
 from fringelive.bundle.card import Card
 from fringelive.engine import envelope
-from fringelive.engine.camera import CameraSettings, PhotonTransferResult, block_statistics, resolve_camera
+from fringelive.engine.camera import (CameraSettings, PhotonTransferResult, block_statistics, config_disagreement,
+                                      resolve_camera)
 from fringelive.engine.camera import estimate_dose as camera_dose
 from fringelive.engine.cusum import CusumState, calibrate_threshold
 from fringelive.engine.drift_measure import disagree, dose_tolerance, evaluate, measure_frame
@@ -229,7 +230,9 @@ class DriftMonitor:
             calibrated=self.reference.calibrated,
             camera={"gain_counts_per_e": cam.gain_counts_per_e, "offset_counts": cam.offset_counts,
                     "read_noise_counts": cam.read_noise_counts, "noise_factor": cam.noise_factor,
-                    "sources": sources, "learned": _learned_summary(learned)},
+                    "sources": sources, "learned": _learned_summary(learned),
+                    "config_disagrees": None if camera is None else config_disagreement(
+                        camera.gain_counts_per_e, camera.offset_counts, learned)},
         )
 
     def describe(self) -> dict[str, Any]:
@@ -255,7 +258,7 @@ def _learned_summary(learned: PhotonTransferResult | None) -> dict[str, Any] | N
         return None
     d = learned.to_dict()
     return {k: d[k] for k in ("gain_counts_per_e", "gain_se", "offset_counts", "offset_se", "offset_method", "levels",
-                              "frames", "confident")}
+                              "frames", "confident", "method")}
 
 
 def signal_directions() -> dict[str, str]:

@@ -34,20 +34,37 @@ def drift_text(drift: Any) -> str:
     return f"{status}({', '.join(detail(r) for r in reasons)})"
 
 
+def _fit_text(fit: Mapping[str, Any]) -> str:
+    """``gain 7.98 ± 0.12 counts/e, offset 100.3 ± 0.6 counts (learned from 50 frame pairs, confident, mtf)``."""
+    n = fit.get("frames")
+    src = f"{n} frame pairs" if fit.get("method") == "temporal" else f"{n} frames"
+    state = "confident" if fit.get("confident") else "not confident"
+    return (f"gain {fit['gain_counts_per_e']:.3g} ± {fit['gain_se']:.2g} counts/e, offset {fit['offset_counts']:.4g} "
+            f"± {fit['offset_se']:.2g} counts (learned from {src}, {state}, {fit.get('offset_method')})")
+
+
 def camera_text(camera: Any) -> str:
     """The control ``status`` ``camera`` map in one phrase, e.g. ``camera: gain 8 counts/e,
-    offset 100 counts (config)`` or ``camera: gain 7.98 ± 0.12 counts/e, offset 100.3 ± 0.6 counts
-    (learned, confident, mtf)`` or ``camera: unknown, learning (1 level, 40 frames): dose unverified``."""
+    offset 100 counts (config)`` (``; gain DISAGREE with the stream: <fit>`` when the confident
+    check fit says otherwise) or ``camera: gain 7.98 ± 0.12 counts/e, offset 100.3 ± 0.6 counts
+    (learned from 50 frame pairs, confident, mtf)`` or ``camera: unknown, learning (1 level, 40
+    frames): dose unverified``."""
     if not isinstance(camera, Mapping):
         return "camera: ?"
     cfg = camera.get("config") or {}
     g, o = cfg.get("gain_counts_per_e"), cfg.get("offset_counts")
-    if _num(g) and _num(o):
-        return f"camera: gain {g:g} counts/e, offset {o:g} counts (config)"
     fit = camera.get("fit")
+    if _num(g) and _num(o):
+        text = f"camera: gain {g:g} counts/e, offset {o:g} counts (config)"
+        bad = camera.get("config_disagrees")
+        if isinstance(bad, Mapping) and any(bad.values()) and isinstance(fit, Mapping):
+            what = " and ".join(k.split("_")[0] for k, v in bad.items() if v)
+            text += (f"; {what} DISAGREE with the stream: {_fit_text(fit)}; re-run `fringelive calibrate camera`")
+        elif isinstance(bad, Mapping):
+            text += f"; agrees with the stream ({_fit_text(fit)})" if isinstance(fit, Mapping) else ""
+        return text
     if isinstance(fit, Mapping) and fit.get("confident"):
-        return (f"camera: gain {fit['gain_counts_per_e']:.3g} ± {fit['gain_se']:.2g} counts/e, offset "
-                f"{fit['offset_counts']:.4g} ± {fit['offset_se']:.2g} counts (learned, confident, {fit.get('offset_method')})")
+        return f"camera: {_fit_text(fit)}"
     if not camera.get("learning"):
         return "camera: unknown, not learning: dose unverified"
     if isinstance(fit, Mapping):

@@ -169,7 +169,8 @@ def test_constants_in_config(small: Scenes) -> None:
     with Daemon(make_config(camera=camera)) as d:
         check_known_camera(d, small, {}, 12, "config", count_status=False, within_share=0.9)
         status = control_request(d.endpoints["control"], "status")["camera"]
-        assert status["config"]["gain_counts_per_e"] == 8.0 and status["learning"] is False and status["fit"] is None
+        # gain and offset configured: the fit runs as a check (no fit yet after 12 frames: refit_every 25)
+        assert status["config"]["gain_counts_per_e"] == 8.0 and status["mode"] == "check" and status["fit"] is None
 
 
 def test_no_constants_anywhere_is_unverified_never_a_mismatch(small: Scenes) -> None:
@@ -200,35 +201,41 @@ def test_no_constants_anywhere_is_unverified_never_a_mismatch(small: Scenes) -> 
         assert scrape(d)[("fringelive_drift_reasons_total", (("reason", "dose_unverified"),))] == len(good) + len(bad)
 
 
+LEVELS = (650.0, 320.0)  # e/Å², both inside the default bundle's envelope (301–699); signal span > 30 %
+
+
+def two_dose_stream(s: Stream, scenes: Scenes, n: int, batch: int = 20) -> list[dict[str, Any]]:
+    """``n`` frames alternating between the :data:`LEVELS`, over ``scenes.pool`` (6 scenes: each
+    scene comes back at its dose every 6 frames, a revisited area, so the stream holds frame pairs
+    of one scene and dose); headers say the true dose."""
+    heads: list[dict[str, Any]] = []
+    for k in range(0, n, batch):
+        heads += s.send([(scenes.frame(i, dose=LEVELS[i % 2]), {**META, "dose_e_per_A2": LEVELS[i % 2]})
+                         for i in range(k, min(k + batch, n))])
+    return heads
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "learned through the daemon: gain 8.99 ± 0.14 counts/e, offset 109.3 ± 2.3 counts (truth 8 / 100: within 15 %) "
-    "but not confident: 16 % of the background blocks textured > max_textured 15 %. Cause (issue #12, reproduced "
-    "offline with the same numbers): fastsim's support texture (carbon_contrast 0.03 plus its 2-20 nm phase noise) "
-    "in blocks that pass the flatness tests adds variance ∝ signal² to the zero-frequency noise power, so the "
-    "v_lf slope (gain) and the MTF offset read high. Not the particle masks: the exact mask gives 9.07 / 111.2, no "
-    "mask 9.00 / 109.4, the model's raw mask (specks kept) 9.13 / 109.3; flat scenes give 7.95 / 98.4, given "
-    "noise_factor 0.25 gives gain 8.02. 2 lags instead of 3 removes the texture bias (7.92) but reads 7 % low on "
-    "flat frames (MTF). Open in #12"))
 def test_learned_from_the_stream() -> None:
     """≥ 100 frames at two dose levels: gain and offset learned within 15 %, exposed in the
     header, control status and metrics; doses unverified (≤ 5 % flagged) until then; afterwards
     dose lies are flagged. A thin support (fastsim's default amorphous carbon leaves no flat
-    background block for the fit: such a stream stays unverified, never falsely flagged)."""
+    background block for the fit: such a stream stays unverified, never falsely flagged); its
+    texture biases single-frame statistics, the frame pairs (temporal fit) cancel it."""
     scenes = Scenes(256, n=6, carbon_contrast=0.03)
-    LEVELS = (650.0, 320.0)  # e/Å², both inside the default bundle's envelope (301–699); signal span > 30 %
     with Daemon(make_config(camera={"refit_every": 20})) as d:
         s = Stream(d)
         try:
-            heads: list[dict[str, Any]] = []
-            for k in range(0, 120, 20):
-                heads += s.send([(scenes.frame(i, dose=LEVELS[i % 2]), {**META, "dose_e_per_A2": LEVELS[i % 2]})
-                                 for i in range(k, k + 20)])
-            d.camera.wait(30)
-            fit = control_request(d.endpoints["control"], "status")["camera"]["fit"]
+            heads = two_dose_stream(s, scenes, 120)
+            d.camera.wait(60)  # every refit due so far, the last one on all 120 frames
+            status = control_request(d.endpoints["control"], "status")["camera"]
+            fit = status["fit"]
+            assert status["mode"] == "learn" and status["frames_fed"] == 120
             assert fit is not None and fit["confident"], fit
+            assert fit["method"] == "temporal" and fit["frames"] >= 40, fit  # frame pairs
             assert fit["gain_counts_per_e"] == pytest.approx(8.0, rel=0.15)
             assert fit["offset_counts"] == pytest.approx(100.0, rel=0.15)
+            assert fit["gain_se"] < 0.05 * fit["gain_counts_per_e"]
             dose_lies, _ = lies(scenes, {})
             after = s.send([(scenes.frame(200 + i), dict(META)) for i in range(4)] + dose_lies)
         finally:
@@ -244,7 +251,48 @@ def test_learned_from_the_stream() -> None:
         assert not [h for h in after[:4] if per_frame_flags(h)]
         m = scrape(d)
         assert m[("fringelive_camera_fit_confident", ())] == 1.0
+        assert m[("fringelive_camera_fit_temporal", ())] == 1.0
         assert m[("fringelive_camera_fit_gain_counts_per_e", ())] == pytest.approx(8.0, rel=0.15)
+        assert math.isnan(m[("fringelive_camera_config_disagrees", (("constant", "gain_counts_per_e"),))])
+
+
+@pytest.mark.slow
+def test_wrong_config_is_reported() -> None:
+    """A fully configured but wrong ``[camera]`` (gain 2, the camera's is 8): the fit runs as a
+    check, its confident gain disagrees: in control status, ``fringelive health``'s text, the
+    result header, the ``fringelive_camera_config_disagrees`` gauge, and the inputs of the
+    ``FringeliveCameraConfigDisagreesWithStream`` alert (deploy/prometheus/alerts.yml) meet its
+    condition. The configured values stay in force."""
+    from fringelive.stream.camera_text import camera_text
+
+    scenes = Scenes(256, n=6, carbon_contrast=0.03)
+    camera = {"gain_counts_per_e": 2.0, "offset_counts": 100.0, "read_noise_counts": 3.0, "refit_every": 20}
+    with Daemon(make_config(camera=camera)) as d:
+        s = Stream(d)
+        try:
+            two_dose_stream(s, scenes, 60)
+            d.camera.wait(60)
+            after = s.send([(scenes.frame(60 + i, dose=LEVELS[i % 2]), {**META, "dose_e_per_A2": LEVELS[i % 2]})
+                            for i in range(2)])
+        finally:
+            s.close()
+        status = control_request(d.endpoints["control"], "status")["camera"]
+        fit = status["fit"]
+        assert status["mode"] == "check" and fit is not None and fit["confident"], status
+        assert fit["method"] == "temporal" and fit["gain_counts_per_e"] == pytest.approx(8.0, rel=0.15), fit
+        assert status["config_disagrees"] == {"gain_counts_per_e": True, "offset_counts": False}, status
+        assert "gain DISAGREE with the stream" in camera_text(status)
+        for h in after:
+            cam = h["drift"]["camera"]
+            assert cam["sources"]["gain_counts_per_e"] == "config" and cam["gain_counts_per_e"] == 2.0
+            assert cam["config_disagrees"]["gain_counts_per_e"] is True and cam["learned"]["confident"] is True
+        m = scrape(d)
+        assert m[("fringelive_camera_config_disagrees", (("constant", "gain_counts_per_e"),))] == 1.0
+        assert m[("fringelive_camera_config_disagrees", (("constant", "offset_counts"),))] == 0.0
+        # FringeliveCameraConfigDisagreesWithStream's expression on these gauges
+        fit_gain, cfg_gain = m[("fringelive_camera_fit_gain_counts_per_e", ())], m[
+            ("fringelive_camera_gain_counts_per_e", (("source", "config"),))]
+        assert abs(math.log(fit_gain / cfg_gain)) > 0.1398 and m[("fringelive_camera_fit_confident", ())] == 1.0
 
 
 @pytest.mark.slow

@@ -460,8 +460,18 @@ def test_health_camera_text():
     fit = {"gain_counts_per_e": 7.98, "gain_se": 0.12, "offset_counts": 100.3, "offset_se": 0.6, "offset_method": "mtf",
            "confident": True, "levels": 2, "frames": 140, "reasons": []}
     assert camera_text({"config": {}, "learning": True, "fit": fit}) == \
-        "camera: gain 7.98 ± 0.12 counts/e, offset 100.3 ± 0.6 counts (learned, confident, mtf)"
+        "camera: gain 7.98 ± 0.12 counts/e, offset 100.3 ± 0.6 counts (learned from 140 frames, confident, mtf)"
     assert camera_text({"config": {}, "learning": True, "fit": None, "frames_fed": 3}).endswith("dose unverified")
+    # [camera] checked by the fit (issue #12): a wrong gain is named in health
+    pairs = {**fit, "method": "temporal", "frames": 50}
+    wrong = {"config": {"gain_counts_per_e": 2.0, "offset_counts": 100.0}, "mode": "check", "fit": pairs,
+             "config_disagrees": {"gain_counts_per_e": True, "offset_counts": False}}
+    assert camera_text(wrong) == (
+        "camera: gain 2 counts/e, offset 100 counts (config); gain DISAGREE with the stream: gain 7.98 ± 0.12 counts/e, "
+        "offset 100.3 ± 0.6 counts (learned from 50 frame pairs, confident, mtf); re-run `fringelive calibrate camera`")
+    right = {**wrong, "config": {"gain_counts_per_e": 8.0, "offset_counts": 100.0},
+             "config_disagrees": {"gain_counts_per_e": False, "offset_counts": False}}
+    assert camera_text(right).startswith("camera: gain 8 counts/e, offset 100 counts (config); agrees with the stream")
 
 
 def test_dm_brightness_calibration_gives_the_camera_constants():

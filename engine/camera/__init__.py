@@ -1,7 +1,8 @@
 """The camera: counts → electrons, dose from a frame, and learning the camera (photon transfer).
 
 Pure numpy on ``(H, W)`` arrays of raw counts; no I/O, no daemon, no bundle. Lives at
-``fringelive.engine.camera`` (package: ``settings``, ``blocks``, ``dose``, ``transfer``, ``calibrate``).
+``fringelive.engine.camera`` (package: ``settings``, ``blocks``, ``dose``, ``transfer``, ``pairs``,
+``stream_fit``, ``calibrate``).
 
 Camera model (one pixel, one frame)
 -----------------------------------
@@ -90,6 +91,8 @@ from .calibrate import CameraCalibration, CameraCalibrationError, calibrate_came
 from .dose import DoseEstimate, estimate_dose
 from .settings import (HEADER_KEYS, CameraError, CameraSettings, counts_to_electrons, electrons_to_counts,
                        header_camera, resolve_camera)
+from .pairs import FramePairs
+from .stream_fit import StreamCameraFit, config_disagreement
 from .transfer import PhotonTransferFit, PhotonTransferResult
 
 __all__ = [
@@ -105,6 +108,9 @@ __all__ = [
     "estimate_dose",
     "PhotonTransferResult",
     "PhotonTransferFit",
+    "FramePairs",
+    "StreamCameraFit",
+    "config_disagreement",
     "CameraCalibration",
     "CameraCalibrationError",
     "calibrate_camera",

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BlockStats", "block_statistics", "flat_blocks", "laplacian_variance", "pick_evenly"]
+__all__ = ["BlockStats", "block_stack", "block_statistics", "clean_blocks", "flat_blocks", "laplacian_variance",
+           "pick_evenly", "stack_statistics"]
 
 @dataclass(frozen=True)
 class BlockStats:
@@ -127,26 +128,41 @@ def block_statistics(frame: np.ndarray, *, block: int = 32, mask: np.ndarray | N
         empty = np.zeros(0)
         return BlockStats(empty, empty, empty, np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), block,
                           empty)
+    origin = np.stack([ys, xs], axis=1)
+    a, out_a = clean_blocks(block_stack(frame, origin, block), clip_sigma)
+    b, out_b = (None, 0) if pair is None else clean_blocks(block_stack(np.asarray(pair), origin, block), clip_sigma)
+    return stack_statistics(a, b, origin=origin, outliers=out_a + out_b, nps_lags=nps_lags)
+
+
+def block_stack(frame: np.ndarray, origin: np.ndarray, block: int) -> np.ndarray:
+    """The ``(n, block, block)`` float64 pixels of ``frame`` at the blocks' top-left ``origin`` (n, 2)."""
     ar = np.arange(block)
-    iy, ix = ys[:, None, None] + ar[None, :, None], xs[:, None, None] + ar[None, None, :]
+    iy, ix = origin[:, 0, None, None] + ar[None, :, None], origin[:, 1, None, None] + ar[None, None, :]
+    return np.asarray(frame)[iy, ix].astype(np.float64)
 
-    def cleaned(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        st = img[iy, ix].astype(np.float64)
-        med = np.median(st.reshape(st.shape[0], -1), axis=1)[:, None, None]
-        dev = np.abs(st - med)
-        mad = np.median(dev.reshape(st.shape[0], -1), axis=1)[:, None, None]
-        bad = dev > clip_sigma * np.maximum(1.4826 * mad, 1.0)
-        return np.where(bad, med, st), bad.sum(axis=(1, 2))
 
-    a, out_a = cleaned(frame)
-    if pair is None:
-        means, noise, outliers = a.mean(axis=(1, 2)), a, out_a
+def clean_blocks(st: np.ndarray, clip_sigma: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
+    """``st (n, B, B)`` with pixels beyond ``clip_sigma`` robust sigmas of their block's median
+    (x-ray hits, hot/dead pixels) replaced by the median; and the count replaced per block."""
+    med = np.median(st.reshape(st.shape[0], -1), axis=1)[:, None, None]
+    dev = np.abs(st - med)
+    mad = np.median(dev.reshape(st.shape[0], -1), axis=1)[:, None, None]
+    bad = dev > clip_sigma * np.maximum(1.4826 * mad, 1.0)
+    return np.where(bad, med, st), bad.sum(axis=(1, 2))
+
+
+def stack_statistics(a: np.ndarray, b: np.ndarray | None = None, *, origin: np.ndarray,
+                     outliers: np.ndarray | int = 0, nps_lags: int = 3) -> BlockStats:
+    """:class:`BlockStats` of cleaned block stacks ``a`` (and ``b``, the same blocks of a second
+    frame of the same scene and dose: means of ``(a + b)/2``, variances of ``(a − b)/√2``)."""
+    if b is None:
+        means, noise = a.mean(axis=(1, 2)), a
     else:
-        b, out_b = cleaned(np.asarray(pair))
-        means, noise, outliers = 0.5 * (a + b).mean(axis=(1, 2)), (a - b) / math.sqrt(2.0), out_a + out_b
+        means, noise = 0.5 * (a + b).mean(axis=(1, 2)), (a - b) / math.sqrt(2.0)
     v_lf, ring_z, _ = _zero_freq_power(noise, nps_lags)
-    return BlockStats(mean=means, v_hp=laplacian_variance(noise), v_lf=v_lf, outliers=outliers.astype(np.int64),
-                      origin=np.stack([ys, xs], axis=1), block=block, ring_z=ring_z)
+    out = np.broadcast_to(np.asarray(outliers, dtype=np.int64), means.shape).copy()
+    return BlockStats(mean=means, v_hp=laplacian_variance(noise), v_lf=v_lf, outliers=out,
+                      origin=np.asarray(origin, dtype=np.int64), block=a.shape[1], ring_z=ring_z)
 
 
 def _robust_z(x: np.ndarray) -> np.ndarray:

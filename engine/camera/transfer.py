@@ -61,7 +61,9 @@ class PhotonTransferResult:
     lines; levels: distinct illumination levels (frame medians ≥ 10 % apart in signal); span:
     (max − min)/max of the frames' signal; frames, pairs: data used; textured_fraction: blocks
     rejected for structure wider than the point spread; confident and, when not,
-    ``reasons``; assumptions: what the numbers rest on (e.g. ``read noise taken as 0``)."""
+    ``reasons``; assumptions: what the numbers rest on (e.g. ``read noise taken as 0``); method:
+    ``spatial`` (blocks of single frames) or ``temporal`` (differences of frame pairs of one
+    scene and dose, :mod:`.pairs`; then ``frames`` counts pairs)."""
 
     gain_counts_per_e: float
     gain_se: float
@@ -88,6 +90,7 @@ class PhotonTransferResult:
     confident: bool
     reasons: tuple[str, ...] = ()
     assumptions: tuple[str, ...] = ()
+    method: str = "spatial"
 
     def camera(self, name: str = "") -> CameraSettings:
         return CameraSettings(name=name, gain_counts_per_e=self.gain_counts_per_e, offset_counts=self.offset_counts,
