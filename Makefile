@@ -1,10 +1,11 @@
 # Two commands on a fresh machine with only Python 3.10+:
-#   make demo   install into .venv and run the daemon on the embedded CPU default
+#   make demo   install the core into .venv (no PyTorch, ~0.6 GB) and run the daemon on the embedded CPU default
 #   make test   install into .venv (with test extras) and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# CPU build of PyTorch first: a bare `torch` requirement would pull GBs of CUDA wheels.
+# CPU build of PyTorch first (for `make install`/`make test`; `make demo` needs no torch): a bare
+# `torch` requirement would pull GBs of CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test test-slow bench install clean
@@ -13,14 +14,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Core dependencies only (torch CPU, ONNX Runtime, OpenVINO, ZeroMQ, ...): all `make demo` needs.
+# Core dependencies only (ONNX Runtime, OpenVINO, numpy/scipy, ZeroMQ, ...; no PyTorch): all
+# `make demo` needs. Training and export add torch: pip install -e ".[torch]" (README).
 $(VENV)/.core-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# The test and tool extras on top (abTEM, MONAI, TensorBoard, Triton client, ...).
+# The test and tool extras on top (PyTorch CPU first, abTEM, MONAI, TensorBoard, Triton client, ...).
 $(VENV)/.installed: $(VENV)/.core-installed
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev,io,train,sim,triton,acquisition]"
 # A real tritonserver (python backend only) for tests/test_triton.py. --no-deps: pytriton's own
 # Python API pins numpy<2, we only run its bundled server binary. Linux x86_64/aarch64 wheels only.

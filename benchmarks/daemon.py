@@ -148,7 +148,7 @@ def backend_only(bundle_path: Path, cfg: DaemonConfig, frame: np.ndarray, repeat
         tile_size = pipe.tile_size_for(frame.shape)
         batch_size = pipe.batch_size_for(frame.shape)  # what the pipeline uses for this frame size
         plan = plan_tiles(frame.shape, tile_size, tile.halo_px, tile.multiple_of)
-        image = preprocess(frame, bundle.card.preprocessing, device="cpu").numpy()
+        image = np.asarray(preprocess(frame, bundle.card.preprocessing, device="cpu"))
         groups: dict[tuple[int, int], list[Any]] = defaultdict(list)
         for t in plan.tiles:
             groups[t.input_shape].append(t)

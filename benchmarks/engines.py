@@ -53,7 +53,7 @@ def frames(bundle: Any, side: int, n: int, seed: int = 0) -> np.ndarray:
     out = np.empty((n, 1, side, side), np.float32)
     for i in range(n):
         counts, _, _ = cam.frame(i)
-        out[i, 0] = preprocess(counts, bundle.card.preprocessing, device="cpu").numpy()
+        out[i, 0] = np.asarray(preprocess(counts, bundle.card.preprocessing, device="cpu"))
     return out
 
 

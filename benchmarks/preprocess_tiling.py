@@ -206,7 +206,7 @@ def run_device(device: str, frame: np.ndarray, model: ResUNet, onnx_path: Path |
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads or len(os.sched_getaffinity(0))
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        image = image.numpy()
+        image = np.asarray(image)
 
         def model_fn(batch: np.ndarray) -> np.ndarray:
             return session.run(["logits"], {"image": batch})[0]

@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+from fringelive.engine.optional import TORCH_HINT, is_missing_torch
 
 #: Command → (its module, the one-line summary of ``fringelive --help``), in the order listed.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -106,7 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("calibrate")
         if argv[i + 1:i + 2] == ["camera"]:
             argv[i:i + 2] = ["calibrate-camera"]
-    parser = build_parser(argv)
+    if _command_of(argv) in ("serve", "demo"):
+        # before numpy loads: the daemon's parallelism is the runtime's threads and its worker/finisher
+        # pipeline; BLAS only runs the flat-field fit's small products, where idle OpenBLAS threads
+        # spin (2.7x the preprocessing CPU time measured on 2 cores; benchmarks/README.md)
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        parser = build_parser(argv)
+    except ImportError as e:  # a command of the torch extra (train, export, ...) in a core-only install
+        if not is_missing_torch(e):
+            raise
+        print(f"fringelive: error: {_command_of(argv)} needs PyTorch, which is not installed: {TORCH_HINT}",
+              file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     args.argv = ["fringelive", *argv]  # the command line, for provenance records
     logging.basicConfig(level=getattr(logging, args.log_level),
@@ -119,5 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"fringelive: error: {e}", file=sys.stderr)
         return e.code
+    except ImportError as e:
+        if not is_missing_torch(e):
+            raise
+        print(f"fringelive: error: {args.command} needs PyTorch, which is not installed: {TORCH_HINT}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

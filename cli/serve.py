@@ -133,10 +133,6 @@ def run_serve(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         cfg = build_config(args)
-        if cfg.model.intra_op_threads:  # the process's torch pool (preprocessing) follows the config too
-            import torch
-
-            torch.set_num_threads(cfg.model.intra_op_threads)
         daemon = Daemon(cfg)
         daemon.start()
     except (ConfigError, BundleError, BackendUnavailable) as e:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from fringelive.bundle.bundle_io import load_bundle
 from fringelive.bundle.card import Card, utc_now_iso
@@ -221,8 +220,6 @@ def calibrate_bundle(bundle_path: str | Path, frames: Iterable[Any], metadata: I
         pairs = zip(frames, metadata, strict=True)
     bundle = load_bundle(bundle_path)
     base = parse_drift_reference(bundle.card.drift_reference)
-    if threads:
-        torch.set_num_threads(threads)
     settings = DriftSettings()
     measurements = []
     with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
@@ -253,8 +250,6 @@ def calibrate_decision_threshold(bundle_path: str | Path,
     unless ``dry_run``. Frames must not be those the drift reference or any reported metric is
     measured on. Returns the choice's report plus ``written``."""
     bundle = load_bundle(bundle_path)
-    if threads:
-        torch.set_num_threads(threads)
     with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
         tally = ThresholdTally(tuple(grid), pipe.config.particles, pipe.config.min_particle_area_px, max_called_empty)
         for pixels, label, meta in frames:

@@ -11,7 +11,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["MissingDependency", "import_abtem", "import_openvino", "import_tensorrt", "import_tritonclient"]
+__all__ = ["MissingDependency", "TORCH_HINT", "import_abtem", "import_openvino", "import_tensorrt", "import_torch",
+           "import_tritonclient", "is_missing_torch", "torch_if_installed"]
+
+#: What to install for the parts that need PyTorch (training, export, the torch/tensorrt/CUDA
+#: backends); the CPU serving path (ONNX Runtime, OpenVINO, numpy preprocessing) does not.
+TORCH_HINT = ("pip install 'fringelive[torch]' (CPU: torch==2.13.0 from the PyTorch CPU index, "
+              "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)")
 
 
 class MissingDependency(ImportError):
@@ -50,3 +56,23 @@ def import_openvino() -> ModuleType:
 def import_abtem() -> ModuleType:
     """The ``abtem`` module (multislice simulation; ``fringelive[sim]``)."""
     return _import("abtem", "pip install 'fringelive[sim]'")
+
+
+def import_torch() -> ModuleType:
+    """The ``torch`` module (``fringelive[torch]``: training, export, the torch, tensorrt and
+    CUDA backends, preprocessing on a GPU); an ``OSError`` of its shared libraries counts too."""
+    return _import("torch", TORCH_HINT, load_errors=(OSError,))
+
+
+def torch_if_installed() -> ModuleType | None:
+    """``torch`` when it is installed, else None (for settings that only matter with it)."""
+    try:
+        return import_torch()
+    except MissingDependency:
+        return None
+
+
+def is_missing_torch(error: BaseException) -> bool:
+    """Whether ``error`` is the import of torch failing (torch not installed)."""
+    name = getattr(error, "name", None) or ""
+    return isinstance(error, ImportError) and (name == "torch" or name.startswith("torch."))

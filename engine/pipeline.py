@@ -1,6 +1,6 @@
 """The segmentation pipeline: one camera frame in, probabilities, mask and particles out.
 
-    infer:  pixels (H, W) counts ─ preprocess (card.preprocessing, CPU torch) ─► image (H, W) float32
+    infer:  pixels (H, W) counts ─ preprocess (card.preprocessing, CPU numpy) ─► image (H, W) float32
               └► per member backend: tile + infer + stitch (halo tiling or Gaussian blend), the
                  class-1 probability (2 classes: sigmoid(l1 - l0)) computed per tile core as it is
                  stitched ─► member probability (H, W) ─► mean over members
@@ -295,7 +295,7 @@ class SegmentationPipeline:
             t = now
 
         pre_stats: dict[str, Any] = {}
-        image = preprocess(pixels, card.preprocessing, device="cpu", stats=pre_stats).numpy()
+        image = np.asarray(preprocess(pixels, card.preprocessing, device="cpu", stats=pre_stats))
         lap("preprocess")
 
         shape = (int(pixels.shape[0]), int(pixels.shape[1]))

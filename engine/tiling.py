@@ -24,6 +24,7 @@ A model is any callable ``model(batch) -> logits`` with ``batch (N, 1, h, w)`` f
 ``logits (N, C, h, w)`` float32. Give the tiler a numpy image and the model gets numpy batches
 (e.g. ONNX Runtime); give it a torch tensor and the model gets tensors on that tensor's device
 (run under ``torch.no_grad()``). The returned logits ``(C, H, W)`` float32 are of the same kind.
+Torch is not needed for numpy images (:mod:`fringelive.engine.arrays`).
 A model must return a new array per call: a single whole-frame pass hands (a crop of) it back
 without copying.
 
@@ -38,8 +39,8 @@ from collections import defaultdict
 from typing import Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
-import torch
 
+from fringelive.engine.arrays import TorchNamespace, is_tensor, namespace_of
 from fringelive.engine.tile_plan import Box, Tile, TilePlan, _check_int, choose_tile_size, plan_tiles
 
 __all__ = [
@@ -55,7 +56,7 @@ __all__ = [
     "choose_tile_size",
 ]
 
-Array = Union[np.ndarray, torch.Tensor]
+Array = Union[np.ndarray, Any]  # numpy array or torch tensor
 Model = Callable[[Any], Any]
 
 
@@ -69,55 +70,53 @@ class _Ops:
     """Array creation and conversion in the kind (numpy, or torch on one device) of the input."""
 
     def __init__(self, like: Array) -> None:
-        self.is_torch = isinstance(like, torch.Tensor)
-        self.device = like.device if self.is_torch else None
+        self.xp = namespace_of(like)
+        self.is_torch = isinstance(self.xp, TorchNamespace)
+        self.device = self.xp.device if isinstance(self.xp, TorchNamespace) else None
 
     def zeros(self, shape: Sequence[int]) -> Array:
-        if self.is_torch:
-            return torch.zeros(tuple(shape), dtype=torch.float32, device=self.device)
-        return np.zeros(tuple(shape), dtype=np.float32)
+        return self.xp.zeros(shape, self.xp.float32)
 
     def empty(self, shape: Sequence[int]) -> Array:
-        if self.is_torch:
-            return torch.empty(tuple(shape), dtype=torch.float32, device=self.device)
-        return np.empty(tuple(shape), dtype=np.float32)
+        return self.xp.empty(shape, self.xp.float32)
 
     def constant(self, values: np.ndarray) -> Array:
         """A float32 numpy constant in this kind."""
-        if self.is_torch:
-            return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(self.device)
-        return np.ascontiguousarray(values, dtype=np.float32)
+        return self.xp.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
 
     def float32(self, x: Array) -> Array:
         """Contiguous float32 (no copy when it already is)."""
         if self.is_torch:
-            return x.to(dtype=torch.float32).contiguous()
+            return x.to(dtype=self.xp.float32).contiguous()
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def adopt(self, x: Any) -> Array:
         """A model's output as float32 of this kind (models may answer in the other kind)."""
-        if self.is_torch:
+        if isinstance(self.xp, TorchNamespace):
+            torch = self.xp.torch
             if not isinstance(x, torch.Tensor):
                 x = torch.as_tensor(np.asarray(x))
             return x.to(device=self.device, dtype=torch.float32)
-        if isinstance(x, torch.Tensor):
+        if is_tensor(x):
             x = x.detach().cpu().numpy()
         return np.asarray(x, dtype=np.float32)
 
     def sync(self) -> None:
-        if self.is_torch and self.device is not None and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.xp.sync()
+
+    def no_grad(self) -> Any:
+        return self.xp.no_grad()
 
 
 def _as_2d(image: Array) -> Array:
-    if not isinstance(image, (np.ndarray, torch.Tensor)):
+    if not isinstance(image, np.ndarray) and not is_tensor(image):
         raise TypeError(f"image must be a numpy array or a torch tensor, got {type(image).__name__}")
     if image.ndim == 3 and image.shape[0] == 1:
         image = image[0]
     if image.ndim != 2:
         raise ValueError(f"image must have shape (H, W) or (1, H, W), got {tuple(image.shape)}")
-    if isinstance(image, torch.Tensor):
-        real = image.dtype != torch.bool and not image.is_complex()
+    if is_tensor(image):
+        real = image.dtype != TorchNamespace(image.device).torch.bool and not image.is_complex()
     else:
         real = np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
     if not real:
@@ -204,7 +203,7 @@ def run_plan(model: Model, image: Array, plan: TilePlan, *, batch_size: int = 4,
     out: Array | None = None
     channels: int | None = None
     clock = _Stopwatch(timings, ops)
-    with torch.no_grad():
+    with ops.no_grad():
         for tiles in groups.values():
             for chunk in _chunks(tiles, batch_size):
                 batch = _fill_batch(ops, image, [t.input_box for t in chunk])
@@ -329,7 +328,7 @@ def infer_gaussian(model: Model, image: Array, *, roi_size: int | Sequence[int],
         count[y:y + roi[0], x:x + roi[1]] += weights
     out: Array | None = None
     clock = _Stopwatch(timings, ops)
-    with torch.no_grad():
+    with ops.no_grad():
         for chunk in _chunks(starts, batch_size):
             boxes = [(y - pad_top, y - pad_top + roi[0], x - pad_left, x - pad_left + roi[1]) for y, x in chunk]
             batch = _fill_batch(ops, image, boxes)

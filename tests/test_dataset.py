@@ -79,7 +79,7 @@ def test_selection_patching_and_metadata(experiment: dict, tmp_path: Path) -> No
     expected = []
     for name in ("Au_a_01.tif", "Au_b_02.tif"):
         counts, label = experiment["truth"][name]
-        x = preprocess(counts, PARAMS).numpy()
+        x = np.asarray(preprocess(counts, PARAMS))
         for y0 in patch_origins(80, 32, 32):
             for x0 in patch_origins(96, 32, 32):
                 lab = label[y0:y0 + 32, x0:x0 + 32]

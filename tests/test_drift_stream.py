@@ -75,7 +75,7 @@ def batched_results(pipe: SegmentationPipeline, frames: list[tuple[np.ndarray, d
     from fringelive.engine.pipeline import FrameInference, class1_probability
     from fringelive.engine.preprocess import preprocess
 
-    images = np.stack([preprocess(c, pipe.bundle.card.preprocessing, device="cpu").numpy() for c, _ in frames])
+    images = np.stack([np.asarray(preprocess(c, pipe.bundle.card.preprocessing, device="cpu")) for c, _ in frames])
     logits = pipe.backends[0](images[:, None])
     for (counts, meta), lg in zip(frames, logits):
         p = np.ascontiguousarray(class1_probability(np.array(lg)))

@@ -74,7 +74,7 @@ def test_scores_match_a_direct_torch_computation(world: dict) -> None:
     from fringelive.engine.preprocess import preprocess
 
     raw = load_sampleset(world["raw"])
-    inputs = np.stack([preprocess(im, Preprocessing()).numpy() for im in raw.images])
+    inputs = np.stack([np.asarray(preprocess(im, Preprocessing())) for im in raw.images])
     r = evaluate_bundle(world["root"] / "B", raw, tile_size=None)
     dice, std, fpr, fnr = _expected(world["models"]["B"], inputs, raw.labels)
     assert r.members == 2 and r.samples == 4 and r.split == "all"
@@ -92,7 +92,7 @@ def test_own_training_set_is_scored_on_its_test_folds_only(world: dict) -> None:
     raw = load_sampleset(world["raw"])
     r = evaluate_bundle(world["root"] / "C", raw, tile_size=None)
     assert r.split == "own-test-folds" and r.samples == 2 and np.isnan(r.ensemble_dice)
-    inputs = np.stack([preprocess(im, Preprocessing()).numpy() for im in raw.images[1:3]])
+    inputs = np.stack([np.asarray(preprocess(im, Preprocessing())) for im in raw.images[1:3]])
     assert r.dice_mean == pytest.approx(_expected(world["models"]["C"], inputs, raw.labels[1:3])[0], abs=1e-3)
     everything = evaluate_bundle(world["root"] / "C", raw, tile_size=None, own_split=False)
     assert everything.split == "all" and everything.samples == 4

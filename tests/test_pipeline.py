@@ -77,7 +77,7 @@ def reference_probabilities(bundle, frame: np.ndarray) -> np.ndarray:
     h, w = x.shape
     m = card.tile.multiple_of
     padded = torch.zeros((1, 1, -(-h // m) * m, -(-w // m) * m))
-    padded[0, 0, :h, :w] = x
+    padded[0, 0, :h, :w] = torch.as_tensor(x)
     with torch.no_grad():
         logits = net(padded)[0, :, :h, :w]
     return torch.softmax(logits, dim=0)[1].numpy()

@@ -43,6 +43,11 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 # -- helpers ----------------------------------------------------------------------------------
 
+
+def _np(x):
+    """An engine result (numpy array, or a torch tensor on any device) as a numpy array."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
@@ -137,10 +142,10 @@ def test_order_statistics_fall_back_when_the_sample_misleads(monkeypatch, scans)
 
 def test_median_of_integer_and_float64_tensors():
     i = torch.randint(0, 1000, (600, 500), generator=torch.Generator().manual_seed(0))
-    assert P.median(i).item() == np.median(i.numpy())
-    assert P.percentiles(i, (1, 99)) == np.percentile(i.numpy(), (1, 99)).tolist()
+    assert P.median(i).item() == np.median(_np(i))
+    assert P.percentiles(i, (1, 99)) == np.percentile(_np(i), (1, 99)).tolist()
     d = torch.randn(600, 500, dtype=torch.float64, requires_grad=True)
-    assert P.median(d).item() == np.median(d.detach().numpy())
+    assert P.median(d).item() == np.median(_np(d.detach()))
 
 
 def test_order_statistics_rejects_bad_ranks():
@@ -157,7 +162,7 @@ def test_order_statistics_rejects_bad_ranks():
 def test_remove_xrays_matches_oracle_and_removes_all_hits(shape, scans):
     clean = poisson_frame(shape, counts=1000.0)
     img, hot = plant_xrays(clean)
-    got = P.remove_xrays(img.astype(np.float32), 1500.0, 2).numpy()
+    got = _np(P.remove_xrays(img.astype(np.float32), 1500.0, 2))
     want = O.remove_xrays(img.astype(np.float32), 1500.0, 2)
     changed = got != np.maximum(img, 0).astype(np.float32)
     assert np.array_equal(changed, hot)                      # exactly the planted hits
@@ -172,15 +177,15 @@ def test_remove_xrays_cluster_interior_and_sweep_fallback():
     img = np.full((32, 32), 100.0, np.float32)
     img[8:15, 8:15] = 9000.0                                   # 7x7 cluster: 4 sweeps
     img[8, 8] = 9001.0
-    full = P.remove_xrays(img, 1500.0, 1).numpy()
+    full = _np(P.remove_xrays(img, 1500.0, 1))
     assert np.array_equal(full, np.full_like(img, 100.0))
     # one sweep only: the 5x5 interior gets the median (100 here), like the oracle
-    one = P.remove_xrays(img, 1500.0, 1, max_sweeps=1).numpy()
+    one = _np(P.remove_xrays(img, 1500.0, 1, max_sweeps=1))
     np.testing.assert_allclose(one, O.remove_xrays(img, 1500.0, 1, max_sweeps=1), rtol=1e-6)
     img2 = img.copy()
     img2[:16] = 200.0
     img2[8:15, 8:15] = 9000.0
-    two = P.remove_xrays(img2, 1500.0, 1, max_sweeps=1).numpy()
+    two = _np(P.remove_xrays(img2, 1500.0, 1, max_sweeps=1))
     assert np.allclose(two[10:13, 10:13], np.median(img2))
 
 
@@ -190,18 +195,18 @@ def test_remove_xrays_second_pass_with_a_dropping_median(scans):
     img = poisson_frame((600, 560), counts=1000.0, seed=7).astype(np.float32)
     img[np.random.default_rng(8).random(img.shape) < 0.08] += 400.0
     for passes in (1, 2, 3):
-        got = P.remove_xrays(img, 40.0, passes).numpy()
+        got = _np(P.remove_xrays(img, 40.0, passes))
         want = O.remove_xrays(img, 40.0, passes)
         np.testing.assert_allclose(got, want, rtol=1e-5)
-    one, two = P.remove_xrays(img, 40.0, 1).numpy(), P.remove_xrays(img, 40.0, 2).numpy()
+    one, two = _np(P.remove_xrays(img, 40.0, 1)), _np(P.remove_xrays(img, 40.0, 2))
     assert (one != two).sum() > 100                           # pass 2 did work
 
 
 def test_remove_xrays_leaves_clean_images_alone():
     clean = poisson_frame((200, 300), counts=800.0).astype(np.float32)
-    out = P.remove_xrays(clean, 1500.0, 2).numpy()
+    out = _np(P.remove_xrays(clean, 1500.0, 2))
     assert np.array_equal(out, clean)
-    assert np.array_equal(P.remove_xrays(out, 1500.0, 2).numpy(), out)
+    assert np.array_equal(_np(P.remove_xrays(out, 1500.0, 2)), out)
 
 
 def test_remove_xrays_zero_passes_only_clips_negatives():
@@ -240,7 +245,7 @@ def test_flatfield_removes_planted_illumination(name):
     img = poisson_frame((1024, 768), counts=1000.0, gradient=GRADIENTS[name])
     before = block_means(img)
     assert before.std() / before.mean() > 0.1
-    out = P.flatfield_correct(img.astype(np.float32)).numpy()
+    out = _np(P.flatfield_correct(img.astype(np.float32)))
     after = block_means(out)
     assert after.std() / after.mean() < 0.01
     assert (after.max() - after.min()) / after.mean() < 0.01
@@ -254,7 +259,7 @@ def test_flatfield_is_robust_to_dark_particles():
     for cy, cx in np.random.default_rng(2).integers(40, 728, (25, 2)):
         particles |= (yy - cy) ** 2 + (xx - cx) ** 2 < 30 ** 2
     img[particles] *= 0.6
-    out = P.flatfield_correct(img.astype(np.float32)).numpy()
+    out = _np(P.flatfield_correct(img.astype(np.float32)))
     bg = np.where(particles, np.nan, out)
     blocks = np.nanmean(bg[:768, :768].reshape(12, 64, 12, 64), axis=(1, 3))
     assert np.nanstd(blocks) / np.nanmean(blocks) < 0.02
@@ -270,27 +275,27 @@ def test_flatfield_is_robust_to_dark_particles():
 def test_flatfield_matches_oracle(shape, degree, downsample, iterations):
     img = poisson_frame(shape, counts=1200.0, gradient=GRADIENTS["quadratic"], seed=5)
     img32 = img.astype(np.float32)
-    coef = P.fit_flatfield_coefficients(img32, degree, downsample, iterations, 1.5).numpy()
+    coef = _np(P.fit_flatfield_coefficients(img32, degree, downsample, iterations, 1.5))
     want = O.flatfield_coefficients(img32, degree, downsample, iterations, 1.5)
     np.testing.assert_allclose(coef, want, rtol=1e-5)
-    surface = P.fit_flatfield(img32, degree, downsample, iterations, 1.5).numpy()
+    surface = _np(P.fit_flatfield(img32, degree, downsample, iterations, 1.5))
     np.testing.assert_allclose(surface, O.flatfield_surface(want, shape), rtol=1e-5)
-    out = P.flatfield_correct(img32, degree, downsample, iterations, 1.5).numpy()
+    out = _np(P.flatfield_correct(img32, degree, downsample, iterations, 1.5))
     np.testing.assert_allclose(out, O.flatfield_correct(img32, degree, downsample, iterations, 1.5), rtol=1e-5)
 
 
 def test_flatfield_of_a_corrected_image_is_flat():
     img = poisson_frame((512, 512), counts=1000.0, gradient=GRADIENTS["vignette"]).astype(np.float32)
     once = P.flatfield_correct(img)
-    surface = P.fit_flatfield(once).numpy()
+    surface = _np(P.fit_flatfield(once))
     assert np.abs(surface - 1.0).max() < 2e-3
-    twice = P.flatfield_correct(once).numpy()
-    np.testing.assert_allclose(twice, once.numpy(), rtol=2e-3)
+    twice = _np(P.flatfield_correct(once))
+    np.testing.assert_allclose(twice, _np(once), rtol=2e-3)
 
 
 def test_evaluate_flatfield_is_the_bezier_surface():
     coef = torch.tensor([[1.0, 2.0], [3.0, 5.0]], dtype=torch.float64)
-    s = P.evaluate_flatfield(coef, (4, 2)).numpy()
+    s = _np(P.evaluate_flatfield(coef, (4, 2)))
     u = (np.arange(4) + 0.5) / 4
     v = (np.arange(2) + 0.5) / 2
     want = ((1 - u)[:, None] * (1 - v) * 1 + (1 - u)[:, None] * v * 2
@@ -339,18 +344,18 @@ def test_flatfield_rejects_frames_too_small_for_the_fit():
 def test_rescale_matches_oracle(shape, mode, atol, scans):
     img = poisson_frame(shape, counts=50.0, gradient=GRADIENTS["bilinear"]).astype(np.float32)
     img[3, 4] = 5000.0
-    got = P.rescale(img, mode, (2.0, 97.5)).numpy()
+    got = _np(P.rescale(img, mode, (2.0, 97.5)))
     want = O.rescale(img, mode, (2.0, 97.5))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=atol)
 
 
 def test_rescale_modes_have_their_ranges():
     img = poisson_frame((128, 128), counts=30.0).astype(np.float32)
-    s = P.rescale(img, "standardize").double()
-    assert abs(s.mean().item()) < 1e-6 and abs(s.std(correction=0).item() - 1) < 1e-5
+    s = P.rescale(img, "standardize").astype(np.float64)
+    assert abs(s.mean().item()) < 1e-6 and abs(s.std().item() - 1) < 1e-5
     n = P.rescale(img, "normalize")
     assert n.min().item() == 0.0 and n.max().item() == 1.0
-    h = P.rescale(img, "histogram", (1, 99)).numpy()
+    h = _np(P.rescale(img, "histogram", (1, 99)))
     lo, hi = np.percentile(img.astype(np.float64), (1, 99))
     assert h.min() == 0.0 and h.max() == 1.0
     assert np.all(h[img <= lo] == 0.0) and np.all(h[img >= hi] == 1.0)
@@ -359,7 +364,7 @@ def test_rescale_modes_have_their_ranges():
 @pytest.mark.parametrize("mode", ["standardize", "normalize", "histogram"])
 def test_rescale_of_a_constant_image_is_zeros(mode):
     out = P.rescale(np.full((16, 16), 7.0, np.float32), mode)
-    assert out.dtype == torch.float32 and not out.any()
+    assert out.dtype == np.float32 and not out.any()
 
 
 def test_rescale_histogram_with_equal_percentiles_is_zeros():
@@ -372,7 +377,7 @@ def test_rescale_is_idempotent_for_standardize_and_normalize():
     img = poisson_frame((256, 256), counts=40.0).astype(np.float32)
     for mode, tol in (("standardize", 1e-5), ("normalize", 1e-6)):
         once = P.rescale(img, mode)
-        np.testing.assert_allclose(P.rescale(once, mode).numpy(), once.numpy(), rtol=0, atol=tol)
+        np.testing.assert_allclose(_np(P.rescale(once, mode)), _np(once), rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("args, match", [
@@ -406,16 +411,16 @@ def test_preprocess_accepts_numpy_dtypes(dtype):
     frame = raw.astype(dtype)
     params = Preprocessing(xray_threshold_counts=15.0 if one_byte else 1500.0)
     out = P.preprocess(frame, params)
-    assert out.dtype == torch.float32 and out.shape == frame.shape and out.device.type == "cpu"
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == frame.shape
     want = O.preprocess(frame.astype(np.float32), params)
-    np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=5e-5)
+    np.testing.assert_allclose(_np(out), want, rtol=0, atol=5e-5)
 
 
 def test_preprocess_accepts_strided_and_flipped_arrays():
     raw = raw_frame().astype(np.uint16)
     params = Preprocessing()
     for view in (raw.T, raw[::-1], raw[:, ::2], np.asfortranarray(raw)):
-        out = P.preprocess(view, params).numpy()
+        out = _np(P.preprocess(view, params))
         np.testing.assert_allclose(out, O.preprocess(view.astype(np.float32), params), rtol=0, atol=5e-5)
 
 
@@ -427,8 +432,8 @@ def test_preprocess_accepts_torch_tensors(dtype):
     t = torch.from_numpy(raw).to(dtype)
     params = Preprocessing(xray_threshold_counts=15.0 if one_byte else 1500.0)
     out = P.preprocess(t, params)
-    want = O.preprocess(t.to(torch.float32).numpy(), params)
-    np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=5e-5)
+    want = O.preprocess(_np(t.to(torch.float32)), params)
+    np.testing.assert_allclose(_np(out), want, rtol=0, atol=5e-5)
 
 
 def test_preprocess_never_modifies_its_input():
@@ -440,21 +445,21 @@ def test_preprocess_never_modifies_its_input():
             params = Preprocessing(xray_removal=flags[0], flatfield=flags[1], rescale=rescale)
             P.preprocess(raw, params)
             P.preprocess(t, params)
-    assert np.array_equal(raw, keep) and np.array_equal(t.detach().numpy(), keep)
+    assert np.array_equal(raw, keep) and np.array_equal(_np(t.detach()), keep)
     for fn in (lambda a: P.remove_xrays(a, 1500.0), P.flatfield_correct, P.fit_flatfield, P.rescale):
         fn(raw)
     assert np.array_equal(raw, keep)
 
 
 def test_preprocess_scan_kernels_agree_exactly(monkeypatch):
-    raw = raw_frame((640, 600)).astype(np.uint16)
+    raw = torch.from_numpy(raw_frame((640, 600)).astype(np.int32))  # a CPU tensor: the torch path
     for mode in ("standardize", "histogram"):
         params = Preprocessing(rescale=mode)
         monkeypatch.setattr(PS, "NUMPY_CPU_SCANS", True)
         a = P.preprocess(raw, params)
         monkeypatch.setattr(PS, "NUMPY_CPU_SCANS", False)
         b = P.preprocess(raw, params)
-        assert torch.equal(a, b)
+        assert isinstance(a, torch.Tensor) and torch.equal(a, b)
 
 
 @pytest.mark.parametrize("mode", ["standardize", "histogram"])
@@ -462,11 +467,11 @@ def test_preprocess_in_many_chunks_matches_oracle(mode, scans, monkeypatch):
     # real frames span 16 chunks; here an odd chunk size splits rows, bands and brackets
     raw = raw_frame((300, 280)).astype(np.uint16)
     params = Preprocessing(rescale=mode)
-    whole = P.preprocess(raw, params).numpy()
+    whole = _np(P.preprocess(raw, params))
     monkeypatch.setattr(PS, "_CHUNK_PIXELS", 5003)
     monkeypatch.setattr(PS, "_DIRECT_MAX", 1000)       # bracketed order statistics too
     monkeypatch.setattr(PS, "_SAMPLE_SIZE", 4096)
-    chunked = P.preprocess(raw, params).numpy()
+    chunked = _np(P.preprocess(raw, params))
     np.testing.assert_allclose(chunked, O.preprocess(raw, params), rtol=0, atol=5e-5)
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=2e-6)
 
@@ -480,7 +485,7 @@ def test_preprocess_full_frame_matches_oracle():
         sys.path.remove(str(REPO / "benchmarks"))
     frame = synthetic_frame((4096, 4096))
     for params in (Preprocessing(), Preprocessing(rescale="histogram")):
-        np.testing.assert_allclose(P.preprocess(frame, params).numpy(), O.preprocess(frame, params),
+        np.testing.assert_allclose(_np(P.preprocess(frame, params)), O.preprocess(frame, params),
                                    rtol=0, atol=5e-5)
 
 
@@ -491,7 +496,7 @@ def test_preprocess_steps_follow_the_card():
                dict(flatfield_degree=(1, 2), flatfield_downsample=8, flatfield_iterations=0),
                dict(xray_threshold_counts=800.0, flatfield_weight_scale=3.0)):
         params = Preprocessing(**kw)
-        out = P.preprocess(raw, params).numpy()
+        out = _np(P.preprocess(raw, params))
         np.testing.assert_allclose(out, O.preprocess(raw, params), rtol=0, atol=5e-5, err_msg=str(kw))
 
 
@@ -501,11 +506,11 @@ def test_preprocess_reads_params_from_a_card():
                "histogram_percentiles": [2, 98]}
     card = Card.from_json(card_json(section))
     assert card.preprocessing.flatfield_degree == (1, 1)
-    out = P.preprocess(raw, card.preprocessing).numpy()
+    out = _np(P.preprocess(raw, card.preprocessing))
     np.testing.assert_allclose(out, O.preprocess(raw, card.preprocessing), rtol=0, atol=5e-5)
     default = Card.from_json(card_json()).preprocessing
     assert default == Preprocessing()
-    np.testing.assert_allclose(P.preprocess(raw, default).numpy(), O.preprocess(raw, default), rtol=0, atol=5e-5)
+    np.testing.assert_allclose(_np(P.preprocess(raw, default)), O.preprocess(raw, default), rtol=0, atol=5e-5)
 
 
 def test_preprocess_stats_and_timings():
@@ -528,7 +533,10 @@ def test_preprocess_device_argument():
     raw = raw_frame().astype(np.uint16)
     a = P.preprocess(raw, Preprocessing(), device="cpu")
     b = P.preprocess(raw, Preprocessing(), device=torch.device("cpu"))
-    assert a.device.type == "cpu" and torch.equal(a, b)
+    c = P.preprocess(raw, Preprocessing())
+    assert isinstance(a, np.ndarray) and np.array_equal(a, b) and np.array_equal(a, c)  # numpy on the CPU
+    t = P.preprocess(torch.from_numpy(raw.astype(np.float32)), Preprocessing(), device="cpu")
+    assert isinstance(t, torch.Tensor) and t.device.type == "cpu"  # a tensor stays a tensor
     with pytest.raises(ValueError, match="device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu0'"):
         P.preprocess(raw, Preprocessing(), device="gpu0")
     if not torch.cuda.is_available():
@@ -553,7 +561,7 @@ def test_preprocess_on_cuda_matches_cpu(dtype):
         gpu = P.preprocess(raw, params, device="cuda")
         assert gpu.device.type == "cuda"
         cpu = P.preprocess(raw, params, device="cpu")
-        np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), rtol=0, atol=5e-5)
+        np.testing.assert_allclose(_np(gpu.cpu()), _np(cpu), rtol=0, atol=5e-5)
     t = torch.from_numpy(raw.astype(np.float32)).cuda()
     assert P.preprocess(t, Preprocessing()).device == t.device
 

@@ -111,7 +111,7 @@ def evaluate_bundle(bundle: Any, samples: Any, *, backend: str = "onnxruntime", 
     cache = inputs_cache if inputs_cache is not None else {}
     if key not in cache:
         if samples.content == "raw":
-            cache[key] = np.stack([preprocess(im, params).numpy() for im in samples.images]) if len(samples) else \
+            cache[key] = np.stack([np.asarray(preprocess(im, params)) for im in samples.images]) if len(samples) else \
                 np.zeros((0, *samples.shape), np.float32)
         else:
             if samples.preprocessing is not None and samples.preprocessing != params:

@@ -324,7 +324,7 @@ def build_dataset(images: Sequence[str | os.PathLike[str]], out: str | os.PathLi
                 if min(label.shape) < cfg.patch_px:
                     skipped["too_small"].append(f.name)
                     continue
-                x = preprocess(frame.pixels, cfg.preprocessing).numpy()
+                x = np.asarray(preprocess(frame.pixels, cfg.preprocessing))
                 used += 1
                 for y0, x0, pim, plb in _iter_patches(x, label, cfg.patch_px, stride):
                     count = int(plb.sum())

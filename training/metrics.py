@@ -6,15 +6,19 @@ integer/bool with 1 = particle.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch-free at run time: the demo imports dice_from_masks without fringelive[torch]
+    import torch
 
 __all__ = ["hard_dice", "dice_from_masks", "error_rates"]
 
 
 def _class1_mask(pred: torch.Tensor, threshold: float) -> torch.Tensor:
     if pred.ndim == 4:
-        pred = torch.softmax(pred.float(), dim=1)[:, 1]
+        pred = pred.float().softmax(dim=1)[:, 1]
     return pred > threshold
 
 

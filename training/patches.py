@@ -76,5 +76,5 @@ def network_input(ss: SampleSet, i: int, params: Preprocessing) -> np.ndarray:
     """Sample ``i`` as the network sees it ``(H, W)`` float32: raw counts go through the shared
     preprocessing engine with ``params``; preprocessed samples are taken as they are."""
     if ss.content == "raw":
-        return preprocess(ss.images[i], params).numpy()
+        return np.asarray(preprocess(ss.images[i], params))
     return np.asarray(ss.images[i], dtype=np.float32)

@@ -24,6 +24,7 @@ import numpy as np
 from fringelive.bundle.bundle_io import Bundle, load_bundle
 from fringelive.bundle.card import Member
 from fringelive.engine.backends.kinds import BACKEND_KINDS, GPU_KINDS, KIND_MODULES
+from fringelive.engine.optional import TORCH_HINT, is_missing_torch
 
 __all__ = [
     "Backend",
@@ -148,6 +149,8 @@ class Backend:
 
 _REGISTRY: dict[str, type[Backend]] = {}
 _GPU_KINDS: list[str] = []
+#: kind → why it cannot load (its module needs PyTorch, which is not installed).
+_NEEDS_TORCH: dict[str, str] = {}
 
 
 def register_backend(*kinds: str, gpu: Sequence[str] = ()) -> Callable[[type[Backend]], type[Backend]]:
@@ -176,11 +179,17 @@ def register_backend(*kinds: str, gpu: Sequence[str] = ()) -> Callable[[type[Bac
 def _register_all() -> None:
     """Import every backend module of :data:`~.kinds.KIND_MODULES` (their decorators register
     them; torch and the runtimes load here, not when the package is imported)."""
-    if len(_REGISTRY) == len(BACKEND_KINDS):
+    if len(_REGISTRY) + len(_NEEDS_TORCH) == len(BACKEND_KINDS):
         return
     for module in dict.fromkeys(KIND_MODULES.values()):
-        importlib.import_module(f"fringelive.engine.backends.{module}")
-    missing = [k for k in BACKEND_KINDS if k not in _REGISTRY]
+        try:
+            importlib.import_module(f"fringelive.engine.backends.{module}")
+        except ImportError as e:  # torch is optional (fringelive[torch]); the CPU kinds never need it
+            if not is_missing_torch(e):
+                raise
+            for kind in (k for k, m in KIND_MODULES.items() if m == module):
+                _NEEDS_TORCH[kind] = f"the {kind} backend needs PyTorch, which is not installed: {TORCH_HINT}"
+    missing = [k for k in BACKEND_KINDS if k not in _REGISTRY and k not in _NEEDS_TORCH]
     if missing:
         raise RuntimeError(f"backend kinds {missing} are declared in engine/backends/kinds.py but no module "
                            "registers them")
@@ -240,6 +249,8 @@ def create_backend(kind: str, source: "Bundle | str | os.PathLike[str]", *, memb
     Raises :class:`BackendUnavailable` when the runtime, GPU, server or a needed file is missing.
     """
     kinds = backend_kinds()
+    if kind in _NEEDS_TORCH:
+        raise BackendUnavailable(kind, _NEEDS_TORCH[kind])
     if kind not in kinds:
         raise ValueError(f"unknown backend kind {kind!r}; known: {list(kinds)}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -291,4 +302,6 @@ def create_backends(kind: str, bundle: "Bundle | str | os.PathLike[str]", member
 def available_backends() -> dict[str, str | None]:
     """Each kind → None when it can run here, else the reason it cannot (nothing is built; GPU
     kinds are only checked for their runtime and a visible GPU, ``triton`` for tritonclient)."""
-    return {kind: _REGISTRY[kind].unavailable(kind) for kind in backend_kinds()}
+    kinds = backend_kinds()
+    return {kind: (_REGISTRY[kind].unavailable(kind) if kind in _REGISTRY else _NEEDS_TORCH[kind])
+            for kind in BACKEND_KINDS if kind in kinds or kind in _NEEDS_TORCH}

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from fringelive.bundle.bundle_io import Bundle
 from fringelive.bundle.card import Member
 from fringelive.engine.backends.base import (Backend, BackendUnavailable, default_trt_cache_dir, register_backend,
                                              usable_cpu_count)
-from fringelive.engine.backends.cuda_staging import CudaStager, cuda_device
+from fringelive.engine.optional import import_torch, is_missing_torch
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -112,17 +111,23 @@ class OnnxRuntimeBackend(Backend):
         if self.input_name not in inputs or self.output_name not in outputs:
             raise ValueError(f"ONNX model {path} has inputs {inputs} and outputs {outputs}; "
                              f"expected input {self.input_name!r} and output {self.output_name!r}")
-        self._stager: CudaStager | None = None
+        self._stager: Any = None  # a CudaStager (torch) on CUDA
         if gpu:
-            try:
+            try:  # pinned staging needs torch (fringelive[torch]); without it ORT's own transfers
+                from fringelive.engine.backends.cuda_staging import CudaStager, cuda_device  # noqa: PLC0415
                 cuda_device(kind, dev)
+            except ImportError as e:
+                if not is_missing_torch(e):
+                    raise
+                log.info("%s: torch is not installed; using OrtValue transfers without pinned staging", kind)
             except BackendUnavailable:
                 log.info("%s: torch cannot see %s; using OrtValue transfers without pinned staging", kind, dev)
             else:
                 self._stager = CudaStager(dev, self._run_bound, chunk=chunk)
 
-    def _run_bound(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _run_bound(self, x: Any) -> Any:
         """One chunk on GPU tensors (io_binding by pointer); blocks until ORT is done."""
+        torch = import_torch()
         n, _, h, w = x.shape
         out_shape = (n, self._num_classes(h, w), h, w)
         y = torch.empty(out_shape, dtype=torch.float32, device=x.device)

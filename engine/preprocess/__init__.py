@@ -1,16 +1,19 @@
 """Preprocessing engine shared by training and the daemon: raw camera frame → network input.
 
-Device-agnostic torch, float32; the same code runs on CPU and CUDA. Parameters come from the
-bundle card (:class:`fringelive.bundle.card.Preprocessing`). :func:`preprocess` runs
+Written once against a small array namespace (:mod:`fringelive.engine.arrays`), float32: numpy
+on the CPU (no torch needed: the serving path), torch for tensors and on CUDA; the same code
+runs in both. Parameters come from the bundle card
+(:class:`fringelive.bundle.card.Preprocessing`). :func:`preprocess` runs
 
     cast to float32 → :func:`remove_xrays` (if ``xray_removal``) → :func:`flatfield_correct`
     (if ``flatfield``) → :func:`rescale`
 
-on a 2-D frame ``(H, W)`` of raw counts and returns an ``(H, W)`` float32 tensor. The steps
-are public too; each takes an ``(H, W)`` tensor or array and returns a new float32 tensor on
-the input's device; no function modifies its input. Frames may be numpy arrays of any integer
-or float dtype in either byte order, or torch tensors; NaN/±Inf are refused (ValueError naming
-the count), as are other shapes.
+on a 2-D frame ``(H, W)`` of raw counts and returns an ``(H, W)`` float32 array: numpy for a
+numpy frame on the CPU (``device`` None or "cpu"), a torch tensor for a tensor (on its device)
+or for ``device="cuda:N"``. The steps are public too; each takes an ``(H, W)`` array or tensor
+and returns a new float32 one of the same kind; no function modifies its input. Frames may be
+numpy arrays of any integer or float dtype in either byte order, or torch tensors; NaN/±Inf
+are refused (ValueError naming the count), as are other shapes.
 
 X-ray removal (the published ``xray_correct_threshold``, vectorized)
     Negative counts → 0. Pixels above ``median + threshold_counts`` are outliers; all of them
@@ -57,18 +60,21 @@ Rescale
 CPU speed: full-frame passes run in chunks of :data:`_CHUNK_PIXELS` in place, so a 4096²
 frame allocates one float32 image and no other full-size temporaries (a fresh 64 MB buffer
 costs ~25 ms of page faults here, more than the arithmetic). The comparison-heavy kernels
-(bracket count/selection, outlier search, partial selection) use numpy views of the CPU
-tensors (:data:`NUMPY_CPU_SCANS`; 4–8× faster than torch's CPU comparisons, identical exact
-results; CUDA always uses the torch kernels). Measured by ``benchmarks/preprocess_steps.py``.
-On an oversubscribed CPU run torch single-threaded: every intra-op parallel region then waits
-for a descheduled peer thread (measured 25× slower on a small frame, 3× on 4096²).
+(bracket count/selection, outlier search, partial selection) run in numpy, also for CPU
+tensors through numpy views (:data:`NUMPY_CPU_SCANS`; 4–8× faster than torch's CPU comparisons,
+identical exact results; CUDA always uses the torch kernels). Measured by
+``benchmarks/preprocess_steps.py`` (numpy vs torch CPU in ``benchmarks/README.md``). For torch on
+an oversubscribed CPU run it single-threaded: every intra-op parallel region then waits for a
+descheduled peer thread (measured 25× slower on a small frame, 3× on 4096²).
 
 Agreement with the plain numpy/scipy float64 oracle (``tests/oracle_preprocess.py``), checked
 by ``tests/test_preprocess.py``: the same outlier pixels replaced, all others bit-identical,
 replaced values within 1e-5 relative; flat-field coefficients, surface and corrected image
 within 1e-5 relative (measured ~1e-7); rescale within 1e-5 absolute + 1e-6 relative
 (standardize) and 1e-6 absolute (normalize, histogram); medians and percentiles bit-identical;
-the whole pipeline within 5e-5 absolute.
+the whole pipeline within 5e-5 absolute. numpy against torch (CPU tensors, numpy scan views and
+torch kernels), ``tests/test_preprocess_parity.py``: x-ray fills identical, standardised images
+within 1e-4 (measured ≤ 2e-5: float32 sums in another order), pipeline masks identical.
 """
 
 from __future__ import annotations
@@ -76,10 +82,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-import torch
-
 from fringelive.bundle.card import Preprocessing
+from fringelive.engine.arrays import Array, namespace_of
 from fringelive.engine.preprocess import settings
 from fringelive.engine.preprocess.flatfield import (_block_coords, _check_flatfield_args, _flatfield, bernstein_basis,
                                                     evaluate_flatfield, fit_flatfield, fit_flatfield_coefficients,
@@ -119,31 +123,34 @@ def min_frame_side(params: Preprocessing) -> int:
     return params.flatfield_downsample * (max(params.flatfield_degree) + 1)
 
 
-def preprocess(frame: np.ndarray | torch.Tensor, params: Preprocessing, device: str | torch.device | None = None,
-               *, stats: dict[str, Any] | None = None, timings: dict[str, float] | None = None) -> torch.Tensor:
+def preprocess(frame: Any, params: Preprocessing, device: Any = None,
+               *, stats: dict[str, Any] | None = None, timings: dict[str, float] | None = None) -> Array:
     """Raw camera frame → network input, as the bundle card ``params`` prescribes.
 
     frame: (H, W) counts; numpy (any integer/float dtype, either byte order) or torch tensor.
-    device: where to compute; default the tensor's device, CPU for numpy input.
+    device: where to compute; default the tensor's device, numpy on the CPU for numpy input
+    ("cpu" too); a torch device such as "cuda:0" needs PyTorch.
     stats: if given, filled with ``xray_pixels`` (pixels replaced, all passes) and, with the
     flat-field on, ``flatfield_min``/``flatfield_max`` (fitted surface at the block centres
     relative to its mean: the illumination non-uniformity).
     timings: if given, filled with the wall time in ms of each stage as run here
     (``to_float32``, ``remove_xrays``, ``flatfield``, ``rescale``; 0.0 for a stage the card
     switches off), synchronising CUDA after each stage.
-    Returns an (H, W) float32 tensor on ``device``; ``frame`` is never modified.
+    Returns an (H, W) float32 array (numpy on the CPU for numpy input, else a tensor on
+    ``device``); ``frame`` is never modified.
     """
     if not isinstance(params, Preprocessing):
         raise TypeError(f"params must be a fringelive.bundle.card.Preprocessing, got {type(params).__name__}")
     clock = _StageClock(timings)
-    with torch.no_grad():
-        x, owned = _to_float32(frame, device)
-        clock.lap("to_float32", x.device)
+    x, owned = _to_float32(frame, device)
+    xp = namespace_of(x)
+    with xp.no_grad():
+        clock.lap("to_float32", xp)
         n = 0
         if params.xray_removal:
             x, n = _remove_xrays(x, params.xray_threshold_counts, params.xray_passes, settings.MAX_FILL_SWEEPS, inplace=owned)
             owned = True
-        clock.lap("remove_xrays", x.device, params.xray_removal)
+        clock.lap("remove_xrays", xp, params.xray_removal)
         if stats is not None:
             stats["xray_pixels"] = n
         if params.flatfield:
@@ -155,14 +162,14 @@ def preprocess(frame: np.ndarray | torch.Tensor, params: Preprocessing, device: 
             if stats is not None:
                 hb, wb = z.shape
                 f = params.flatfield_downsample
-                fit = (bernstein_basis(_block_coords(hb, f, x.shape[0], x.device), dy) @ coef
-                       @ bernstein_basis(_block_coords(wb, f, x.shape[1], x.device), dx).T)
+                fit = (bernstein_basis(_block_coords(hb, f, x.shape[0], xp), dy) @ coef
+                       @ bernstein_basis(_block_coords(wb, f, x.shape[1], xp), dx).T)
                 m = fit.mean()
                 stats["flatfield_min"] = float((fit.min() / m).item())
                 stats["flatfield_max"] = float((fit.max() / m).item())
-        clock.lap("flatfield", x.device, params.flatfield)
+        clock.lap("flatfield", xp, params.flatfield)
         x = _rescale(x, params.rescale, tuple(params.histogram_percentiles), inplace=owned)
-        clock.lap("rescale", x.device)
+        clock.lap("rescale", xp)
         return x
 
 
@@ -173,11 +180,10 @@ class _StageClock:
         self.timings = timings
         self.t0 = time.perf_counter()
 
-    def lap(self, name: str, device: torch.device, ran: bool = True) -> None:
+    def lap(self, name: str, xp: Any, ran: bool = True) -> None:
         if self.timings is None:
             return
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        xp.sync()
         t1 = time.perf_counter()
         self.timings[name] = (t1 - self.t0) * 1e3 if ran else 0.0
         self.t0 = t1

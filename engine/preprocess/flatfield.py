@@ -7,31 +7,31 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
+from fringelive.engine.arrays import Array, TorchNamespace, is_tensor, namespace_for, namespace_of
 from fringelive.engine.preprocess import settings
-from fringelive.engine.preprocess.frames import _check_shape, _resolve_device, _to_float32, as_float32_frame
+from fringelive.engine.preprocess.frames import _check_shape, _to_float32, as_float32_frame
 
 __all__ = ["bernstein_basis", "fit_flatfield_coefficients", "evaluate_flatfield", "fit_flatfield", "flatfield_correct"]
 
 
-def bernstein_basis(u: torch.Tensor, degree: int) -> torch.Tensor:
+def bernstein_basis(u: Array, degree: int) -> Array:
     """Bernstein polynomials ``C(n,k) u^k (1-u)^(n-k)``, k = 0..n, at ``u`` (N,) in [0, 1]:
     (N, n+1) in ``u``'s dtype. Non-negative and summing to 1 on [0, 1]."""
     if not isinstance(degree, int) or degree < 0:
         raise ValueError(f"degree must be an integer >= 0, got {degree!r}")
     cols = [math.comb(degree, k) * u ** k * (1 - u) ** (degree - k) for k in range(degree + 1)]
-    return torch.stack(cols, dim=1)
+    return namespace_of(u).stack(cols, axis=1)
 
 
-def _pixel_coords(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _pixel_coords(n: int, xp: Any, dtype: Any) -> Array:
     """Pixel-centre coordinates ``(i + 0.5) / n``, i = 0..n-1."""
-    return (torch.arange(n, device=device, dtype=torch.float64) + 0.5).div_(n).to(dtype)
+    return xp.astype((xp.arange(n, xp.float64) + 0.5) / n, dtype)
 
 
-def _block_coords(nb: int, factor: int, n: int, device: torch.device) -> torch.Tensor:
-    """Centres of the first ``nb`` blocks of ``factor`` pixels, in the full frame's [0, 1]."""
-    return (torch.arange(nb, device=device, dtype=torch.float64) * factor + factor / 2.0) / n
+def _block_coords(nb: int, factor: int, n: int, xp: Any) -> Array:
+    """Centres of the first ``nb`` blocks of ``factor`` pixels, in the full frame's [0, 1] (float64)."""
+    return (xp.arange(nb, xp.float64) * factor + factor / 2.0) / n
 
 
 def _check_flatfield_args(degree: Any, downsample: Any, iterations: Any, weight_scale: Any) -> tuple[int, int]:
@@ -47,23 +47,24 @@ def _check_flatfield_args(degree: Any, downsample: Any, iterations: Any, weight_
     return int(degree[0]), int(degree[1])
 
 
-def _block_mean(x: torch.Tensor, d: int) -> torch.Tensor:
+def _block_mean(x: Array, d: int) -> Array:
     """Mean of each full d×d block of (H, W) ``x``: (H // d, W // d) float32. Rows of blocks are
     reduced first (contiguous), then the column groups of the 4× smaller result by strided adds
     (4× faster than ``avg_pool2d`` on CPU)."""
     h, w = x.shape
     hb, wb = h // d, w // d
     if d == 1:
-        return x.clone()
-    rows = x[: hb * d].view(hb, d, w).sum(1)[:, : wb * d].view(hb, wb, d)
+        return x.clone() if is_tensor(x) else x.copy()
+    rows = x[: hb * d].reshape(hb, d, w).sum(1)[:, : wb * d].reshape(hb, wb, d)
     out = rows[:, :, 0] + rows[:, :, 1]
     for j in range(2, d):
         out += rows[:, :, j]
-    return out.mul_(1.0 / (d * d))
+    out *= 1.0 / (d * d)
+    return out
 
 
-def _fit_coefficients(x: torch.Tensor, dy: int, dx: int, downsample: int, iterations: int,
-                      weight_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit_coefficients(x: Array, dy: int, dx: int, downsample: int, iterations: int,
+                      weight_scale: float) -> tuple[Array, Array]:
     """Coefficients (dy+1, dx+1) float64 of the IRLS Bernstein fit to the block-mean image, and
     the block-mean image itself (Hb, Wb) float32.
 
@@ -71,6 +72,7 @@ def _fit_coefficients(x: torch.Tensor, dy: int, dx: int, downsample: int, iterat
     block grid are float32 (torch's float64 elementwise kernels, exp above all, are several
     times slower on CPU; the residual of counts ~1e3 keeps ~1e-4 counts, far below the noise).
     """
+    xp = namespace_of(x)
     h, w = x.shape
     hb, wb = h // downsample, w // downsample
     if hb < dy + 1 or wb < dx + 1:
@@ -79,44 +81,47 @@ def _fit_coefficients(x: torch.Tensor, dy: int, dx: int, downsample: int, iterat
             f"degree ({dy}, {dx}) surface (needs at least {dy + 1}x{dx + 1})"
         )
     z = _block_mean(x, downsample)
-    z64 = z.double()
-    by = bernstein_basis(_block_coords(hb, downsample, h, x.device), dy)   # (Hb, p) float64
-    bx = bernstein_basis(_block_coords(wb, downsample, w, x.device), dx)   # (Wb, q)
-    by32, bx32 = by.float(), bx.float()
+    z64 = xp.astype(z, xp.float64)
+    by = bernstein_basis(_block_coords(hb, downsample, h, xp), dy)   # (Hb, p) float64
+    bx = bernstein_basis(_block_coords(wb, downsample, w, xp), dx)   # (Wb, q)
+    by32, bx32 = xp.astype(by, xp.float32), xp.astype(bx, xp.float32)
     p, q = dy + 1, dx + 1
     pyy = (by[:, :, None] * by[:, None, :]).reshape(hb, p * p)
     pxx = (bx[:, :, None] * bx[:, None, :]).reshape(wb, q * q)
-    wts: torch.Tensor | None = None  # None: all ones
-    coef = torch.zeros(p, q, dtype=torch.float64, device=x.device)
+    wts: Array | None = None  # None: all ones
+    coef = xp.zeros((p, q), xp.float64)
     for it in range(iterations + 1):
         # normal equations of sum_ij w_ij (z_ij - sum_kl By_ik C_kl Bx_jl)^2, separable form
         if wts is None:
-            g = torch.outer(pyy.sum(0), pxx.sum(0))
+            g = xp.outer(pyy.sum(0), pxx.sum(0))
             rhs = by.T @ z64 @ bx
         else:
             g = pyy.T @ wts @ pxx
             rhs = by.T @ (wts * z64) @ bx
-        g = g.reshape(p, p, q, q).permute(0, 2, 1, 3).reshape(p * q, p * q)
-        try:
-            coef = torch.linalg.solve(g, rhs.reshape(p * q)).reshape(p, q)
-        except RuntimeError:  # torch.linalg.LinAlgError
+        g = xp.permute(g.reshape(p, p, q, q), (0, 2, 1, 3)).reshape(p * q, p * q)
+        solved = xp.solve(g, rhs.reshape(p * q))
+        if solved is None:
             raise ValueError(
                 f"flat-field fit is singular (degree ({dy}, {dx}) on {hb}x{wb} blocks); "
                 "the image has too little usable area"
-            ) from None
+            )
+        coef = solved.reshape(p, q)
         if it == iterations:
             break
-        e = (by32 @ coef.float() @ bx32.T).sub_(z).square_()   # squared residual (Hb, Wb)
+        e = xp.outer_sum(by32, xp.astype(coef, xp.float32) @ bx32.T)  # (Hb, Wb) fitted surface
+        e -= z
+        xp.square_(e)                                    # squared residual (Hb, Wb)
         e_mean = float(e.mean().item())
         if not e_mean > 0:  # exact fit: reweighting changes nothing
             break
-        wts = torch.exp_(e.mul_(-weight_scale / e_mean)).double()
+        e *= -weight_scale / e_mean
+        wts = xp.astype(xp.exp_(e), xp.float64)
     return coef, z
 
 
-def fit_flatfield_coefficients(img: np.ndarray | torch.Tensor, degree: tuple[int, int] = (2, 2),
+def fit_flatfield_coefficients(img: Any, degree: tuple[int, int] = (2, 2),
                                downsample: int = 4, iterations: int = 2,
-                               weight_scale: float = 1.5) -> torch.Tensor:
+                               weight_scale: float = 1.5) -> Array:
     """Control points (dy+1, dx+1) float64 of the flat-field surface of an (H, W) image
     (iteratively reweighted least squares on the ``downsample``× block-mean image, px)."""
     dy, dx = _check_flatfield_args(degree, downsample, iterations, weight_scale)
@@ -124,22 +129,24 @@ def fit_flatfield_coefficients(img: np.ndarray | torch.Tensor, degree: tuple[int
     return _fit_coefficients(x, dy, dx, downsample, iterations, float(weight_scale))[0]
 
 
-def evaluate_flatfield(coefficients: torch.Tensor, shape: tuple[int, int],
-                       device: str | torch.device | None = None) -> torch.Tensor:
+def evaluate_flatfield(coefficients: Any, shape: tuple[int, int], device: Any = None) -> Array:
     """The surface ``B(u) C B(v)ᵀ`` of control points ``coefficients`` (p, q) at the pixel centres
-    of an (H, W) frame: (H, W) float32 on ``device`` (default: the coefficients' device)."""
-    c = torch.as_tensor(coefficients)
+    of an (H, W) frame: (H, W) float32 of the coefficients' kind, or on ``device`` (a torch
+    device; "cpu" keeps numpy coefficients numpy)."""
+    c = coefficients if is_tensor(coefficients) else np.asarray(coefficients, dtype=np.float64)
     if c.ndim != 2:
         raise ValueError(f"coefficients must be 2-D (dy+1, dx+1), got shape {tuple(c.shape)}")
     _check_shape(tuple(shape))
-    dev = _resolve_device(device, c.device)
+    xp = namespace_for(device, namespace_of(c))
+    if isinstance(xp, TorchNamespace):
+        c = xp.torch.as_tensor(c).to(xp.device)
     h, w = int(shape[0]), int(shape[1])
-    by = bernstein_basis(_pixel_coords(h, dev, torch.float64), c.shape[0] - 1)
-    bx = bernstein_basis(_pixel_coords(w, dev, torch.float64), c.shape[1] - 1)
-    return (by.float() @ (c.to(dev) @ bx.T).float())
+    by = bernstein_basis(_pixel_coords(h, xp, xp.float64), c.shape[0] - 1)
+    bx = bernstein_basis(_pixel_coords(w, xp, xp.float64), c.shape[1] - 1)
+    return xp.astype(by, xp.float32) @ xp.astype(c @ bx.T, xp.float32)
 
 
-def _surface_floor(coef: torch.Tensor, z: torch.Tensor) -> float:
+def _surface_floor(coef: Array, z: Array) -> float:
     mean = float(z.mean().item())
     if not mean > 0:
         raise ValueError(
@@ -155,36 +162,34 @@ def _surface_error(smin: float, floor: float) -> ValueError:
     )
 
 
-def _flatfield_divide(x: torch.Tensor, coef: torch.Tensor, floor: float, inplace: bool) -> torch.Tensor:
+def _flatfield_divide(x: Array, coef: Array, floor: float, inplace: bool) -> Array:
     """``x / surface`` evaluated chunk by chunk of rows (no full-frame surface temporary)."""
+    xp = namespace_of(x)
     h, w = x.shape
-    by = bernstein_basis(_pixel_coords(h, x.device, torch.float64), coef.shape[0] - 1).float()
-    cbx = (coef @ bernstein_basis(_pixel_coords(w, x.device, torch.float64), coef.shape[1] - 1).T).float()
+    by = xp.astype(bernstein_basis(_pixel_coords(h, xp, xp.float64), coef.shape[0] - 1), xp.float32)
+    cbx = xp.astype(coef @ bernstein_basis(_pixel_coords(w, xp, xp.float64), coef.shape[1] - 1).T, xp.float32)
     # Bernstein convex hull: the surface lies within [min C, max C] on [0, 1]^2
     check_pixels = float(coef.min().item()) <= floor
-    out = x if inplace else torch.empty_like(x)
+    out = x if inplace else xp.empty_like(x)
     rows = max(1, settings._CHUNK_PIXELS // w)
     for r0 in range(0, h, rows):
-        b = by[r0:r0 + rows]
-        s = torch.outer(b[:, 0], cbx[0])  # sum of rank-1 terms: faster than a K=3 matmul
-        for k in range(1, cbx.shape[0]):
-            s.addr_(b[:, k], cbx[k])
+        s = xp.outer_sum(by[r0:r0 + rows], cbx)  # (rows, W) surface band
         if check_pixels:
             smin = float(s.min().item())
             if not smin > floor:
                 raise _surface_error(smin, floor)
-        torch.div(x[r0:r0 + rows], s, out=out[r0:r0 + rows])
+        xp.divide(x[r0:r0 + rows], s, out=out[r0:r0 + rows])
     return out
 
 
-def fit_flatfield(img: np.ndarray | torch.Tensor, degree: tuple[int, int] = (2, 2), downsample: int = 4,
-                  iterations: int = 2, weight_scale: float = 1.5) -> torch.Tensor:
-    """The fitted illumination surface of an (H, W) image of counts: (H, W) float32 on the
-    image's device (see the module docstring for the fit)."""
+def fit_flatfield(img: Any, degree: tuple[int, int] = (2, 2), downsample: int = 4,
+                  iterations: int = 2, weight_scale: float = 1.5) -> Array:
+    """The fitted illumination surface of an (H, W) image of counts: (H, W) float32 of the
+    image's kind (see the module docstring for the fit)."""
     dy, dx = _check_flatfield_args(degree, downsample, iterations, weight_scale)
     x = as_float32_frame(img)
     coef, z = _fit_coefficients(x, dy, dx, downsample, iterations, float(weight_scale))
-    surface = evaluate_flatfield(coef, tuple(x.shape), x.device)
+    surface = evaluate_flatfield(coef, tuple(x.shape))
     floor = _surface_floor(coef, z)
     smin = float(surface.min().item())
     if not smin > floor:
@@ -192,9 +197,9 @@ def fit_flatfield(img: np.ndarray | torch.Tensor, degree: tuple[int, int] = (2, 
     return surface
 
 
-def flatfield_correct(img: np.ndarray | torch.Tensor, degree: tuple[int, int] = (2, 2), downsample: int = 4,
-                      iterations: int = 2, weight_scale: float = 1.5) -> torch.Tensor:
-    """An (H, W) image divided by its fitted flat-field surface: new (H, W) float32 tensor
+def flatfield_correct(img: Any, degree: tuple[int, int] = (2, 2), downsample: int = 4,
+                      iterations: int = 2, weight_scale: float = 1.5) -> Array:
+    """An (H, W) image divided by its fitted flat-field surface: new (H, W) float32 array
     (≈ 1 where the illumination is as fitted). Raises ValueError if the surface is not
     positive (see :data:`settings.SURFACE_FLOOR_REL`)."""
     dy, dx = _check_flatfield_args(degree, downsample, iterations, weight_scale)
@@ -202,8 +207,8 @@ def flatfield_correct(img: np.ndarray | torch.Tensor, degree: tuple[int, int] = 
     return _flatfield(x, dy, dx, downsample, iterations, float(weight_scale), inplace=owned)[0]
 
 
-def _flatfield(x: torch.Tensor, dy: int, dx: int, downsample: int, iterations: int, weight_scale: float,
-               inplace: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _flatfield(x: Array, dy: int, dx: int, downsample: int, iterations: int, weight_scale: float,
+               inplace: bool) -> tuple[Array, Array, Array]:
     coef, z = _fit_coefficients(x, dy, dx, downsample, iterations, weight_scale)
     floor = _surface_floor(coef, z)
     return _flatfield_divide(x, coef, floor, inplace), coef, z

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import torch
+from typing import Any
 
+import numpy as np
+
+from fringelive.engine.arrays import Array, namespace_of
 from fringelive.engine.preprocess import settings
 from fringelive.engine.preprocess.frames import _to_float32
 from fringelive.engine.preprocess.stats import _bracketed_median, _median_from, _numpy_scans
@@ -18,75 +20,80 @@ __all__ = ["remove_xrays"]
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
-def _outlier_indices(flat: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+def _outlier_indices(flat: Array, limit: Any) -> Array:
     """Flat indices (int64, ascending) of the values above ``limit``, chunk by chunk."""
+    xp = namespace_of(flat)
     parts = []
-    if _numpy_scans(flat):
-        a = flat.numpy()
+    if _numpy_scans(xp):
+        a = xp.to_numpy(flat)
         lim = a.dtype.type(limit.item())
         for i in range(0, a.size, settings._CHUNK_PIXELS):
             parts.append(np.flatnonzero(a[i:i + settings._CHUNK_PIXELS] > lim) + i)
-        return torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False))
-    for i, ch in enumerate(flat.split(settings._CHUNK_PIXELS)):
-        parts.append(torch.nonzero(ch > limit).squeeze(1).add_(i * settings._CHUNK_PIXELS))
-    return torch.cat(parts)
+        return xp.from_numpy(np.concatenate(parts).astype(np.int64, copy=False))
+    for i in range(0, xp.size(flat), settings._CHUNK_PIXELS):
+        parts.append(xp.flatnonzero(flat[i:i + settings._CHUNK_PIXELS] > limit) + i)
+    return xp.concat(parts)
 
 
-def _fill_outliers_(x: torch.Tensor, idx: torch.Tensor, limit: torch.Tensor, fallback: torch.Tensor,
-                    max_sweeps: int) -> None:
+def _fill_outliers_(x: Array, idx: Array, limit: Any, fallback: Any, max_sweeps: int) -> None:
     """Replace the pixels ``idx`` (flat indices) of contiguous (H, W) ``x`` — exactly those
     above ``limit`` — by the mean of their in-frame 8 neighbours that are not above it, in place.
     Clusters are filled from outside in: a filled value never exceeds ``limit``, so "above
     limit" always means "still to fill". What ``max_sweeps`` sweeps leave gets ``fallback``."""
+    xp = namespace_of(x)
     h, w = x.shape
-    f = x.view(-1)
-    dy = torch.tensor([d[0] for d in _NEIGHBOURS], device=f.device)
-    dx = torch.tensor([d[1] for d in _NEIGHBOURS], device=f.device)
+    f = x.reshape(-1)  # a view: x is contiguous
+    dy = xp.asarray([d[0] for d in _NEIGHBOURS], xp.int64)
+    dx = xp.asarray([d[1] for d in _NEIGHBOURS], xp.int64)
     rr = (idx // w)[:, None] + dy                       # (n, 8) neighbour rows
     cc = (idx % w)[:, None] + dx                        # (n, 8) neighbour columns
     inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-    nb = (rr.clamp_(0, h - 1) * w).add_(cc.clamp_(0, w - 1))
+    nb = xp.clip(rr, 0, h - 1, out=rr) * w
+    nb += xp.clip(cc, 0, w - 1, out=cc)
     for _ in range(max_sweeps):
         v = f[nb]                                       # all gathered before any write
         ok = inside & (v <= limit)
         cnt = ok.sum(1)
         done = cnt > 0
-        mean = torch.where(ok, v, 0.0).sum(1)[done] / cnt[done]
-        f[idx[done]] = torch.minimum(mean, limit)
+        mean = xp.where(ok, v, 0.0).sum(1)[done] / xp.astype(cnt[done], f.dtype)
+        f[idx[done]] = xp.minimum(mean, limit)
         left = ~done
         idx, nb, inside = idx[left], nb[left], inside[left]
-        if idx.numel() == 0:
+        if xp.size(idx) == 0:
             return
-    f[idx] = fallback.to(f.dtype)
+    f[idx] = xp.astype(fallback, f.dtype)
 
 
-def _clamp_negatives(x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    out = x if inplace else torch.empty_like(x)
-    for src, dst in zip(x.view(-1).split(settings._CHUNK_PIXELS), out.view(-1).split(settings._CHUNK_PIXELS)):
-        torch.clamp(src, min=0.0, out=dst)
+def _clamp_negatives(x: Array, inplace: bool) -> Array:
+    xp = namespace_of(x)
+    out = x if inplace else xp.empty_like(x)
+    src, dst = x.reshape(-1), out.reshape(-1)
+    for i in range(0, xp.size(src), settings._CHUNK_PIXELS):
+        xp.clip(src[i:i + settings._CHUNK_PIXELS], 0.0, None, out=dst[i:i + settings._CHUNK_PIXELS])
     return out
 
 
-def _remove_xrays(x: torch.Tensor, threshold_counts: float, passes: int, max_sweeps: int,
-                  inplace: bool) -> tuple[torch.Tensor, int]:
+def _remove_xrays(x: Array, threshold_counts: float, passes: int, max_sweeps: int,
+                  inplace: bool) -> tuple[Array, int]:
     """Negatives → 0, then ``passes`` passes of outlier replacement; returns the image and the
     number of pixels replaced. Pass k+1's median comes from pass k's bracket updated with the
     replaced values (exact; a rescan only if the bracket no longer covers the middle), and the
     outlier scan is skipped when that median did not drop (every pixel is then at or below
     the previous limit, hence below the new one)."""
     x = _clamp_negatives(x, inplace)
-    f = x.view(-1)
-    n = f.numel()
-    thr = torch.tensor(threshold_counts, dtype=x.dtype, device=x.device)
+    xp = namespace_of(x)
+    f = x.reshape(-1)
+    n = xp.size(f)
+    thr = xp.asarray(threshold_counts, x.dtype)
     replaced = 0
     med, br = _bracketed_median(x) if passes else (None, None)
     idx = _outlier_indices(f, med + thr) if passes else None
     for p in range(passes):
-        if idx.numel() == 0:
+        if xp.size(idx) == 0:
             break
         old = f[idx]
         _fill_outliers_(x, idx, med + thr, med, max_sweeps)
-        replaced += idx.numel()
+        replaced += xp.size(idx)
         if p == passes - 1:
             break
         new_med = None
@@ -95,7 +102,7 @@ def _remove_xrays(x: torch.Tensor, threshold_counts: float, passes: int, max_swe
             new_med = _median_from(br, n) if br is not None else None
         if new_med is None:
             new_med, br = _bracketed_median(x)
-        dropped = bool((new_med < med).item())
+        dropped = bool(new_med < med)
         med = new_med
         idx = _outlier_indices(f, med + thr) if dropped else idx[:0]
     return x, replaced
@@ -110,14 +117,15 @@ def _check_xray_args(threshold_counts: float, passes: int, max_sweeps: int) -> N
         raise ValueError(f"max_sweeps must be an integer >= 1, got {max_sweeps!r}")
 
 
-def remove_xrays(img: np.ndarray | torch.Tensor, threshold_counts: float = 1500.0, passes: int = 2, *,
-                 max_sweeps: int = settings.MAX_FILL_SWEEPS) -> torch.Tensor:
+def remove_xrays(img: Any, threshold_counts: float = 1500.0, passes: int = 2, *,
+                 max_sweeps: int = settings.MAX_FILL_SWEEPS) -> Array:
     """X-ray hits and negative counts removed from an (H, W) frame of counts.
 
     Negatives → 0; then ``passes`` times: pixels above ``median + threshold_counts`` (counts) are
     replaced by the mean of their in-frame non-outlier 8 neighbours (clusters filled from
     outside in for up to ``max_sweeps`` sweeps, the rest by the median). Returns a new (H, W)
-    float32 tensor on ``img``'s device; other pixels are unchanged bit for bit.
+    float32 array of ``img``'s kind (numpy, or a tensor on its device); other pixels are
+    unchanged bit for bit.
     """
     _check_xray_args(threshold_counts, passes, max_sweeps)
     x, owned = _to_float32(img, None)
