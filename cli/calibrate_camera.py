@@ -23,7 +23,7 @@ import numpy as np
 
 from fringelive.cli import CLIError, summary
 from fringelive.daemon.camera import write_camera_section
-from fringelive.engine.camera import CameraCalibrationError, PhotonTransferFit, calibrate_camera
+from fringelive.engine.camera import CameraCalibrationError, StreamCameraFit, calibrate_camera
 from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
 
 
@@ -74,7 +74,8 @@ def run_calibrate_camera(args: argparse.Namespace) -> int:
                        "illuminations) or --stream FILE...", code=2)
     try:
         if args.stream:
-            fit = PhotonTransferFit(read_noise_counts=args.read_noise, noise_factor=args.noise_factor)
+            # frame pairs of one scene and dose where the stream has them, else single frames
+            fit = StreamCameraFit(read_noise_counts=args.read_noise, noise_factor=args.noise_factor)
             for frame in _read(args.stream, "--stream"):
                 fit.add_frame(frame)
             res = fit.result()
@@ -112,7 +113,8 @@ def run_calibrate_camera(args: argparse.Namespace) -> int:
 def _stream_toml(res: Any, name: str) -> str:
     c = res.camera(name)
     lines = ["[camera]"] + ([f'name = "{name}"'] if name else [])
-    lines += [f"gain_counts_per_e = {c.gain_counts_per_e:.5g}    # ± {res.gain_se:.2g} (1σ), from a recorded stream",
+    lines += [f"gain_counts_per_e = {c.gain_counts_per_e:.5g}    # ± {res.gain_se:.2g} (1σ), from a recorded stream "
+              f"({res.frames} {'frame pairs' if res.method == 'temporal' else 'frames'})",
               f"offset_counts = {c.offset_counts:.5g}    # ± {res.offset_se:.2g} (1σ), from {res.offset_method}",
               f"read_noise_counts = {c.read_noise_counts:.4g}",
               f"noise_factor = {c.noise_factor:.4g}    # ± {res.noise_factor_se:.2g} (1σ)"]

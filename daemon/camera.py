@@ -177,7 +177,7 @@ class CameraLearner:
         (gain and offset configured) | ``off``; ``config_disagrees`` (check mode, confident fit)."""
         mode = "check" if self.checking else "learn" if self.learning else "off"
         return {"config": self.settings.to_dict(), "learning": self.learning, "mode": mode, "frames_fed": self._fed,
-                "frame_pairs": 0 if self.fit is None or self.fit.pairs is None else self.fit.pairs.found,
+                "frame_pairs": 0 if self.fit is None else self.fit.pairs_found,
                 "fit": None if self.learned is None else self.learned.to_dict(),
                 "config_disagrees": self.config_disagrees()}
 

@@ -230,6 +230,8 @@ def test_learned_from_the_stream() -> None:
             d.camera.wait(60)  # every refit due so far, the last one on all 120 frames
             status = control_request(d.endpoints["control"], "status")["camera"]
             fit = status["fit"]
+            print("learned:", {k: fit[k] for k in ("method", "frames", "gain_counts_per_e", "gain_se", "offset_counts",
+                                                 "offset_se", "offset_method", "confident", "reasons")})
             assert status["mode"] == "learn" and status["frames_fed"] == 120
             assert fit is not None and fit["confident"], fit
             assert fit["method"] == "temporal" and fit["frames"] >= 40, fit  # frame pairs
@@ -278,6 +280,8 @@ def test_wrong_config_is_reported() -> None:
             s.close()
         status = control_request(d.endpoints["control"], "status")["camera"]
         fit = status["fit"]
+        print("check fit:", fit and {k: fit[k] for k in ("method", "frames", "gain_counts_per_e", "gain_se", "offset_counts",
+                                                        "offset_se", "offset_method", "confident", "reasons")})
         assert status["mode"] == "check" and fit is not None and fit["confident"], status
         assert fit["method"] == "temporal" and fit["gain_counts_per_e"] == pytest.approx(8.0, rel=0.15), fit
         assert status["config_disagrees"] == {"gain_counts_per_e": True, "offset_counts": False}, status

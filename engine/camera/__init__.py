@@ -83,7 +83,10 @@ Caveats: an integrating camera with gain noise (scintillator/Landau) has an exce
 factor ``ENF = 1 + CV²``; photon transfer then measures ``g·ENF`` and doses from it read low by
 ``ENF`` (calibrate with a known dose, e.g. a Faraday cup or the screen current). Specimen
 texture that survives the structure rejection inflates ``v_lf`` more than ``v_hp``; flat
-frames without specimen are the clean input (:func:`calibrate_camera`).
+frames without specimen are the clean input (:func:`calibrate_camera`), and so are pairs of
+frames of one scene at one dose, whose difference carries no scene at all
+(:class:`FramePairs`; :class:`StreamCameraFit` learns from them in a stream, preferring them to
+single frames; :func:`config_disagreement` checks configured constants against a fit).
 """
 
 from .blocks import BlockStats, block_statistics, flat_blocks

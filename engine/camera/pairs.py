@@ -12,8 +12,12 @@ A stream is a time series: consecutive frames of one area at one dose are the co
 revisited area the other. :class:`FramePairs` holds the blocks of the last ``window`` unpaired
 frames (on a fixed grid of at most ``max_blocks`` positions: ~1 MB per held 32² × 256 blocks,
 float32) and pairs a new frame with the held frame that matches best, if any matches; both are
-then used up (disjoint pairs, so the pairs are independent). Match: on the blocks free of
-particles in both frames (the model's masks, one block of margin) the block-mean differences,
+then used up (disjoint pairs, so the pairs are independent). A static particle cancels in the
+difference like the support does, so the masks only exclude the blocks where the two frames'
+predicted particles differ (a particle in one frame only: it moved, grew or appeared, or one of
+the model's specks); the per-block flatness checks on the difference reject any other change
+(fringes that moved). Match:
+on those blocks the block-mean differences,
 less their median (a dose change between the frames), scatter no more than ``match_ratio`` × the
 scatter that noise alone gives them (``√(2·P/N)``, ``P`` the median zero-frequency noise power of
 the difference blocks, ``N`` pixels per block). A different scene (texture), a different dose
@@ -39,7 +43,7 @@ class _Held:
     shape: tuple[int, int]
     stack: np.ndarray       # (n, B, B) float32, cleaned
     outliers: np.ndarray    # (n,)
-    free: np.ndarray        # (n,) bool: no particle within one block
+    clear: np.ndarray       # (n,) bool: no predicted particle in the block
     level: float            # median block mean, counts
 
 
@@ -93,20 +97,21 @@ class FramePairs:
         origin = self._origin(shape)
         stack, outliers = clean_blocks(block_stack(frame, origin, self.block), self.clip_sigma)
         cells = origin // self.block
-        free = _block_grid(shape, self.block, mask)[cells[:, 0], cells[:, 1]]
+        clear = _block_grid(shape, self.block, mask, margin=0)[cells[:, 0], cells[:, 1]]
         level = float(np.median(stack.mean(axis=(1, 2))))
         best: tuple[float, int, np.ndarray] | None = None
         for k, h in enumerate(self._held):
             if h.shape != shape or abs(h.level - level) > 0.1 * max(abs(level), 1e-9):
                 continue  # another frame size, or another dose (or beam)
-            both = free & h.free
+            # particles (or none) in the block in both frames
+            both = clear == h.clear
             if both.sum() < self.min_blocks:
                 continue
             r = self._ratio(stack[both], h.stack[both].astype(np.float64))
             if r <= self.match_ratio and (best is None or r < best[0]):
                 best = (r, k, both)
         if best is None:
-            self._held.append(_Held(shape, stack.astype(np.float32), outliers, free, level))
+            self._held.append(_Held(shape, stack.astype(np.float32), outliers, clear, level))
             return None
         _, k, both = best
         h = self._held[k]

@@ -6,8 +6,8 @@ spatial (single-frame) photon-transfer fit side by side, and which one speaks.
   and fixed pattern cancel exactly (EMVA 1288's temporal variance). Used once confident.
 * **spatial**: flat background blocks of single frames (:meth:`PhotonTransferFit.add_frame`);
   needed when the stream never repeats a scene, biased high by background texture that passes
-  the flatness tests. While a temporal fit exists its gain must agree with it within 3 σ
-  (combined) for the spatial fit to be confident.
+  the flatness tests. Once the stream has given a frame pair, the spatial fit is confident only
+  while a temporal fit exists and its gain agrees with the temporal gain within 3 σ (combined).
 
 The result's ``method`` says which. Deterministic: the same frames in the same order give the
 same fit, whatever the machine's speed.
@@ -43,6 +43,12 @@ class StreamCameraFit:
         self.temporal = PhotonTransferFit(**known)
         self.pairs: FramePairs | None = FramePairs(block=block, max_blocks=max_blocks_per_frame, window=pair_window,
                                                    nps_lags=self.spatial.nps_lags)
+        self._pairs_found = 0
+
+    @property
+    def pairs_found(self) -> int:
+        """Frame pairs found so far."""
+        return self.pairs.found if self.pairs is not None else self._pairs_found
 
     @property
     def frames(self) -> int:
@@ -60,12 +66,13 @@ class StreamCameraFit:
     def snapshot(self) -> "StreamCameraFit":
         """A copy of both fits, without the held frames (for a fit on another thread)."""
         snap = copy.copy(self)
+        snap._pairs_found = self.pairs_found
         snap.spatial, snap.temporal, snap.pairs = copy.deepcopy(self.spatial), copy.deepcopy(self.temporal), None
         return snap
 
     def result(self) -> PhotonTransferResult | None:
-        """The temporal fit when confident; else the spatial fit when confident (and consistent
-        with the temporal one, if any); else the unconfident temporal fit if there is one (its
+        """The temporal fit when confident; else the spatial fit when confident and, once frame
+        pairs were found, consistent with the temporal fit (none yet: not confident); else the unconfident temporal fit if there is one (its
         reasons say what is missing), else the spatial one; None before any fit."""
         t = self.temporal.result()
         s = self.spatial.result()
@@ -73,6 +80,10 @@ class StreamCameraFit:
             t = replace(t, method="temporal")
             if t.confident:
                 return t
+        if s is not None and s.confident and t is None and self.pairs_found:
+            s = replace(s, confident=False, reasons=(
+                f"{self.pairs_found} frame pair(s) found, too few for a fit: the single-frame fit is checked against "
+                "the frame pairs first (background texture biases single frames)",))
         if s is not None and s.confident and t is not None:
             tol = 3.0 * math.hypot(s.gain_se, t.gain_se)
             if abs(s.gain_counts_per_e - t.gain_counts_per_e) > tol:
