@@ -156,6 +156,7 @@ def test_default_bundle_commands_parse() -> None:
     assert stage3[4].source == "ft1/bundle" and stage3[4].data == ["cur_0", "cur_1", "cur_2", "cur_3"]
     assert stage3[4].benchmark_by == ["pixel_size_nm=0.02,0.03", "dose_e_per_A2=500,1000", "material"]
     assert str(stage3[5].bundle) == "ft3/bundle" and [str(p) for p in stage3[5].choose_threshold] == ["cur_val"]
+    assert stage3[0].support_pool == 1  # the databases as stage 3 drew them (one carbon slab per grid)
 
 
 def test_trainer_noise_max_steps_and_tensorboard(tmp_path: Path) -> None:
