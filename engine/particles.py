@@ -115,15 +115,21 @@ def keep_labels(labels: np.ndarray, count: int, min_area_px: int) -> tuple[np.nd
     pixels and renumber the kept ones 1..n, keeping their raster order: ``(labels, n)``."""
     if count == 0:
         return labels, 0
-    area = np.bincount(labels.ravel(), minlength=count + 1)
+    lut, n = _kept_lut(np.bincount(labels.ravel(), minlength=count + 1), min_area_px)
+    return (labels if lut is None else lut[labels]), n
+
+
+def _kept_lut(area: np.ndarray, min_area_px: int) -> tuple[np.ndarray | None, int]:
+    """From the areas (px) of labels 0..count (0: background): the look-up table renumbering the
+    components of at least ``min_area_px`` 1..n in order (None when all are kept), and n."""
     keep = area >= max(int(min_area_px), 1)
     keep[0] = False
     n = int(np.count_nonzero(keep))
-    if n == count:
-        return labels, count
-    lut = np.zeros(count + 1, dtype=np.int32)
+    if n == area.size - 1:
+        return None, n
+    lut = np.zeros(area.size, dtype=np.int32)
     lut[keep] = np.arange(1, n + 1, dtype=np.int32)
-    return lut[labels], n
+    return lut, n
 
 
 def foreground_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -155,14 +161,9 @@ def label_kept_runs(mask: np.ndarray, min_area_px: int, *, connectivity: int = 2
     lab = labels[row, c0]
     if count == 0:
         return labels, 0, 0, (row, c0, c1, lab)
-    area = np.bincount(lab, weights=(c1 - c0).astype(np.float64), minlength=count + 1)
-    keep = area >= max(int(min_area_px), 1)
-    keep[0] = False
-    n = int(np.count_nonzero(keep))
-    if n == count:
+    lut, n = _kept_lut(np.bincount(lab, weights=(c1 - c0).astype(np.float64), minlength=count + 1), min_area_px)
+    if lut is None:
         return labels, count, count, (row, c0, c1, lab)
-    lut = np.zeros(count + 1, dtype=np.int32)
-    lut[keep] = np.arange(1, n + 1, dtype=np.int32)
     new = lut[lab]
     sel = new > 0
     return lut[labels], count, n, (row[sel], c0[sel], c1[sel], new[sel])
