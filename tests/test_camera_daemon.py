@@ -262,9 +262,8 @@ def test_learned_from_the_stream() -> None:
 def test_wrong_config_is_reported() -> None:
     """A fully configured but wrong ``[camera]`` (gain 2, the camera's is 8): the fit runs as a
     check, its confident gain disagrees: in control status, ``fringelive health``'s text, the
-    result header, the ``fringelive_camera_config_disagrees`` gauge, and the inputs of the
-    ``FringeliveCameraConfigDisagreesWithStream`` alert (deploy/prometheus/alerts.yml) meet its
-    condition. The configured values stay in force."""
+    result header and the ``fringelive_camera_config_disagrees`` gauge, which the
+    ``FringeliveCameraConfigDisagreesWithStream`` alert (deploy/prometheus/alerts.yml) reads. The configured values stay in force."""
     from fringelive.stream.camera_text import camera_text
 
     scenes = Scenes(256, n=6, carbon_contrast=0.03)
@@ -293,10 +292,10 @@ def test_wrong_config_is_reported() -> None:
         m = scrape(d)
         assert m[("fringelive_camera_config_disagrees", (("constant", "gain_counts_per_e"),))] == 1.0
         assert m[("fringelive_camera_config_disagrees", (("constant", "offset_counts"),))] == 0.0
-        # FringeliveCameraConfigDisagreesWithStream's expression on these gauges
-        fit_gain, cfg_gain = m[("fringelive_camera_fit_gain_counts_per_e", ())], m[
-            ("fringelive_camera_gain_counts_per_e", (("source", "config"),))]
-        assert abs(math.log(fit_gain / cfg_gain)) > 0.1398 and m[("fringelive_camera_fit_confident", ())] == 1.0
+        # FringeliveCameraConfigDisagreesWithStream reads that gauge (max over constants == 1);
+        # the learned-fit gauges it names in its description are there too
+        assert m[("fringelive_camera_fit_confident", ())] == 1.0
+        assert m[("fringelive_camera_fit_gain_counts_per_e", ())] == pytest.approx(8.0, rel=0.15)
 
 
 @pytest.mark.slow
