@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -38,12 +39,20 @@ def percentile(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, max(0, int(np.ceil(q / 100 * len(v))) - 1))]
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system, every thread) this process has used."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def one(kind: str, side: int, n: int, threads: int, out: Path) -> None:
     """Child process: one daemon on ``kind``; writes timings (json) and masks (npy)."""
-    import torch
     import zmq
 
-    torch.set_num_threads(threads)
+    if kind == "torch":  # the daemon's serving path is torch-free; only this backend uses it
+        import torch
+
+        torch.set_num_threads(threads)
     import logging
 
     from fringelive.daemon.config import DaemonConfig, default_bundle_path
@@ -101,9 +110,11 @@ def one(kind: str, side: int, n: int, threads: int, out: Path) -> None:
                 sent.append(time.perf_counter())
 
         t0 = time.perf_counter()
+        cpu0 = _cpu_s()
         th = threading.Thread(target=send_all)
         th.start()
         done = [receive() for _ in msgs]
+        cpu_s = _cpu_s() - cpu0
         th.join()
         sub.close(linger=0)
         push.close(linger=0)
@@ -113,6 +124,7 @@ def one(kind: str, side: int, n: int, threads: int, out: Path) -> None:
         "kind": kind, "fps": n / (done[-1] - t0), "p50": percentile(lat, 50), "p99": percentile(lat, 99),
         "one_p50": percentile(one_lat, 50), "one_p99": percentile(one_lat, 99), "start_s": start_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_s_per_frame": cpu_s / n,
         "stages": {k: statistics.median(v) for k, v in stages.items()}}))
 
 
@@ -138,19 +150,21 @@ def main(argv: list[str] | None = None) -> int:
             order = args.backends if r % 2 == 0 else list(reversed(args.backends))
             for kind in order:
                 out = Path(tmp) / f"{kind}-{r}.json"
+                # the environment `fringelive serve` runs in (cli/__init__.py: OpenBLAS single-threaded)
+                env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
                 subprocess.run([sys.executable, __file__, "--one", kind, "--size", str(args.size), "--frames",
-                                str(args.frames), "--threads", str(args.threads), "--out", str(out)], check=True)
+                                str(args.frames), "--threads", str(args.threads), "--out", str(out)], check=True, env=env)
                 runs[kind].append(json.loads(out.read_text()))
                 masks.setdefault(kind, np.load(out.with_suffix(".npy")))
             if "onnxruntime" in runs:
                 line = ", ".join(f"{k} {runs[k][-1]['fps']:.3f}" for k in args.backends)
                 print(f"  round {r + 1}: frames/s {line}", flush=True)
     med = {k: {key: statistics.median(x[key] for x in v) for key in ("fps", "p50", "p99", "one_p50", "peak_rss_mib",
-                                                                      "start_s")} for k, v in runs.items()}
+                                                                      "start_s", "cpu_s_per_frame")} for k, v in runs.items()}
     stages = {k: {st: statistics.median(x["stages"][st] for x in v) for st in v[0]["stages"]} for k, v in runs.items()}
     ref = med.get("onnxruntime")
     print(f"\nmedians over rounds\n{'backend':12s} {'frames/s':>9s} {'vs ORT':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'1-at-a-time p50':>16s} {'peak RSS MiB':>13s} {'start s':>8s} {'mask = ORT':>11s}  stages (median ms)")
+          f"{'1-at-a-time p50':>16s} {'CPU s/frame':>12s} {'peak RSS MiB':>13s} {'start s':>8s} {'mask = ORT':>11s}  stages (median ms)")
     for kind, r in med.items():
         ratio = f"{r['fps'] / ref['fps']:.2f}x" if ref else "-"
         same = f"{np.mean(masks[kind] == masks['onnxruntime']):.4%}" if ref and kind != "onnxruntime" else "-"

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from fringelive.daemon.insitu import TrackingStage
     from fringelive.daemon.modelset import make_pipeline
     from fringelive.engine.backends import create_backends
+    from fringelive.engine.camera import FrameBlocks
     from fringelive.engine.drift import DriftMonitor
     from fringelive.engine.frame import FrameMetadata
     from fringelive.stream.camera_sim import SimulatedCamera
@@ -66,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.frames):
         pixels, inf = frames[i % len(frames)], inferred[i % len(frames)]
         result = lap("particles", lambda: pipeline.finish(inf))
+        blocks = FrameBlocks(pixels, result.mask)  # as the daemon's finisher: computed once, for both
         lap("drift", lambda: monitor.assess(pixels, meta, result, threshold=pipeline.threshold,
-                                            camera=camera.settings, learned=camera.learned))
-        lap("camera_learner", lambda: camera.observe(pixels, meta, result.mask))
+                                            camera=camera.settings, learned=camera.learned, blocks=blocks))
+        lap("camera_learner", lambda: camera.observe(pixels, meta, result.mask, blocks))
         header = {"series": "bench", "frame": i, "meta": meta.to_dict(), "particles": [dict(p) for p in result.particles]}
         lap("tracking", lambda: tracking.apply(header, pixels, result.mask, result.labels))
     camera.wait()

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fringelive.engine.camera import (CameraSettings, PhotonTransferResult, StreamCameraFit, config_disagreement,
+from fringelive.engine.camera import (CameraSettings, FrameBlocks, PhotonTransferResult, StreamCameraFit, config_disagreement,
                                       header_camera)
 from fringelive.engine.frame import FrameMetadata
 
@@ -86,10 +86,11 @@ class CameraLearner:
         return self.config.settings
 
     def observe(self, pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | None,
-                mask: np.ndarray | None) -> None:
-        """Feed one processed frame (raw counts ``(H, W)``, predicted particle ``mask``) to the
-        fit. Frames whose header carries camera constants are not fed (a mixed stream of
-        cameras must not pollute the fit); frames under 64² px are too small."""
+                mask: np.ndarray | None, blocks: FrameBlocks | None = None) -> None:
+        """Feed one processed frame (raw counts ``(H, W)``, predicted particle ``mask``; its
+        ``blocks`` statistics when the drift check computed them) to the fit. Frames whose header
+        carries camera constants are not fed (a mixed stream of cameras must not pollute the
+        fit); frames under 64² px are too small."""
         if self.fit is None or min(pixels.shape) < 64:
             return
         if header_camera(meta):
@@ -98,7 +99,7 @@ class CameraLearner:
         if (self._seen - 1) % self.config.learn_every:
             return
         with self._lock:
-            self.fit.add_frame(pixels, mask=mask)
+            self.fit.add_frame(pixels, mask=mask, blocks=blocks)
             self._fed += 1
             due = self._fed % self.config.refit_every == 0
         if due:

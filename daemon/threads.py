@@ -27,6 +27,7 @@ from fringelive.daemon.results import drift_failed, encode_result_message, resul
 from fringelive.daemon.sequence import stamp_seq
 from fringelive.daemon.sockets import POLL_MS, PUB_LINGER_MS
 from fringelive.daemon.view import ViewFrame
+from fringelive.engine.camera import FrameBlocks
 from fringelive.engine.preprocess import min_frame_side
 
 __all__ = ["FrameThreads", "STOP", "WAIT_S"]
@@ -275,9 +276,10 @@ class FrameThreads:
             t_drift = time.perf_counter()
             try:
                 camera = self.camera  # the daemon's, not the bundle's (daemon/camera.py)
+                blocks = FrameBlocks(work.frame.pixels, result.mask)  # computed once, for both
                 drift = model.drift.assess(work.frame.pixels, h.meta, result, threshold=model.pipeline.threshold,
-                                           camera=camera.settings, learned=camera.learned)
-                camera.observe(work.frame.pixels, h.meta, result.mask)
+                                           camera=camera.settings, learned=camera.learned, blocks=blocks)
+                camera.observe(work.frame.pixels, h.meta, result.mask, blocks)
             except Exception as e:  # noqa: BLE001 - a drift failure must not cost the frame its result
                 self._rlog.warning("drift_error", "drift checks failed on %s/%s: %s: %s", h.series, h.frame,
                                    type(e).__name__, e)

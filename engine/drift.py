@@ -36,8 +36,8 @@ import numpy as np
 
 from fringelive.bundle.card import Card
 from fringelive.engine import envelope
-from fringelive.engine.camera import (CameraSettings, PhotonTransferResult, block_statistics, config_disagreement,
-                                      resolve_camera)
+from fringelive.engine.camera import (CameraSettings, FrameBlocks, PhotonTransferResult, background_stats,
+                                      config_disagreement, resolve_camera)
 from fringelive.engine.camera import estimate_dose as camera_dose
 from fringelive.engine.cusum import CusumState, calibrate_threshold
 from fringelive.engine.drift_measure import disagree, dose_tolerance, evaluate, measure_frame
@@ -125,7 +125,7 @@ class DriftMonitor:
         if self.cusum is not None:
             self.cusum.reset()
 
-    def _frame_camera(self, pixels: np.ndarray, mask: np.ndarray, meta: FrameMetadata,
+    def _frame_camera(self, pixels: np.ndarray, blocks: FrameBlocks, meta: FrameMetadata,
                       config: CameraSettings | None, learned: PhotonTransferResult | None
                       ) -> tuple[CameraSettings, dict[str, str]]:
         """Resolve the frame's camera; the card's constants only while the frames agree with
@@ -134,7 +134,7 @@ class DriftMonitor:
         cam, sources = resolve_camera(config, meta, card, learned)
         if not any(sources[f] == "card" for f in _CAMERA_FIELDS) or not self.settings.image_estimates:
             return cam, sources
-        contradicts, implied = self._contradicts(pixels, mask, cam)
+        contradicts, implied = self._contradicts(pixels, blocks, cam)
         if contradicts is not None:
             self._card_checks.append(contradicts)
             if len(self._card_checks) >= 3 and 2 * sum(self._card_checks) > len(self._card_checks):
@@ -152,7 +152,7 @@ class DriftMonitor:
                          self.card.name)
         return cam, sources
 
-    def _contradicts(self, pixels: np.ndarray, mask: np.ndarray, cam: CameraSettings
+    def _contradicts(self, pixels: np.ndarray, blocks: FrameBlocks, cam: CameraSettings
                      ) -> tuple[bool | None, float | None]:
         """Does this frame contradict ``cam``'s gain and offset? Two implied gains of the flat
         background blocks: from the high-pass variance (``(v_hp − r²)/(f·(m − o))``, within the
@@ -162,10 +162,8 @@ class DriftMonitor:
         g, o, r2 = cam.gain_counts_per_e, cam.offset_counts, cam.read_noise_counts ** 2
         if g is None or o is None:
             return None, None
-        block = 32 if min(pixels.shape) >= 512 else 16
-        stats = block_statistics(pixels, block=block, mask=mask, max_blocks=100, nps_lags=min(3, block // 4 - 1))
-        if len(stats) < 6:  # the model sees (almost) no background: every block
-            stats = block_statistics(pixels, block=block, mask=None, max_blocks=100, nps_lags=min(3, block // 4 - 1))
+        # the dose estimate's blocks (shared): with (almost) no background, every block
+        stats = background_stats(blocks, max_blocks=self.settings.max_background_blocks)
         est = camera_dose(pixels, cam, None, stats=stats)
         implied = None if est is None else est.implied_gain_counts_per_e
         if implied is None:
@@ -181,20 +179,24 @@ class DriftMonitor:
         return bad, implied
 
     def assess(self, pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | None, result: Any, *,
-               threshold: float = 0.5, camera: CameraSettings | None = None, learned: PhotonTransferResult | None = None) -> DriftResult:
+               threshold: float = 0.5, camera: CameraSettings | None = None, learned: PhotonTransferResult | None = None,
+               blocks: FrameBlocks | None = None) -> DriftResult:
         """The drift assessment of one frame (the result header's ``drift`` map is its
         :meth:`~fringelive.engine.drift_result.DriftResult.to_dict`); updates the CUSUM. ``result``: a
         :class:`fringelive.engine.pipeline.PipelineResult`. camera: the daemon's ``[camera]``
         (None = nothing configured); learned: the daemon's photon-transfer fit (used when
-        confident). Precedence: header > ``[camera]`` > learned > the card's constants."""
+        confident); blocks: the frame's background block statistics, shared with the camera
+        learner (None: computed here). Precedence: header > ``[camera]`` > learned > the card's
+        constants."""
         if not self.settings.enabled:
             return DriftResult.unknown("drift_disabled")
         meta = FrameMetadata.of(meta)
-        cam, sources = self._frame_camera(pixels, result.mask, meta, camera, learned)
+        blocks = blocks if blocks is not None else FrameBlocks(pixels, result.mask)
+        cam, sources = self._frame_camera(pixels, blocks, meta, camera, learned)
         m = measure_frame(pixels, meta, probabilities=result.probabilities, mask=result.mask,
                           member_masks=result.member_masks, particles=result.particles, card=self.card,
                           reference=self.reference, settings=self.settings, threshold=threshold, camera=cam,
-                          signal_from_card=sources.get("gain_counts_per_e") == "card")
+                          signal_from_card=sources.get("gain_counts_per_e") == "card", blocks=blocks)
         status, reasons, _ = evaluate(m, self.card, self.settings)
         signals = {k: _finite(v) for k, v in m.signals.items()}
         z: dict[str, float | None] = {}

@@ -16,7 +16,7 @@ import numpy as np
 
 from fringelive.bundle.card import Card, Tolerances
 from fringelive.engine import confidence, envelope, image_estimates
-from fringelive.engine.camera import CameraSettings
+from fringelive.engine.camera import CameraSettings, FrameBlocks
 from fringelive.engine.camera import estimate_dose as camera_dose
 from fringelive.engine.drift_reference import DriftReference
 from fringelive.engine.drift_settings import DriftSettings
@@ -59,7 +59,7 @@ def measure_frame(pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | 
                   mask: np.ndarray, member_masks: Sequence[np.ndarray], particles: Sequence[Mapping[str, Any]],
                   card: Card, reference: DriftReference | None = None, settings: DriftSettings | None = None,
                   threshold: float = 0.5, camera: CameraSettings | None = None,
-                  signal_from_card: bool = False) -> FrameMeasurement:
+                  signal_from_card: bool = False, blocks: FrameBlocks | None = None) -> FrameMeasurement:
     """Measure one frame: ``pixels (H, W)`` raw counts, the pipeline's ``probabilities``
     (H, W) float32, ``mask`` (H, W) bool, ``member_masks`` and ``particles``.
 
@@ -68,7 +68,8 @@ def measure_frame(pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | 
     shot-noise estimate or None, *unverified*. None: the card's constants and the raw shot-noise
     measurement (``dose_measurement``), as bundle calibration (``engine/calibration.py``) needs.
     signal_from_card: the camera is the card's (schema-1 fallback): the ``log_dose_estimate``
-    signal is then the shot-noise estimate the card's reference was calibrated with."""
+    signal is then the shot-noise estimate the card's reference was calibrated with. blocks: the
+    frame's background block statistics when shared with others (None: computed here)."""
     settings = settings or DriftSettings()
     reference = reference or DriftReference()
     cond = envelope.conditions_from_meta(meta)
@@ -104,7 +105,8 @@ def measure_frame(pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | 
             px_for_dose = float(px_est.pixel_size_nm)
         signal_dose = None
         if camera is not None:
-            estimates.update(_camera_dose_estimates(pixels, mask, camera, px_for_dose, settings))
+            estimates.update(_camera_dose_estimates(pixels, blocks if blocks is not None else FrameBlocks(pixels, mask),
+                                                    camera, px_for_dose, settings))
             signal_dose = estimates.get("dose_e_per_A2")
             if signal_from_card and estimates.get("dose_verified"):
                 legacy = image_estimates.CameraCalibration(
@@ -130,9 +132,9 @@ def measure_frame(pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | 
     return FrameMeasurement(cond, estimates, signals, measurement)
 
 
-def _camera_dose_estimates(pixels: np.ndarray, mask: np.ndarray, camera: CameraSettings, px_nm: float | None,
+def _camera_dose_estimates(pixels: np.ndarray, blocks: FrameBlocks, camera: CameraSettings, px_nm: float | None,
                            settings: DriftSettings) -> dict[str, Any]:
-    est = camera_dose(pixels, camera, px_nm, mask=mask, max_blocks=settings.max_background_blocks)
+    est = camera_dose(pixels, camera, px_nm, blocks=blocks, max_blocks=settings.max_background_blocks)
     if est is None:
         return {"electrons_per_px": None, "dose_e_per_A2": None, "dose_e_per_A2_from_gain": None,
                 "dose_e_per_A2_shot_noise": None, "camera_gain_counts_per_e": None, "camera_noise_factor_implied": None,

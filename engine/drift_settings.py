@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from fringelive.engine import envelope
+from fringelive.engine.camera.blocks import BACKGROUND_BLOCKS
 
 __all__ = ["DriftSettings"]
 
@@ -23,7 +24,8 @@ class DriftSettings:
     false alarms; allowance in standard deviations); with a new target the threshold is
     re-simulated from the reference values at load. fringe_windows: particle windows for the
     pixel-size estimate; min_fringe_snr: peak significance (robust sigmas);
-    max_background_blocks: blocks for the dose estimate; pixel_size_search: the pixel-size
+    max_background_blocks: blocks for the dose estimate (the camera learner's too: one computation
+    per frame serves both); pixel_size_search: the pixel-size
     search band reaches this factor beyond the envelope and the metadata.
     """
 
@@ -37,7 +39,7 @@ class DriftSettings:
     cusum_k: float | None = None
     fringe_windows: int = 6
     min_fringe_snr: float = 6.0
-    max_background_blocks: int = 400
+    max_background_blocks: int = BACKGROUND_BLOCKS
     pixel_size_search: float = 2.5
 
     def __post_init__(self) -> None:

@@ -251,6 +251,28 @@ def test_in_envelope_frame_is_ok(card, au423) -> None:  # noqa: ANN001
     assert (d["status"], d["reasons"]) == ("warn", ["pixel_size_above_envelope"])
 
 
+def test_drift_check_and_camera_learner_share_one_block_computation(card, au423) -> None:  # noqa: ANN001
+    """The daemon's finisher hands one :class:`FrameBlocks` to the drift check and the camera
+    learner: the frame's background blocks are measured once (issue #14), with the same dose
+    and the same fit input as when each measures them itself."""
+    from fringelive.daemon.camera import CameraConfig, CameraLearner
+    from fringelive.engine.camera import FrameBlocks
+
+    frame, mask = au423
+    meta = {"pixel_size_nm": 0.02, "dose_e_per_A2": 423.0, "voltage_kv": 300.0, "material": "Au"}
+    result = FakeResult(mask, 0.02)
+    shared = FrameBlocks(frame, mask)
+    d_shared = DriftMonitor(card, DriftSettings()).assess(frame, meta, result, camera=FASTSIM_CAMERA, blocks=shared)
+    learner_shared, learner_alone = CameraLearner(CameraConfig()), CameraLearner(CameraConfig())
+    learner_shared.observe(frame, meta, mask, shared)
+    assert shared.computed == 1
+    d_alone = DriftMonitor(card, DriftSettings()).assess(frame, meta, result, camera=FASTSIM_CAMERA)
+    learner_alone.observe(frame, meta, mask)
+    assert d_shared.to_dict()["estimates"] == d_alone.to_dict()["estimates"]
+    a, b = learner_shared.fit.spatial, learner_alone.fit.spatial
+    assert a._n == b._n > 0 and np.array_equal(a._m[:a._n], b._m[:b._n]) and np.array_equal(a._hp[:a._n], b._hp[:b._n])
+
+
 def test_thinned_dose_flagged_by_metadata_and_by_image(card, au423) -> None:  # noqa: ANN001
     frame, mask = au423
     low = thin(frame, 80.0, 423.0)

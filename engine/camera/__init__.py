@@ -89,9 +89,9 @@ frames of one scene at one dose, whose difference carries no scene at all
 single frames; :func:`config_disagreement` checks configured constants against a fit).
 """
 
-from .blocks import BlockStats, block_statistics, flat_blocks
+from .blocks import BlockStats, FrameBlocks, block_statistics, flat_blocks
 from .calibrate import CameraCalibration, CameraCalibrationError, calibrate_camera
-from .dose import DoseEstimate, estimate_dose
+from .dose import DoseEstimate, background_stats, estimate_dose
 from .settings import (HEADER_KEYS, CameraError, CameraSettings, counts_to_electrons, electrons_to_counts,
                        header_camera, resolve_camera)
 from .pairs import FramePairs
@@ -106,6 +106,8 @@ __all__ = [
     "electrons_to_counts",
     "BlockStats",
     "block_statistics",
+    "FrameBlocks",
+    "background_stats",
     "flat_blocks",
     "DoseEstimate",
     "estimate_dose",

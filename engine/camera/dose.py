@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from .blocks import BlockStats, block_statistics, flat_blocks
+from .blocks import BACKGROUND_BLOCKS, BlockStats, FrameBlocks, flat_blocks
 from .settings import CameraSettings
 
-__all__ = ["DoseEstimate", "estimate_dose", "shot_noise_electrons", "gain_electrons"]
+__all__ = ["DoseEstimate", "background_stats", "estimate_dose", "shot_noise_electrons", "gain_electrons"]
 
 def shot_noise_electrons(signal: np.ndarray | float, variance_hp: np.ndarray | float, noise_factor: float = 1.0
                          ) -> np.ndarray | float:
@@ -53,20 +53,30 @@ class DoseEstimate:
         return asdict(self)
 
 
+def background_stats(blocks: FrameBlocks, *, block: int | None = None, max_blocks: int = BACKGROUND_BLOCKS, min_blocks: int = 6
+                     ) -> BlockStats:
+    """The frame's background block statistics for a dose: ``block`` px (default 32, 16 under
+    512 px) away from the mask, or every block when fewer than ``min_blocks`` are clear."""
+    if block is None:
+        block = 32 if min(blocks.frame.shape) >= 512 else 16
+    lags = min(3, block // 4 - 1)
+    stats = blocks.stats(block=block, max_blocks=max_blocks, nps_lags=lags)
+    if len(stats) < min_blocks and blocks.mask is not None:
+        stats = blocks.stats(block=block, max_blocks=max_blocks, nps_lags=lags, masked=False)
+    return stats
+
+
 def estimate_dose(frame: np.ndarray, camera: CameraSettings, pixel_size_nm: float | None = None, *,
-                  mask: np.ndarray | None = None, block: int | None = None, max_blocks: int = 400,
-                  min_blocks: int = 6, stats: BlockStats | None = None) -> DoseEstimate | None:
+                  mask: np.ndarray | None = None, block: int | None = None, max_blocks: int = BACKGROUND_BLOCKS,
+                  min_blocks: int = 6, stats: BlockStats | None = None, blocks: FrameBlocks | None = None
+                  ) -> DoseEstimate | None:
     """Dose of ``frame`` (raw counts) from its flat background blocks (equations in the module
     docstring). None with fewer than ``min_blocks`` usable blocks (with ``mask`` given and too
-    little background, every block is tried)."""
-    frame = np.asarray(frame)
-    if block is None:
-        block = 32 if min(frame.shape) >= 512 else 16
-    if stats is None:
-        stats = block_statistics(frame, block=block, mask=mask, max_blocks=max_blocks, nps_lags=min(3, block // 4 - 1))
-        if len(stats) < min_blocks and mask is not None:
-            stats = block_statistics(frame, block=block, mask=None, max_blocks=max_blocks,
-                                     nps_lags=min(3, block // 4 - 1))
+    little background, every block is tried). ``stats``: blocks measured already; ``blocks``:
+    the frame's shared :class:`FrameBlocks` (its mask is the one used)."""
+    stats = stats if stats is not None else background_stats(
+        blocks if blocks is not None else FrameBlocks(frame, mask), block=block, max_blocks=max_blocks,
+        min_blocks=min_blocks)
     keep = flat_blocks(stats)
     if int(keep.sum()) < min_blocks:
         if not (camera.known and len(stats) >= min_blocks):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .blocks import BlockStats, _block_grid, _zero_freq_power, block_stack, clean_blocks, flat_blocks, pick_evenly
-from .blocks import stack_statistics
+from .blocks import BACKGROUND_BLOCKS, stack_statistics
 
 __all__ = ["FramePairs"]
 
@@ -56,7 +56,7 @@ class FramePairs:
     ``offered``: frames offered.
     """
 
-    def __init__(self, *, block: int = 32, max_blocks: int = 256, window: int = 8, match_ratio: float = 1.5,
+    def __init__(self, *, block: int = 32, max_blocks: int = BACKGROUND_BLOCKS, window: int = 8, match_ratio: float = 1.5,
                  min_blocks: int = 16, clip_sigma: float = 8.0, nps_lags: int = 3) -> None:
         for name, v, lo in (("block", block, 8), ("max_blocks", max_blocks, 8), ("window", window, 1),
                             ("min_blocks", min_blocks, 3)):

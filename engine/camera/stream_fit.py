@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .blocks import BACKGROUND_BLOCKS, FrameBlocks
 from .pairs import FramePairs
 from .transfer import PhotonTransferFit, PhotonTransferResult
 
@@ -36,7 +37,7 @@ class StreamCameraFit:
 
     def __init__(self, *, offset_counts: float | None = None, read_noise_counts: float | None = None,
                  noise_factor: float | None = None, pair_window: int = 8, block: int = 32,
-                 max_blocks_per_frame: int = 256, **fit: Any) -> None:
+                 max_blocks_per_frame: int = BACKGROUND_BLOCKS, **fit: Any) -> None:
         known = dict(offset_counts=offset_counts, read_noise_counts=read_noise_counts, noise_factor=noise_factor,
                      block=block, max_blocks_per_frame=max_blocks_per_frame, **fit)
         self.spatial = PhotonTransferFit(**known)
@@ -55,9 +56,11 @@ class StreamCameraFit:
         """Frames fed to the spatial fit."""
         return self.spatial.frames
 
-    def add_frame(self, frame: np.ndarray, mask: np.ndarray | None = None) -> None:
-        """One frame of raw counts ``(H, W)`` (≥ 64² px) and its predicted particle mask."""
-        self.spatial.add_frame(frame, mask=mask)
+    def add_frame(self, frame: np.ndarray, mask: np.ndarray | None = None, *, blocks: FrameBlocks | None = None
+                  ) -> None:
+        """One frame of raw counts ``(H, W)`` (≥ 64² px) and its predicted particle mask;
+        ``blocks``: its block statistics shared with the drift check."""
+        self.spatial.add_frame(frame, mask=mask, blocks=blocks)
         if self.pairs is not None:
             pair = self.pairs.offer(frame, mask)
             if pair is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .blocks import BlockStats, block_statistics, flat_blocks
+from .blocks import BACKGROUND_BLOCKS, BlockStats, FrameBlocks, flat_blocks
 from .settings import CameraSettings
 
 __all__ = ["PhotonTransferResult", "PhotonTransferFit"]
@@ -143,7 +143,7 @@ class PhotonTransferFit:
     ones that pass sit just under the threshold and bias the learned noise factor).
     """
 
-    def __init__(self, *, block: int = 32, max_blocks_per_frame: int = 256, max_pairs: int = 20_000,
+    def __init__(self, *, block: int = 32, max_blocks_per_frame: int = BACKGROUND_BLOCKS, max_pairs: int = 20_000,
                  max_frames_tracked: int = 4096, offset_counts: float | None = None,
                  read_noise_counts: float | None = None, noise_factor: float | None = None, nps_lags: int = 3,
                  min_levels: int = 2, min_span: float = 0.3, max_gain_rse: float = 0.05,
@@ -185,17 +185,19 @@ class PhotonTransferFit:
         self._dirty = True
 
     # -- input ------------------------------------------------------------------------------
-    def _stats(self, frame: np.ndarray, mask: np.ndarray | None) -> BlockStats:
+    def _stats(self, frame: np.ndarray, mask: np.ndarray | None, blocks: FrameBlocks | None) -> BlockStats:
         frame = np.asarray(frame)
         if frame.ndim != 2 or min(frame.shape) < 64:
             raise ValueError(f"frames must be 2-D and at least 64² px, got shape {frame.shape}")
-        return block_statistics(frame, block=self.block, mask=mask, max_blocks=self.max_blocks_per_frame,
-                                nps_lags=self.nps_lags)
+        if blocks is None or blocks.mask is not mask:
+            blocks = FrameBlocks(frame, mask)
+        return blocks.stats(block=self.block, max_blocks=self.max_blocks_per_frame, nps_lags=self.nps_lags)
 
-    def add_frame(self, frame: np.ndarray, mask: np.ndarray | None = None) -> int:
-        """Add one frame's flat background blocks (``mask``: predicted particles, optional).
+    def add_frame(self, frame: np.ndarray, mask: np.ndarray | None = None, *, blocks: FrameBlocks | None = None) -> int:
+        """Add one frame's flat background blocks (``mask``: predicted particles, optional;
+        ``blocks``: the frame's block statistics shared with the drift check, for this mask).
         Returns the number of blocks accepted."""
-        stats = self._stats(frame, mask)
+        stats = self._stats(frame, mask, blocks)
         expected = None
         if self._cache is not None and self._cache.confident:
             c = self._cache
