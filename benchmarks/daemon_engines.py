@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         same = f"{np.mean(masks[kind] == masks['onnxruntime']):.4%}" if ref and kind != "onnxruntime" else "-"
         st = ", ".join(f"{k} {v:.0f}" for k, v in stages[kind].items() if k in ("preprocess", "inference", "particles", "drift"))
         print(f"{kind:12s} {r['fps']:9.3f} {ratio:>7s} {r['p50']:8.0f} {r['p99']:8.0f} {r['one_p50']:16.0f} "
-              f"{r['peak_rss_mib']:13.0f} {r['start_s']:8.1f} {same:>11s}  {st}")
+              f"{r['cpu_s_per_frame']:12.2f} {r['peak_rss_mib']:13.0f} {r['start_s']:8.1f} {same:>11s}  {st}")
     if ref and len(med) > 1 and args.rounds > 1:
         for kind in med:
             if kind != "onnxruntime":

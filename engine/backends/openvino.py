@@ -10,7 +10,7 @@ Same contract as every backend (:class:`~.base.Backend`): ``backend((N, 1, h, w)
   feeds one or a few tile shapes per frame size, so after the first frame of a size no call
   compiles. ``shapes = "dynamic"``: one compilation with dynamic N/H/W.
 * Threads: ``INFERENCE_NUM_THREADS`` = ``intra_op_threads`` (None: the cores this process may
-  use), one stream, latency hint.
+  use), one stream, latency hint, threads not pinned to cores (the daemon shares them).
 * ``precision``: ``fp32`` | ``bf16`` | ``fp16`` → ``INFERENCE_PRECISION_HINT`` ``f32`` | ``bf16``
   | ``f16`` (inputs and outputs stay float32). A precision the CPU does not run natively
   (not in ``OPTIMIZATION_CAPABILITIES``) raises :class:`PrecisionUnavailable`; OpenVINO would
@@ -132,7 +132,11 @@ class OpenVinoBackend(Backend):
         self.shapes = shapes
         self.max_shapes = max_shapes
         self._config = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
-                        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _OV_HINT[precision]}
+                        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _OV_HINT[precision],
+                        # the daemon's finisher, receiver and publisher share these cores: unpinned
+                        # threads migrate instead of waiting for a preempted core (2048² on 2
+                        # cores beside a busy numpy thread: 763-822 vs 868-915 ms per frame)
+                        "ENABLE_CPU_PINNING": False}
         self._compiled: OrderedDict[tuple[int, ...] | None, tuple[Any, Any]] = OrderedDict()
         self.compilations = 0
         if shapes == "dynamic":
