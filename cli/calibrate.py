@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from fringelive.bundle.bundle_io import BundleError
 from fringelive.cli import CLIError, summary
 from fringelive.engine.calibration import calibrate_bundle, calibrate_decision_threshold
-from fringelive.engine.threshold_choice import DEFAULT_MAX_CALLED_EMPTY
+from fringelive.engine.threshold_choice import DEFAULT_MAX_CALLED_EMPTY, DEFAULT_MAX_CALLED_EMPTY_FRAME
 from fringelive.engine.drift_reference import DriftReferenceError
 from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
 from fringelive.stream.send import merge_meta, parse_meta
@@ -67,12 +67,15 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed of the CUSUM simulation (integer)")
     p.add_argument("--choose-threshold", action="append", type=Path, metavar="SAMPLESET", default=None,
                    help="first choose the bundle's threshold (card.threshold: best pooled Dice of the published mask, "
-                        "candidates 0.30-0.80, within --max-called-empty) on this labelled raw sample set "
+                        "candidates 0.30-0.80, within --max-called-empty and --max-called-empty-frame) on this labelled raw sample set "
                         "(synth/dataset; repeat for several), then calibrate the drift reference at it; use frames no "
                         "reported metric is measured on")
     p.add_argument("--max-called-empty", type=float, default=DEFAULT_MAX_CALLED_EMPTY, metavar="FRACTION",
                    help="--choose-threshold: largest mean fraction of pixels called particle on the frames without "
                         f"particles (fraction, default: {DEFAULT_MAX_CALLED_EMPTY:g})")
+    p.add_argument("--max-called-empty-frame", type=float, default=DEFAULT_MAX_CALLED_EMPTY_FRAME, metavar="FRACTION",
+                   help="--choose-threshold: largest fraction of pixels called particle on any one frame without "
+                        f"particles (fraction, default: {DEFAULT_MAX_CALLED_EMPTY_FRAME:g})")
     p.add_argument("--dry-run", action="store_true", help="print the reference, do not write the card (flag, no unit)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (flag, no unit)")
     p.set_defaults(func=run_calibrate)
@@ -192,7 +195,8 @@ def _labelled(paths: list[Path]) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
 def _choose_threshold(args: argparse.Namespace) -> None:
     try:
         rep = calibrate_decision_threshold(args.bundle, _labelled(list(args.choose_threshold)), threads=args.threads,
-                                           max_called_empty=args.max_called_empty, dry_run=args.dry_run,
+                                           max_called_empty=args.max_called_empty,
+                                           max_called_empty_frame=args.max_called_empty_frame, dry_run=args.dry_run,
                                            sources=[str(p) for p in args.choose_threshold])
     except BundleError as e:
         raise CLIError(str(e), 2) from None

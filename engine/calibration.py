@@ -34,7 +34,8 @@ from fringelive.engine.dose_estimate import CameraCalibration
 from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SCHEMA1_CAMERA_KEYS,
                                                SIGNAL_DIRECTIONS, parse_drift_reference, robust_centre_scale)
 from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
-from fringelive.engine.threshold_choice import DEFAULT_GRID, DEFAULT_MAX_CALLED_EMPTY, ThresholdTally
+from fringelive.engine.threshold_choice import (DEFAULT_GRID, DEFAULT_MAX_CALLED_EMPTY,
+                                               DEFAULT_MAX_CALLED_EMPTY_FRAME, ThresholdTally)
 
 __all__ = ["measure_frames", "calibrate_camera", "build_reference", "calibrate_bundle",
            "calibrate_decision_threshold", "MIN_SIGNAL_FRAMES"]
@@ -242,7 +243,9 @@ def calibrate_bundle(bundle_path: str | Path, frames: Iterable[Any], metadata: I
 def calibrate_decision_threshold(bundle_path: str | Path,
                                  frames: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],
                                  *, grid: Sequence[float] = DEFAULT_GRID,
-                                 max_called_empty: float = DEFAULT_MAX_CALLED_EMPTY, threads: int | None = None,
+                                 max_called_empty: float = DEFAULT_MAX_CALLED_EMPTY,
+                                 max_called_empty_frame: float = DEFAULT_MAX_CALLED_EMPTY_FRAME,
+                                 threads: int | None = None,
                                  dry_run: bool = False, sources: Sequence[str] = ()) -> dict[str, Any]:
     """Choose the bundle's threshold (``card.threshold``) on labelled ``frames`` = (raw counts
     (H, W), label (H, W) {0, 1}, metadata) through its pipeline (:mod:`fringelive.engine.threshold_choice`)
@@ -251,7 +254,8 @@ def calibrate_decision_threshold(bundle_path: str | Path,
     measured on. Returns the choice's report plus ``written``."""
     bundle = load_bundle(bundle_path)
     with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
-        tally = ThresholdTally(tuple(grid), pipe.config.particles, pipe.config.min_particle_area_px, max_called_empty)
+        tally = ThresholdTally(tuple(grid), pipe.config.particles, pipe.config.min_particle_area_px, max_called_empty,
+                               max_called_empty_frame)
         for pixels, label, meta in frames:
             inference = pipe.infer(pixels, meta)
             tally.add(inference.probabilities, label, inference.pixel_size_nm)

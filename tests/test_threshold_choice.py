@@ -44,10 +44,31 @@ def test_bare_support_budget_excludes_thresholds_that_call_texture() -> None:
     texture = np.kron(np.eye(4), np.ones((32, 32)))[:128, :128]  # 6 % of the pixels, 1.6 nm patches
     bare = np.where(texture > 0, 0.45, 0.05).astype(np.float32)
     items = [(frame, label, 0.05)] * 4 + [(bare, np.zeros_like(label), 0.05)]
-    assert choose_threshold(items, max_called_empty=1.0).threshold == 0.35  # Dice alone: take the rim
+    assert choose_threshold(items, max_called_empty=1.0, max_called_empty_frame=1.0).threshold == 0.35  # Dice alone
     assert choose_threshold(items).threshold == 0.5  # 0.45 and up drop the texture; ties go to 0.5
     with pytest.raises(ValueError, match="fraction in \\[0, 1\\], got 5"):
         choose_threshold(items, max_called_empty=5)
+
+
+def test_one_frame_budget_excludes_a_threshold_that_one_bare_frame_fails() -> None:
+    """Particles whose rim the model gives p 0.52; eleven clean bare frames and one with a
+    textured patch at p 0.53 (3.5 % of it, 1.35 nm). At 0.5 the rim is kept and the mean over the
+    bare frames stays within 0.5 %, but that one frame is above the 2 % per-frame budget, so
+    0.55 is chosen; the report records both budgets."""
+    label = _disc(128, 34)
+    rim = (label > 0) & (_disc(128, 30) == 0)
+    frame = np.where(rim, 0.52, np.where(label > 0, 0.9, 0.1)).astype(np.float32)
+    clean = np.full((128, 128), 0.05, np.float32)
+    texture = np.zeros((128, 128))
+    texture[40:64, 40:64] = 1
+    bad = np.where(texture > 0, 0.53, 0.05).astype(np.float32)
+    items = [(frame, label, 0.05)] * 3 + [(clean, np.zeros_like(label), 0.05)] * 11 + [(bad, np.zeros_like(label), 0.05)]
+    assert choose_threshold(items, max_called_empty_frame=1.0).threshold == 0.5  # the mean alone: 0.5 % at most
+    choice = choose_threshold(items)
+    assert choice.threshold == 0.55 and choice.empty_called_max[choice.grid.index(0.5)] > 0.02
+    assert choice.to_dict()["max_called_without_particles_frame"] == 0.02
+    with pytest.raises(ValueError, match="max_called_empty_frame must be a fraction in \\[0, 1\\], got -1"):
+        choose_threshold(items, max_called_empty_frame=-1)
 
 
 def test_grid_and_shape_errors_name_the_value() -> None:
