@@ -157,6 +157,34 @@ def test_default_bundle_commands_parse() -> None:
     assert stage3[4].benchmark_by == ["pixel_size_nm=0.02,0.03", "dose_e_per_A2=500,1000", "material"]
     assert str(stage3[5].bundle) == "ft3/bundle" and [str(p) for p in stage3[5].choose_threshold] == ["cur_val"]
     assert stage3[0].support_pool == 1  # the databases as stage 3 drew them (one carbon slab per grid)
+    assert stage3[4].bundle_name == "default-curated-v3"
+    from fringelive.training.build_default_bundle import (DEFAULT_NAME, all_commands, stage4_commands,
+                                                          stage5_commands, stage6_commands)
+
+    stage4, stage5, stage6 = ([parser.parse_args(c) for c in f()] for f in (stage4_commands, stage5_commands,
+                                                                          stage6_commands))
+    assert [a.command for a in stage4] == ["synth"] * 3 + ["finetune"]
+    assert stage4[0].support_pool is None and stage4[0].count == 1600  # the preset's pool of 4 slabs
+    assert stage4[3].source == "ft3/bundle" and stage4[3].data == ["cur_p4", "cur_2"]
+    assert [a.command for a in stage5] == ["synth"] * 3 + ["finetune"]
+    assert stage5[0].seed == stage4[0].seed and stage5[0].count == 900  # cur_p9: the first 900 of cur_p4
+    assert stage5[1].engine == "abtem" and stage5[1].preset is None and stage5[1].empty_fraction == 0.4
+    assert stage5[3].source == "ft4/bundle" and stage5[3].data == ["rnd5", "cur_p9"]
+    assert [a.command for a in stage6] == ["synth", "synth", "finetune", "calibrate"]
+    assert stage6[0].read_noise == [0.0, 40.0] and stage6[0].mtf_sigma == [0.0, 1.3]  # wider camera ranges
+    assert stage6[2].source == "ft5/bundle" and stage6[2].data == ["rnd6", "rnd5"] and stage6[2].bundle_name == DEFAULT_NAME
+    assert str(stage6[3].bundle) == "ft6/bundle" and stage6[1].mtf_sigma == [0.0, 1.3]
+    assert [str(p) for p in stage6[3].choose_threshold] == ["cur_val4", "cur_valbare", "cur_valbare6"]
+    # every set a later command reads is written by an earlier one (or is an earlier run's bundle)
+    written: set[str] = set()
+    for argv in all_commands():
+        a = parser.parse_args(argv)
+        needs = list(getattr(a, "data", None) or []) + [str(p) for p in getattr(a, "choose_threshold", None) or []]
+        for need in needs:
+            assert str(need) in written, (argv[0], need)
+        out = getattr(a, "out", None)
+        if out is not None:
+            written.add(str(out))
 
 
 def test_trainer_noise_max_steps_and_tensorboard(tmp_path: Path) -> None:
@@ -260,12 +288,12 @@ def test_cli_train(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_committed_default_bundle_records_its_recipe_and_heldout_dice() -> None:
-    """default_bundle is stage 3 of training/build_default_bundle.py (the curated fine-tunes): its
+    """default_bundle is stage 6 of training/build_default_bundle.py (the curated fine-tunes): its
     card records the finetune and synth commands, the per-epoch benchmarks (per condition too),
     the threshold choice, and reaches Dice >= 0.9 on whole held-out multislice frames at
     0.02 nm/pixel and 423 e/Å² with an unseen camera."""
     from fringelive.bundle.bundle_io import load_bundle
-    from fringelive.training.build_default_bundle import DEFAULT_NAME, stage3_commands
+    from fringelive.training.build_default_bundle import DEFAULT_NAME, stage6_commands
 
     path = Path(__file__).resolve().parents[1] / "default_bundle"
     if not (path / "card.json").is_file():
@@ -273,17 +301,17 @@ def test_committed_default_bundle_records_its_recipe_and_heldout_dice() -> None:
     card = load_bundle(path).card
     assert card.name == DEFAULT_NAME
     command = card.provenance.command
-    assert command.startswith("fringelive finetune ") and "--data cur_0 cur_1 cur_2 cur_3" in command
+    assert command.startswith("fringelive finetune ") and "--data rnd6 rnd5" in command
     assert "--select-metric last" in command and "--benchmark bare_support=eval_bare" in command
-    assert all("--preset curated" in d["command"] for d in card.metrics["training"]["data"])
+    assert all("synth --engine abtem" in d["command"] for d in card.metrics["training"]["data"])
     benches = card.metrics["benchmarks"]
     assert {"accept_au", "bare_support"} <= set(benches)
     assert benches["accept_au"]["whole_sample"]["samples"] == 24
     assert benches["accept_au"]["whole_sample"]["ensemble_dice_mean"] >= 0.9
     assert benches["bands[material=Ag]"]["of"] == "bands" and benches["bands[dose_e_per_A2<500]"]["samples"] > 0
-    calibrate = stage3_commands()[-1]
+    calibrate = stage6_commands()[-1]
     ref = card.drift_reference
     assert ref and ref["frames"] >= 100 and ref["cusum"]["h"] > 0  # measured by the calibrate command
     assert ref["sources"] == calibrate[3:calibrate.index("--choose-threshold")]
     chosen = card.metrics["threshold_calibration"]
-    assert chosen["sources"] == ["cur_val"] and chosen["threshold"] == card.threshold
+    assert chosen["sources"] == ["cur_val4", "cur_valbare", "cur_valbare6"] and chosen["threshold"] == card.threshold

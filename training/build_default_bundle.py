@@ -33,7 +33,18 @@ its threshold chosen on a separate labelled set before the drift reference is me
     fringelive finetune --from ft1/bundle --data cur_0 cur_1 cur_2 cur_3 --benchmark ... --benchmark-by ... --out ft3
     fringelive calibrate --bundle ft3/bundle eval_bands eval_bare eval_accept_au --choose-threshold cur_val
 
-in a working directory, and copy ``ft3/bundle`` (with the verification tiles of the bundle it
+then stages 4–6 (docs/training.md): carbon the model never saw, then fully random carbon (no
+support reuse), then wider camera ranges, each a short fine-tune of the one before:
+
+    fringelive synth --preset curated --seed 2000 ... --count 1600 --out cur_p4     (fresh carbon slabs)
+    fringelive finetune --from ft3/bundle --data cur_p4 cur_2 ... --out ft4
+    fringelive synth --engine abtem ... --count 480 --seed 3000 --out rnd5          (random carbon)
+    fringelive finetune --from ft4/bundle --data rnd5 cur_p9 ... --out ft5
+    fringelive synth --engine abtem ... --count 400 --seed 3001 --out rnd6          (+ wider cameras)
+    fringelive finetune --from ft5/bundle --data rnd6 rnd5 ... --out ft6
+    fringelive calibrate --bundle ft6/bundle eval_bands eval_bare eval_accept_au --choose-threshold cur_val4 ...
+
+in a working directory, and copy ``ft6/bundle`` (with the verification tiles of the bundle it
 replaces: same preprocessing) to ``--out``:
     python -m fringelive.training.build_default_bundle --out default_bundle [--work DIR]
 
@@ -47,7 +58,9 @@ closer-to-reality data. The card records every command (``provenance.command`` f
 423 e/Å² for both engines (``metrics.benchmarks.heldout_423e`` and
 ``heldout_abtem_423e``, ``.whole_sample``). The drift reference (``drift_reference``: CUSUM
 threshold, dose calibration) is measured by ``calibrate`` on 204 in-distribution frames of both
-engines (a fine-tuning run alone would have only its few validation frames). About an hour on 2 CPU cores (most of it abTEM).
+engines (a fine-tuning run alone would have only its few validation frames). Stage 1 takes about
+an hour on 2 CPU cores (most of it abTEM); the curated stages 2–6 several hours more (synth at
+~1,300–1,800 samples/h, fine-tunes at 10–25 min per epoch).
 """
 
 from __future__ import annotations
@@ -114,8 +127,8 @@ def commands(*, train_frames: int = 32, heldout_frames: int = 6, frame_px: int =
 
 
 CURATED_NAME = "default-curated-v2"
-#: the shipped default (stage 3)
-DEFAULT_NAME = "default-curated-v3"
+#: the shipped default (stage 6)
+DEFAULT_NAME = "default-curated-v6"
 DESCRIPTION_CURATED = (
     "Default model: the published residual UNet fine-tuned on a curated abTEM multislice database "
     "(fringelive synth --preset curated): Au, Ag, Pt, CdSe particles 1.5-12 nm at random orientation with twins and "
@@ -182,10 +195,105 @@ def stage3_commands(*, epochs: int = 3, lr: float = 2e-4, seed: int = 0) -> list
          "--noise-rho-max", "0.3", "--seed", str(seed), "--benchmark", "accept_au=eval_accept_au", "--benchmark",
          "bare_support=eval_bare", "--benchmark", "bands=eval_bands", "--benchmark-by", "pixel_size_nm=0.02,0.03",
          "--benchmark-by", "dose_e_per_A2=500,1000", "--benchmark-by", "material", "--select-metric", "last",
-         "--bundle-name", DEFAULT_NAME, "--description", DESCRIPTION_CURATED, "--no-calibrate", "--no-progress"],
+         "--bundle-name", "default-curated-v3", "--description", DESCRIPTION_CURATED, "--no-calibrate", "--no-progress"],
         ["calibrate", "--bundle", "ft3/bundle", "eval_bands", "eval_bare", "eval_accept_au", "--choose-threshold",
          "cur_val", "--no-dose-calibration", "--seed", str(seed)],
     ]
+
+
+def _finetune(source: str, data: list[str], out: str, *, bands: str, name: str, seed: int) -> list[str]:
+    """Stages 4–6's fine-tune: 2 epochs, cosine 1e-4 → 1e-5, per-condition benchmarks on the
+    held-out sets (``bands``: the bands set), the last epoch kept, no drift reference yet."""
+    return ["finetune", "--from", source, "--data", *data, "--out", out, "--folds", "1", "--split", "0.95", "0.05",
+            "0", "--patch", "256", "--batch-size", "8", "--lr-schedule", "cosine", "--lr-min", "1e-5",
+            "--noise-rho-max", "0.3", "--epochs", "2", "--lr", "0.0001", "--seed", str(seed),
+            "--benchmark", "accept_au=eval_accept_au", "--benchmark", "bare_support=eval_bare",
+            "--benchmark", f"bands={bands}", "--benchmark-by", "pixel_size_nm=0.02,0.03",
+            "--benchmark-by", "dose_e_per_A2=500,1000", "--benchmark-by", "material", "--select-metric", "last",
+            "--bundle-name", name, "--description", DESCRIPTION_CURATED, "--no-calibrate", "--no-progress"]
+
+#: The curated distributions with every frame's amorphous carbon simulated anew (no support
+#: reuse: full band-limited multislice at 0.25 Å), 40 % bare frames (stages 5 and 6).
+_SYNTH_RANDOM_CARBON = [
+    "synth", "--engine", "abtem", "--size", "512", "--pixel-size", "0.012", "0.046", "--dose", "50", "3000",
+    "--log-uniform", "pixel-size", "dose", "diameter", "carbon-thickness", "--material", "Au", "Ag", "Pt", "CdSe",
+    "--diameter", "1.5", "12", "--particles", "0", "3", "--empty-fraction", "0.4", "--twin-probability", "0.3",
+    "--stacking-fault-probability", "0.25", "--edge-overlap", "--carbon-thickness", "2", "12",
+    "--no-support-fraction", "0.03", "--voltage", "300", "300", "200", "--defocus", "-15", "15", "--cs", "-30", "30",
+    "--uncorrected-fraction", "0.2", "--cs-uncorrected", "0.5", "1.2", "--focal-spread", "2", "6",
+    "--angular-spread", "0.05", "0.5", "--sampling", "0.25", "--slice-thickness", "2", "--mask-pass", "shared"]
+#: The preset's camera ranges (stage 5) and the wider ones of stage 6: read noise to 40 counts,
+#: detector blur to σ 1.3 px, 50 % illumination gradients, gain to 12 counts/e, offset to 800.
+_CAMERA_CURATED = ["--gain", "0.5", "10", "--offset", "0", "500", "--illumination", "0", "0.3", "--read-noise", "0",
+                   "20", "--mtf-sigma", "0", "0.8"]
+_CAMERA_WIDE = ["--gain", "0.5", "12", "--offset", "0", "800", "--illumination", "0", "0.5", "--read-noise", "0",
+                "40", "--mtf-sigma", "0", "1.3"]
+#: Stage 4's fresh-carbon frames (the preset's pool of 4 carbon slabs seeded per database) and
+#: stage 5's share of them: the first 1,600 / 900 of ``--seed 2000`` (a sample depends only on the
+#: seed and its index, so the shorter run gives the same frames).
+_SYNTH_FRESH_CARBON = ["synth", "--preset", "curated", "--seed", "2000", "--dose", "100", "2500", "--material", "Au",
+                       "Ag", "Pt", "--empty-fraction", "0.25", "--workers", "2", "--no-progress"]
+
+
+def _bare_random_carbon(camera: list[str], *, seed: str, out: str) -> list[str]:
+    """24 frames of random carbon without particles (0.2 Å multislice) through ``camera``'s
+    ranges: a threshold-choice set, never a reported one."""
+    return ["synth", "--engine", "abtem", "--count", "24", "--size", "512", "--pixel-size", "0.013", "0.042",
+            "--material", "Au", "--particles", "0", "0", "--carbon-thickness", "2", "12", "--defocus", "-15", "15",
+            "--cs", "-30", "30", "--dose", "100", "2500", "--sampling", "0.2", "--mask-pass", "shared", *camera,
+            "--seed", seed, "--workers", "2", "--no-progress", "--out", out]
+
+
+def stage4_commands(*, seed: int = 0) -> list[list[str]]:
+    """Stage 4: curated frames whose carbon is new to the model (``--support-pool 4``), a quarter
+    bare; the fine-tune of ``ft3/bundle`` (not shipped: its threshold choice on curated frames
+    picked 0.3, too low for fully random carbon); its threshold-choice set ``cur_val4``; the
+    held-out bands with carbon no training set used (``eval_bands4``)."""
+    return [
+        [*_SYNTH_FRESH_CARBON, "--count", "1600", "--out", "cur_p4"],
+        ["synth", "--preset", "curated", "--count", "60", "--seed", "1101", "--workers", "1", "--no-progress",
+         "--out", "cur_val4"],
+        ["synth", "--preset", "curated", "--count", "60", "--pixel-size", "0.013", "0.042", "--dose", "200", "2000",
+         "--material", "Au", "Ag", "Pt", "--particles", "1", "3", "--empty-fraction", "0", "--diameter", "2", "10",
+         "--no-support-fraction", "0", "--carbon-thickness", "2", "10", *HELD_OUT_CAMERA, "--seed", "9103",
+         "--workers", "1", "--no-progress", "--out", "eval_bands4"],
+        _finetune("ft3/bundle", ["cur_p4", "cur_2"], "ft4", bands="eval_bands", name="default-curated-v4", seed=seed),
+    ]
+
+
+def stage5_commands(*, seed: int = 0) -> list[list[str]]:
+    """Stage 5: frames with fully random carbon (``rnd5``, the preset's camera ranges) and 900
+    fresh-carbon curated frames; the fine-tune of ``ft4/bundle``; random-carbon bare frames for
+    the threshold choice (``cur_valbare``, never a reported set)."""
+    return [
+        [*_SYNTH_FRESH_CARBON, "--count", "900", "--out", "cur_p9"],
+        [*_SYNTH_RANDOM_CARBON, *_CAMERA_CURATED, "--count", "480", "--seed", "3000", "--workers", "2",
+         "--no-progress", "--out", "rnd5"],
+        _bare_random_carbon(_CAMERA_CURATED, seed="1102", out="cur_valbare"),
+        _finetune("ft4/bundle", ["rnd5", "cur_p9"], "ft5", bands="eval_bands4", name="default-curated-v5", seed=seed),
+    ]
+
+
+def stage6_commands(*, seed: int = 0) -> list[list[str]]:
+    """Stage 6 (shipped): random-carbon frames from wider camera ranges (``rnd6``) with ``rnd5``;
+    the fine-tune of ``ft5/bundle``; the threshold chosen on ``cur_val4``, ``cur_valbare`` and
+    ``cur_valbare6`` (bare random carbon through the wider cameras) with the per-frame budget, then
+    the drift reference."""
+    return [
+        [*_SYNTH_RANDOM_CARBON, *_CAMERA_WIDE, "--count", "400", "--seed", "3001", "--workers", "2",
+         "--no-progress", "--out", "rnd6"],
+        _bare_random_carbon(_CAMERA_WIDE, seed="1103", out="cur_valbare6"),
+        _finetune("ft5/bundle", ["rnd6", "rnd5"], "ft6", bands="eval_bands4", name=DEFAULT_NAME, seed=seed),
+        ["calibrate", "--bundle", "ft6/bundle", "eval_bands", "eval_bare", "eval_accept_au", "--choose-threshold",
+         "cur_val4", "--choose-threshold", "cur_valbare", "--choose-threshold", "cur_valbare6", "--no-dose-calibration",
+         "--seed", str(seed)],
+    ]
+
+
+def all_commands(**kwargs: object) -> list[list[str]]:
+    """Every stage's command lines, in order."""
+    return (commands(**kwargs) + curated_commands() + stage3_commands() + stage4_commands()  # type: ignore[arg-type]
+            + stage5_commands() + stage6_commands())
 
 
 def build(out: Path, work: Path, **kwargs: object) -> Path:
@@ -195,7 +303,7 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
     cwd = os.getcwd()
     os.chdir(work)  # relative paths, so the card's commands read the same anywhere
     try:
-        for argv in commands(**kwargs) + curated_commands() + stage3_commands():  # type: ignore[arg-type]
+        for argv in all_commands(**kwargs):
             log.info("fringelive %s", shlex.join(argv))
             # the commands run as `python -m fringelive.cli` (training sits below the CLI layer)
             rc = subprocess.run([sys.executable, "-m", "fringelive.cli", *argv], check=False).returncode
@@ -203,7 +311,7 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
                 raise SystemExit(f"fringelive {argv[0]} failed with exit code {rc}")
     finally:
         os.chdir(cwd)
-    src = work / "ft3" / "bundle"
+    src = work / "ft6" / "bundle"
     staged = out.with_name(out.name + ".new")
     if staged.exists():
         shutil.rmtree(staged)
@@ -249,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                   abtem_px=args.abtem_px, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                   calib_frames=args.calib_frames)
     if args.print_commands:
-        for c in commands(**kwargs) + curated_commands() + stage3_commands():
+        for c in all_commands(**kwargs):
             print("fringelive " + shlex.join(c))
         return 0
     if args.work is not None:
