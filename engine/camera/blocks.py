@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BACKGROUND_BLOCKS", "BlockStats", "FrameBlocks", "block_stack", "block_statistics", "clean_blocks", "flat_blocks",
-           "laplacian_variance", "pick_evenly", "stack_statistics"]
+__all__ = ["BACKGROUND_BLOCKS", "BlockStats", "FrameBlocks", "block_stack", "block_statistics", "clean_blocks",
+           "flat_blocks", "laplacian_variance", "pick_evenly", "stack_statistics"]
 
 #: Background blocks per frame, spread evenly: the dose estimate's (``[drift]
 #: max_background_blocks``) and the camera learner's, the same so that one computation per frame

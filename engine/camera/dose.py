@@ -53,8 +53,8 @@ class DoseEstimate:
         return asdict(self)
 
 
-def background_stats(blocks: FrameBlocks, *, block: int | None = None, max_blocks: int = BACKGROUND_BLOCKS, min_blocks: int = 6
-                     ) -> BlockStats:
+def background_stats(blocks: FrameBlocks, *, block: int | None = None, max_blocks: int = BACKGROUND_BLOCKS,
+                     min_blocks: int = 6) -> BlockStats:
     """The frame's background block statistics for a dose: ``block`` px (default 32, 16 under
     512 px) away from the mask, or every block when fewer than ``min_blocks`` are clear."""
     if block is None:
