@@ -105,8 +105,7 @@ def measure_frame(pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | 
             px_for_dose = float(px_est.pixel_size_nm)
         signal_dose = None
         if camera is not None:
-            estimates.update(_camera_dose_estimates(pixels, blocks if blocks is not None else FrameBlocks(pixels, mask),
-                                                    camera, px_for_dose, settings))
+            estimates.update(_camera_dose_estimates(pixels, mask, blocks, camera, px_for_dose, settings))
             signal_dose = estimates.get("dose_e_per_A2")
             if signal_from_card and estimates.get("dose_verified"):
                 legacy = image_estimates.CameraCalibration(
@@ -132,9 +131,9 @@ def measure_frame(pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | 
     return FrameMeasurement(cond, estimates, signals, measurement)
 
 
-def _camera_dose_estimates(pixels: np.ndarray, blocks: FrameBlocks, camera: CameraSettings, px_nm: float | None,
-                           settings: DriftSettings) -> dict[str, Any]:
-    est = camera_dose(pixels, camera, px_nm, blocks=blocks, max_blocks=settings.max_background_blocks)
+def _camera_dose_estimates(pixels: np.ndarray, mask: np.ndarray, blocks: FrameBlocks | None, camera: CameraSettings,
+                           px_nm: float | None, settings: DriftSettings) -> dict[str, Any]:
+    est = camera_dose(pixels, camera, px_nm, mask=mask, blocks=blocks, max_blocks=settings.max_background_blocks)
     if est is None:
         return {"electrons_per_px": None, "dose_e_per_A2": None, "dose_e_per_A2_from_gain": None,
                 "dose_e_per_A2_shot_noise": None, "camera_gain_counts_per_e": None, "camera_noise_factor_implied": None,

@@ -75,8 +75,9 @@ class StreamCameraFit:
 
     def result(self) -> PhotonTransferResult | None:
         """The temporal fit when confident; else the spatial fit when confident and, once frame
-        pairs were found, consistent with the temporal fit (none yet: not confident); else the unconfident temporal fit if there is one (its
-        reasons say what is missing), else the spatial one; None before any fit."""
+        pairs were found, consistent with the temporal fit (none yet: not confident); else the
+        unconfident temporal fit if there is one (its reasons say what is missing), else the
+        spatial one; None before any fit."""
         t = self.temporal.result()
         s = self.spatial.result()
         if t is not None:
