@@ -9,6 +9,11 @@ issue #14: ``auto`` ≥ 1.4× ``onnxruntime`` frames/s at 2048², FP32 masks ide
 
     python benchmarks/daemon_engines.py [--size 2048] [--frames 6] [--threads 2] [--rounds 2] [--backends onnxruntime auto]
 
+A plain backend runs with the default ``[queue] preprocess_ahead = "auto"``; one written
+``KIND/serial`` with ``false`` (each frame preprocessed by the worker itself, not overlapping the
+previous frame's inference) and ``KIND/ahead`` with ``true``, e.g. ``--backends onnxruntime auto
+onnxruntime/ahead auto/ahead``; ratios are against plain ``onnxruntime``.
+
 Rounds alternate the order (A B, B A, ...) so that a load change on a shared machine hits both
 backends alike; medians over rounds are printed, and the per-round ratios.
 
@@ -46,8 +51,15 @@ def _cpu_s() -> float:
 
 
 def one(kind: str, side: int, n: int, threads: int, out: Path) -> None:
-    """Child process: one daemon on ``kind``; writes timings (json) and masks (npy)."""
+    """Child process: one daemon on ``kind`` (``KIND/serial``, ``KIND/ahead``: preprocessing
+    ahead off, on); writes timings (json) and masks (npy)."""
     import zmq
+
+    label = kind
+    kind, _, variant = kind.partition("/")
+    ahead = {"": "auto", "serial": False, "ahead": True}
+    if variant not in ahead:
+        raise SystemExit(f"unknown backend variant {variant!r} in {label!r} (KIND/serial or KIND/ahead)")
 
     if kind == "torch":  # the daemon's serving path is torch-free; only this backend uses it
         import torch
@@ -71,7 +83,7 @@ def one(kind: str, side: int, n: int, threads: int, out: Path) -> None:
         "ingest": {"endpoint": "tcp://127.0.0.1:0", "rcvhwm": 2},
         "results": {"endpoint": "tcp://127.0.0.1:0", "sndhwm": 1000},
         "control": {"endpoint": "tcp://127.0.0.1:0"}, "metrics": {"enabled": False},
-        "queue": {"size": 2, "policy": "block"},
+        "queue": {"size": 2, "policy": "block", "preprocess_ahead": ahead[variant]},
         "model": {"bundle": str(default_bundle_path()), "backend": kind, "intra_op_threads": threads},
     })
     t_start = time.perf_counter()
@@ -121,7 +133,7 @@ def one(kind: str, side: int, n: int, threads: int, out: Path) -> None:
     lat = [(r - s) * 1e3 for r, s in zip(done, sent)]
     np.save(out.with_suffix(".npy"), np.stack([masks[i] for i in range(n)]))
     out.write_text(json.dumps({
-        "kind": kind, "fps": n / (done[-1] - t0), "p50": percentile(lat, 50), "p99": percentile(lat, 99),
+        "kind": label, "fps": n / (done[-1] - t0), "p50": percentile(lat, 50), "p99": percentile(lat, 99),
         "one_p50": percentile(one_lat, 50), "one_p99": percentile(one_lat, 99), "start_s": start_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cpu_s_per_frame": cpu_s / n,
@@ -149,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             order = args.backends if r % 2 == 0 else list(reversed(args.backends))
             for kind in order:
-                out = Path(tmp) / f"{kind}-{r}.json"
+                out = Path(tmp) / f"{kind.replace('/', '-')}-{r}.json"
                 # the environment `fringelive serve` runs in (cli/__init__.py: OpenBLAS single-threaded)
                 env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
                 subprocess.run([sys.executable, __file__, "--one", kind, "--size", str(args.size), "--frames",
@@ -163,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                       "start_s", "cpu_s_per_frame")} for k, v in runs.items()}
     stages = {k: {st: statistics.median(x["stages"][st] for x in v) for st in v[0]["stages"]} for k, v in runs.items()}
     ref = med.get("onnxruntime")
-    print(f"\nmedians over rounds\n{'backend':12s} {'frames/s':>9s} {'vs ORT':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
+    print(f"\nmedians over rounds\n{'backend':18s} {'frames/s':>9s} {'vs ORT':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'1-at-a-time p50':>16s} {'CPU s/frame':>12s} {'peak RSS MiB':>13s} {'start s':>8s} {'mask = ORT':>11s}  stages (median ms)")
     for kind, r in med.items():
         ratio = f"{r['fps'] / ref['fps']:.2f}x" if ref else "-"
         same = f"{np.mean(masks[kind] == masks['onnxruntime']):.4%}" if ref and kind != "onnxruntime" else "-"
         st = ", ".join(f"{k} {v:.0f}" for k, v in stages[kind].items() if k in ("preprocess", "inference", "particles", "drift"))
-        print(f"{kind:12s} {r['fps']:9.3f} {ratio:>7s} {r['p50']:8.0f} {r['p99']:8.0f} {r['one_p50']:16.0f} "
+        print(f"{kind:18s} {r['fps']:9.3f} {ratio:>7s} {r['p50']:8.0f} {r['p99']:8.0f} {r['one_p50']:16.0f} "
               f"{r['cpu_s_per_frame']:12.2f} {r['peak_rss_mib']:13.0f} {r['start_s']:8.1f} {same:>11s}  {st}")
     if ref and len(med) > 1 and args.rounds > 1:
         for kind in med:

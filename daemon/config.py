@@ -169,15 +169,23 @@ class MetricsConfig:
 class QueueConfig:
     """The bounded frame queue between receiver and worker. ``size``: frames. ``policy``:
     ``block`` (receiver stops reading, ZeroMQ's high-water mark fills, the sender's PUSH blocks)
-    or ``drop-oldest`` (newest frames win; counted as dropped{reason="queue_full"})."""
+    or ``drop-oldest`` (newest frames win; counted as dropped{reason="queue_full"}).
+    ``preprocess_ahead``: true → the worker takes the next queued frame as soon as the network
+    starts on the current one and preprocesses it in a helper thread, so preprocessing overlaps
+    inference (that frame has then left the queue: one fewer frame for drop-oldest to evict);
+    "auto" → only where the CPU has cores to spare for it (a GPU or Triton network, or more
+    cores than network threads; ``daemon/threads.py``: :func:`preprocess_ahead_choice`)."""
 
     size: int = 4
     policy: str = "block"
+    preprocess_ahead: bool | str = "auto"
 
     def __post_init__(self) -> None:
         _positive_int(self.size, "queue.size")
         if self.policy not in QUEUE_POLICIES:
             raise ConfigError(f"queue.policy must be one of {list(QUEUE_POLICIES)}, got {self.policy!r}")
+        if not (isinstance(self.preprocess_ahead, bool) or self.preprocess_ahead == "auto"):
+            raise ConfigError(f'queue.preprocess_ahead must be true, false or "auto", got {self.preprocess_ahead!r}')
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import logging
 import queue as _queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -27,10 +28,11 @@ from fringelive.daemon.results import drift_failed, encode_result_message, resul
 from fringelive.daemon.sequence import stamp_seq
 from fringelive.daemon.sockets import POLL_MS, PUB_LINGER_MS
 from fringelive.daemon.view import ViewFrame
+from fringelive.engine.backends.base import usable_cpu_count
 from fringelive.engine.camera import FrameBlocks
 from fringelive.engine.preprocess import min_frame_side
 
-__all__ = ["FrameThreads", "STOP", "WAIT_S"]
+__all__ = ["FrameThreads", "STOP", "WAIT_S", "preprocess_ahead_choice"]
 
 log = logging.getLogger("fringelive.daemon")
 
@@ -46,13 +48,27 @@ class _Work:
 
 
 @dataclass
+class _Prepared:
+    """A frame between the worker's preprocessing (possibly ahead, in the helper thread) and its
+    network inference."""
+
+    work: _Work
+    models: Any           # the ModelSet it was routed in (a reload since means: route again)
+    t_started: float      # perf_counter when its preprocessing began
+    model: Any = None     # the Model it was routed to
+    route: Any = None     # routing.Route
+    prepared: Any = None  # pipeline.PreparedFrame
+    error: str | None = None  # "Type: message" when routing or preprocessing failed
+
+
+@dataclass
 class _Inferred:
     """A frame between the worker and the finisher."""
 
     work: _Work
     model: Any            # the Model it was computed with
     inference: Any        # pipeline.FrameInference
-    t_started: float      # perf_counter when the worker took it off the queue
+    t_started: float      # perf_counter when its preprocessing began (_Prepared.t_started)
     t_inferred: float     # perf_counter when the worker handed it over
     route: Any = None     # routing.Route
 
@@ -68,6 +84,25 @@ class _Outgoing:
 
 
 STOP = object()
+
+
+def preprocess_ahead_choice(setting: bool | str, devices: Sequence[str], threads: int | None,
+                            cores: int) -> tuple[bool, str]:
+    """Whether the worker preprocesses the next frame while the network runs (``[queue]
+    preprocess_ahead``), and why. ``setting``: true, false or "auto"; ``devices``: the network
+    backends' devices ("cpu", "cuda:0", a Triton URL); ``threads``: the network's CPU threads
+    (None = every usable core); ``cores``: usable CPU cores. "auto" overlaps only where a core is
+    left over: on 2 cores with a 2-thread CPU network the overlap made both ONNX Runtime and
+    OpenVINO slower (``benchmarks/daemon_engines.py`` with ``KIND/serial``)."""
+    if isinstance(setting, bool):
+        return setting, f"[queue] preprocess_ahead = {str(setting).lower()}"
+    off_cpu = sorted({d for d in devices if d != "cpu"})
+    if devices and len(off_cpu) == len(set(devices)):
+        return True, f"the network runs on {', '.join(off_cpu)}, not on this CPU's cores"
+    used = cores if threads is None else min(threads, cores)
+    if cores > used:
+        return True, f"{cores} CPU cores, {used} used by the network"
+    return False, f"the network's {used} thread(s) use all {cores} CPU core(s)"
 
 
 def min_side_of(models: Any) -> int:
@@ -202,36 +237,77 @@ class FrameThreads:
         return None
 
     def _worker_loop(self) -> None:
+        """Frames off the queue → route + preprocess → network → the finisher. With
+        ``[queue] preprocess_ahead`` the next queued frame is preprocessed by a helper thread
+        while the network runs on this one (its errors come back through the future)."""
+        models = self._models
+        on, why = preprocess_ahead_choice(
+            self.config.queue.preprocess_ahead, [str(b.device) for m in (models.models if models else ()) for b in m.backends],
+            self.config.model.intra_op_threads, usable_cpu_count())
+        log.info("preprocessing %s: %s", "ahead of the network (overlapping it)" if on else "in turn with the network", why)
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fringelive-preprocess") if on else None
+        pending: Future[_Prepared] | None = None
         try:
             while not self._abort.is_set():
                 self._maybe_swap()
-                work = self._queue.get(timeout=WAIT_S)
-                if work is None:
-                    continue
+                if pending is not None:
+                    item, pending = pending.result(), None
+                else:
+                    work = self._queue.get(timeout=WAIT_S)
+                    if work is None:
+                        continue
+                    item = self._prepare(work)
+                if ahead is not None:
+                    following = self._queue.get(timeout=0)
+                    if following is not None:
+                        pending = ahead.submit(self._prepare, following)
                 handed = False
                 try:
-                    handed = bool(self._process(work))
+                    handed = self._process(item)
                 finally:
                     if not handed:  # else the finisher marks it done
                         self._queue.task_done()
             self._maybe_swap()
         finally:
+            if pending is not None:  # only after a drain deadline: the frame was taken, never run
+                try:
+                    self._drop(pending.result().work, "shutdown")
+                finally:
+                    self._queue.task_done()
+            if ahead is not None:
+                ahead.shutdown(wait=True)
             self._hand_over(STOP)
 
-    def _process(self, work: _Work) -> bool:
-        """The worker's part of one frame: the backend half of the pipeline, then the hand-off
-        to the finisher. True when handed over (the finisher then owns its accounting)."""
-        t0 = time.perf_counter()
-        models = self._models
-        assert models is not None
+    def _prepare(self, work: _Work) -> _Prepared:
+        """Route ``work`` and preprocess it for its bundle; never raises (errors are recorded)."""
+        item = _Prepared(work, self._models, time.perf_counter())
         h = work.frame.header
         try:
-            model, route = models.route(h.meta)
-            inference = model.pipeline.infer(work.frame.pixels, h.meta)
+            item.model, item.route = item.models.route(h.meta)
+            item.prepared = item.model.pipeline.prepare(work.frame.pixels, h.meta)
+        except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
+            item.error = f"{type(e).__name__}: {e}"
+        return item
+
+    def _process(self, item: _Prepared) -> bool:
+        """The worker's part of one preprocessed frame: the network half of the pipeline, then
+        the hand-off to the finisher. True when handed over (the finisher then owns its
+        accounting)."""
+        work = item.work
+        if item.models is not self._models:  # a reload swapped the bundles since: route again
+            t_started = item.t_started
+            item = self._prepare(work)
+            item.t_started = t_started
+        h = work.frame.header
+        if item.error is not None:
+            self._reject("pipeline_error", item.error, h.series, h.frame, source=work.source)
+            return False
+        try:
+            inference = item.model.pipeline.infer_prepared(item.prepared)
         except Exception as e:  # noqa: BLE001 - a failing frame is counted, the daemon goes on
             self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame, source=work.source)
             return False
-        self._hand_over(_Inferred(work, model, inference, t0, time.perf_counter(), route))
+        self._hand_over(_Inferred(work, item.model, inference, item.t_started, time.perf_counter(), item.route))
         return True
 
     def _hand_over(self, item: Any) -> None:

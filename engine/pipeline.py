@@ -1,16 +1,18 @@
 """The segmentation pipeline: one camera frame in, probabilities, mask and particles out.
 
-    infer:  pixels (H, W) counts ─ preprocess (card.preprocessing, CPU numpy) ─► image (H, W) float32
-              └► per member backend: tile + infer + stitch (halo tiling or Gaussian blend), the
-                 class-1 probability (2 classes: sigmoid(l1 - l0)) computed per tile core as it is
-                 stitched ─► member probability (H, W) ─► mean over members
-    finish: mask = probability > threshold ─► particle statistics, area fraction
+    prepare:        pixels (H, W) counts ─ preprocess (card.preprocessing, CPU numpy)
+                    ─► image (H, W) float32
+    infer_prepared: image ─► per member backend: tile + infer + stitch (halo tiling or Gaussian
+                    blend), the class-1 probability (2 classes: sigmoid(l1 - l0)) computed per
+                    tile core as it is stitched ─► member probability (H, W) ─► mean over members
+    infer:          infer_prepared(prepare(pixels))
+    finish:         mask = probability > threshold ─► particle statistics, area fraction
 
 Pure: arrays in, arrays out; no sockets, no threads. :meth:`SegmentationPipeline.run` is
-``finish(infer(...))``; the daemon calls the two halves from two threads so that the next frame's
-inference overlaps this frame's particle statistics, drift checks and publishing. Halo tiling
-never builds the full-frame logits: a 4096² frame costs one probability array (64 MB) per member
-at a time plus the running mean.
+``finish(infer(...))``; the daemon calls the three parts from three threads, so that frame n+1's
+preprocessing and frame n-1's particle statistics, drift checks and publishing overlap frame n's
+network inference. Halo tiling never builds the full-frame logits: a 4096² frame costs one
+probability array (64 MB) per member at a time plus the running mean.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "PipelineConfig",
     "PipelineResult",
     "FrameInference",
+    "PreparedFrame",
     "SegmentationPipeline",
     "class1_probability",
     "class1_probability_into",
@@ -85,6 +88,30 @@ class PipelineResult:
     @property
     def shape(self) -> tuple[int, int]:
         return self.mask.shape  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """A frame after :meth:`SegmentationPipeline.prepare`, input of
+    :meth:`SegmentationPipeline.infer_prepared`.
+
+    image: (H, W) float32 preprocessed frame (standardized, dimensionless).
+    pixel_size_nm: nm/px from the frame's metadata, or None.
+    preprocess_ms: wall ms of the preprocessing.
+    preprocess_stats: see :attr:`PipelineResult.preprocess_stats`.
+    preprocessing: the card parameters it was preprocessed with (checked on use: a bundle with
+        other parameters refuses it).
+    """
+
+    image: np.ndarray
+    pixel_size_nm: float | None
+    preprocess_ms: float
+    preprocess_stats: dict[str, Any]
+    preprocessing: Any
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.image.shape[0]), int(self.image.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -267,9 +294,14 @@ class SegmentationPipeline:
 
     def infer(self, pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | None = None) -> FrameInference:
         """The backend half of :meth:`run`: preprocess, every member over its tiles, the mean
-        class-1 probability (and each member's mask when there are several)."""
-        if self._closed:
-            raise RuntimeError("the pipeline is closed")
+        class-1 probability (and each member's mask when there are several).
+        ``infer_prepared(prepare(pixels, meta))``."""
+        return self.infer_prepared(self.prepare(pixels, meta))
+
+    def prepare(self, pixels: np.ndarray, meta: FrameMetadata | Mapping[str, Any] | None = None) -> PreparedFrame:
+        """Check ``pixels`` (H, W) camera counts and ``meta``, then preprocess with the card's
+        parameters (CPU numpy; needs no backend, so it may run in another thread while the
+        previous frame is in :meth:`infer_prepared`, and works after :meth:`close`)."""
         if not isinstance(pixels, np.ndarray):
             raise TypeError(f"pixels must be a numpy array (H, W), got {type(pixels).__name__}")
         if pixels.ndim != 2 or min(pixels.shape) < 1:
@@ -281,11 +313,29 @@ class SegmentationPipeline:
         if pixel_size is not None and not (isinstance(pixel_size, numbers.Real) and not isinstance(pixel_size, bool)
                                            and math.isfinite(pixel_size) and pixel_size > 0):
             raise ValueError(f"meta['pixel_size_nm'] must be a positive number (nm/px) or None, got {pixel_size!r}")
+        t0 = time.perf_counter()
+        pre_stats: dict[str, Any] = {}
+        image = np.asarray(preprocess(pixels, self.bundle.card.preprocessing, device="cpu", stats=pre_stats))
+        return PreparedFrame(image=image, pixel_size_nm=None if pixel_size is None else float(pixel_size),
+                             preprocess_ms=(time.perf_counter() - t0) * 1e3, preprocess_stats=pre_stats,
+                             preprocessing=self.bundle.card.preprocessing)
 
-
+    def infer_prepared(self, prepared: PreparedFrame) -> FrameInference:
+        """Every member over the tiles of a frame from :meth:`prepare`, the mean class-1
+        probability (and each member's mask when there are several)."""
+        if self._closed:
+            raise RuntimeError("the pipeline is closed")
+        if not isinstance(prepared, PreparedFrame):
+            raise TypeError(f"prepared must be a PreparedFrame (from prepare), got {type(prepared).__name__}")
+        if prepared.preprocessing != self.bundle.card.preprocessing:
+            raise ValueError(f"the frame was prepared with other preprocessing parameters than bundle "
+                             f"{self.bundle.name!r}'s: {prepared.preprocessing} != {self.bundle.card.preprocessing}")
         cfg = self.config
         card = self.bundle.card
-        timings: dict[str, float] = {}
+        image = prepared.image
+        pixel_size = prepared.pixel_size_nm
+        pre_stats = prepared.preprocess_stats
+        timings: dict[str, float] = {"preprocess": prepared.preprocess_ms}
         t = time.perf_counter()
 
         def lap(stage: str) -> None:
@@ -294,11 +344,7 @@ class SegmentationPipeline:
             timings[stage] = timings.get(stage, 0.0) + (now - t) * 1e3
             t = now
 
-        pre_stats: dict[str, Any] = {}
-        image = np.asarray(preprocess(pixels, card.preprocessing, device="cpu", stats=pre_stats))
-        lap("preprocess")
-
-        shape = (int(pixels.shape[0]), int(pixels.shape[1]))
+        shape = (int(image.shape[0]), int(image.shape[1]))
         tile_size = self.tile_size_for(shape) if cfg.tiling == "halo" else None
         batch_size = self.batch_size_for(shape)
         mean: np.ndarray | None = None
@@ -335,7 +381,7 @@ class SegmentationPipeline:
         return FrameInference(
             probabilities=probabilities,
             member_masks=tuple(member_masks),
-            pixel_size_nm=None if pixel_size is None else float(pixel_size),
+            pixel_size_nm=pixel_size,
             timings_ms={k: timings.get(k, 0.0) for k in ("preprocess", "inference", "postprocess")},
             tile_size=tile_size,
             members=tuple(getattr(b, "member", repr(b)) for b in self.backends),

@@ -356,6 +356,83 @@ def test_drop_oldest_burst_keeps_the_newest(tiny_bundle: Any) -> None:
         assert d.status()["frames"]["dropped"] == {"queue_full": dropped}
 
 
+# --- preprocessing ahead of the network -------------------------------------------------------------
+
+def test_preprocess_ahead_gives_the_same_results_in_order(tiny_bundle: Any) -> None:
+    """``[queue] preprocess_ahead``: frame n+1 is preprocessed while the network runs frame n;
+    results, their order and the accounting are those of the serial worker."""
+    n = 8
+    masks: dict[bool, list[np.ndarray]] = {}
+    for ahead in (True, False):
+        with Daemon(make_config(tiny_bundle, queue={"size": 4, "preprocess_ahead": ahead})) as d, Client(d) as c:
+            for i in range(n):
+                c.push.send_multipart(frame_msg(i, side=256))
+            results, errors = c.collect(n)
+            assert errors == [] and [h["frame"] for h, _, _ in results] == list(range(n))
+            assert all(h["timings_ms"]["preprocess"] > 0 for h, _, _ in results)
+            masks[ahead] = [m for _, m, _ in results]
+            counts = idle(d)
+            assert counts["processed"] == n
+    for a, b in zip(masks[True], masks[False]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_preprocess_ahead_failure_is_counted_and_survived(tiny_bundle: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame whose preprocessing fails in the helper thread is rejected (pipeline_error) with
+    the reason; the frames before and after it are processed."""
+    from fringelive.engine.pipeline import SegmentationPipeline
+
+    real = SegmentationPipeline.prepare
+
+    def prepare(self: Any, pixels: Any, meta: Any = None) -> Any:
+        if pixels[0, 0] == 7777:
+            raise FloatingPointError("detector readout garbage")
+        return real(self, pixels, meta)
+
+    monkeypatch.setattr(SegmentationPipeline, "prepare", prepare)
+    with Daemon(make_config(tiny_bundle, queue={"preprocess_ahead": True})) as d, Client(d) as c:
+        base = d.metrics.counts()
+        for i in range(5):
+            px = pixels(i, 256)
+            if i == 2:
+                px[0, 0] = 7777
+            c.push.send_multipart(encode_frame(px, series="t", frame=i, pixel_size_nm=0.02))
+        results, errors = c.collect(4)
+        while not errors:
+            errors.append(c.next_error())
+        assert [h["frame"] for h, _, _ in results] == [0, 1, 3, 4]
+        assert [(e["frame"], e["reason"]) for e in errors] == [(2, "pipeline_error")]
+        assert "detector readout garbage" in errors[0]["detail"]
+        counts = idle(d)
+        assert counts["processed"] == base["processed"] + 4
+        assert counts["rejected"].get("pipeline_error", 0) == base["rejected"].get("pipeline_error", 0) + 1
+
+
+def test_preprocess_ahead_choice() -> None:
+    from fringelive.daemon.threads import preprocess_ahead_choice
+
+    assert preprocess_ahead_choice(True, ["cpu"], 2, 2) == (True, "[queue] preprocess_ahead = true")
+    assert preprocess_ahead_choice(False, ["cuda:0"], None, 16)[0] is False
+    on, why = preprocess_ahead_choice("auto", ["cpu"], 2, 2)   # measured slower: both cores busy
+    assert not on and "2 thread(s) use all 2 CPU core(s)" in why
+    assert not preprocess_ahead_choice("auto", ["cpu"], None, 2)[0]   # None = every core
+    assert not preprocess_ahead_choice("auto", ["cpu"], 8, 2)[0]
+    on, why = preprocess_ahead_choice("auto", ["cpu"], 1, 2)
+    assert on and "2 CPU cores, 1 used" in why
+    on, why = preprocess_ahead_choice("auto", ["cuda:0", "cuda:0"], None, 2)
+    assert on and "cuda:0" in why
+    assert not preprocess_ahead_choice("auto", ["cuda:0", "cpu"], None, 2)[0]
+    assert preprocess_ahead_choice("auto", ["http://triton:8000"], None, 2)[0]
+
+
+def test_preprocess_ahead_config_is_checked(tiny_bundle: Any) -> None:
+    from fringelive.daemon.config import ConfigError
+
+    assert make_config(tiny_bundle).queue.preprocess_ahead == "auto"
+    with pytest.raises(ConfigError, match="queue.preprocess_ahead.*'sometimes'"):
+        make_config(tiny_bundle, queue={"preprocess_ahead": "sometimes"})
+
+
 # --- reload ---------------------------------------------------------------------------------------
 
 def _renamed_copy(bundle: Any, dest: Path, name: str) -> Path:
@@ -367,7 +444,8 @@ def _renamed_copy(bundle: Any, dest: Path, name: str) -> Path:
     return dest
 
 
-def test_reload_good_and_bad_bundles_while_frames_flow(tiny_bundle: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ahead", [True, False], ids=["preprocess-ahead", "serial"])
+def test_reload_good_and_bad_bundles_while_frames_flow(tiny_bundle: Any, tmp_path: Path, ahead: bool) -> None:
     other = _renamed_copy(tiny_bundle, tmp_path / "other", "tiny-other")
     corrupt = _renamed_copy(tiny_bundle, tmp_path / "corrupt", "tiny-corrupt")
     with open(corrupt / tiny_bundle.card.members[0].file, "r+b") as f:
@@ -375,7 +453,9 @@ def test_reload_good_and_bad_bundles_while_frames_flow(tiny_bundle: Any, tmp_pat
         f.write(b"\x00garbage\x00")
     n = 24
     # pinned: the swap must land while frames flow; OpenVINO's per-shape compiles make a reload slower
-    with Daemon(make_config(tiny_bundle, model={"backend": "onnxruntime"})) as d, Client(d) as c:
+    # (preprocess-ahead: a frame preprocessed for the old bundle is routed again after the swap)
+    cfg = make_config(tiny_bundle, model={"backend": "onnxruntime"}, queue={"preprocess_ahead": ahead})
+    with Daemon(cfg) as d, Client(d) as c:
         ep = d.endpoints["control"]
 
         def send_all() -> None:
@@ -427,8 +507,9 @@ def test_stop_drains_the_queue(tiny_bundle: Any) -> None:
     assert d.state == "stopped" and d.stop() == counts  # idempotent
 
 
-def test_stop_after_drain_timeout_drops_the_rest(tiny_bundle: Any) -> None:
-    d = Daemon(make_config(tiny_bundle, queue={"size": 8}))
+@pytest.mark.parametrize("ahead", [True, False], ids=["preprocess-ahead", "serial"])
+def test_stop_after_drain_timeout_drops_the_rest(tiny_bundle: Any, ahead: bool) -> None:
+    d = Daemon(make_config(tiny_bundle, queue={"size": 8, "preprocess_ahead": ahead}))
     d.start()
     with Client(d) as c:
         base = d.metrics.counts()["received"]  # the sync messages

@@ -12,6 +12,7 @@ from fringelive.engine.particle_measure import ParticleSettings, measure_particl
 from fringelive.engine.pipeline import (
     PipelineConfig,
     PipelineResult,
+    PreparedFrame,
     SegmentationPipeline,
     class1_probability,
 )
@@ -191,6 +192,33 @@ def test_gaussian_tiling_runs(tiny_bundle, whole_result: PipelineResult, frame: 
                                                             min_area_px=20).mask)
     # Blending windows only changes the result near window borders (context is cut there).
     assert np.mean(np.abs(r.probabilities - whole_result.probabilities) < 0.05) > 0.5
+
+
+def test_prepare_then_infer_prepared_equals_infer(tiny_bundle, small_frame: np.ndarray) -> None:
+    """The daemon preprocesses a frame (``prepare``) while the network runs the previous one
+    (``infer_prepared``): together they are ``infer``, and a frame prepared for other
+    preprocessing parameters is refused."""
+    import dataclasses
+
+    with SegmentationPipeline.from_bundle(tiny_bundle, PipelineConfig(tile_size="whole")) as pipe:
+        whole = pipe.infer(small_frame, {"pixel_size_nm": 0.02})
+        prepared = pipe.prepare(small_frame, {"pixel_size_nm": 0.02})
+        assert isinstance(prepared, PreparedFrame) and prepared.shape == small_frame.shape
+        assert prepared.image.dtype == np.float32 and prepared.pixel_size_nm == 0.02 and prepared.preprocess_ms > 0
+        split = pipe.infer_prepared(prepared)
+        np.testing.assert_array_equal(split.probabilities, whole.probabilities)
+        assert split.pixel_size_nm == 0.02 and split.timings_ms["preprocess"] == prepared.preprocess_ms
+        other = dataclasses.replace(prepared, preprocessing=dataclasses.replace(prepared.preprocessing,
+                                                                                 flatfield=False))
+        with pytest.raises(ValueError, match="other preprocessing parameters"):
+            pipe.infer_prepared(other)
+        with pytest.raises(TypeError, match="PreparedFrame"):
+            pipe.infer_prepared(small_frame)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="pixel_size_nm"):
+            pipe.prepare(small_frame, {"pixel_size_nm": -1.0})
+    assert isinstance(pipe.prepare(small_frame), PreparedFrame)  # needs no backend: works after close
+    with pytest.raises(RuntimeError, match="closed"):
+        pipe.infer_prepared(prepared)
 
 
 def test_class1_probability_is_softmax() -> None:
