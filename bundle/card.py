@@ -283,6 +283,10 @@ class Card:
     #: argmax; ``fringelive calibrate --choose-threshold`` picks it on labelled frames; the
     #: daemon's ``[pipeline] threshold`` overrides it)
     threshold: float = 0.5
+    #: a connected component of the mask is a particle only when its mean class-1 probability
+    #: reaches this (0 = every component; ``fringelive calibrate --choose-particle-confidence``
+    #: picks it on labelled frames; the daemon's ``[particles] min_mean_probability`` overrides it)
+    particle_min_mean_probability: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
@@ -302,6 +306,9 @@ class Card:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
                 or not 0.0 < self.threshold < 1.0:
             raise CardError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
+        v = self.particle_min_mean_probability
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise CardError(f"particle_min_mean_probability must be a probability in [0, 1), got {v!r}")
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -24,7 +24,9 @@ from typing import Any, Iterator
 
 from fringelive.bundle.bundle_io import BundleError
 from fringelive.cli import CLIError, summary
-from fringelive.engine.calibration import calibrate_bundle, calibrate_decision_threshold
+from fringelive.engine.calibration import (calibrate_bundle, calibrate_decision_threshold,
+                                           calibrate_particle_confidence)
+from fringelive.engine.particle_confidence import DEFAULT_MAX_DICE_LOSS
 from fringelive.engine.threshold_choice import DEFAULT_MAX_CALLED_EMPTY, DEFAULT_MAX_CALLED_EMPTY_FRAME
 from fringelive.engine.drift_reference import DriftReferenceError
 from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
@@ -76,6 +78,15 @@ def register(sub: Any) -> None:
     p.add_argument("--max-called-empty-frame", type=float, default=DEFAULT_MAX_CALLED_EMPTY_FRAME, metavar="FRACTION",
                    help="--choose-threshold: largest fraction of pixels called particle on any one frame without "
                         f"particles (fraction, default: {DEFAULT_MAX_CALLED_EMPTY_FRAME:g})")
+    p.add_argument("--choose-particle-confidence", action="append", type=Path, metavar="SAMPLESET", default=None,
+                   help="then (after --choose-threshold) choose the smallest mean class-1 probability a mask component "
+                        "needs to count as a particle (card.particle_min_mean_probability: most frames whose particle "
+                        "count equals the label's, candidates 0 and 0.60-0.90, pooled Dice at most "
+                        "--max-particle-dice-loss below no cut's) on this labelled raw sample set (repeat for several); "
+                        "use frames like those the bundle will serve, and none a reported metric is measured on")
+    p.add_argument("--max-particle-dice-loss", type=float, default=DEFAULT_MAX_DICE_LOSS, metavar="DICE",
+                   help="--choose-particle-confidence: largest drop of the pooled Dice a cut may cost (Dice, default: "
+                        f"{DEFAULT_MAX_DICE_LOSS:g})")
     p.add_argument("--dry-run", action="store_true", help="print the reference, do not write the card (flag, no unit)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (flag, no unit)")
     p.set_defaults(func=run_calibrate)
@@ -158,8 +169,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CLIError(str(e), 2) from None
     files = _files(list(args.data))
+    if not 0.0 <= args.max_particle_dice_loss <= 1.0:
+        raise CLIError(f"--max-particle-dice-loss must be in [0, 1] (Dice), got {args.max_particle_dice_loss:g}", 2)
     if args.choose_threshold:
         _choose_threshold(args)
+    if args.choose_particle_confidence:
+        _choose_particle_confidence(args)
 
     def progress(n: int) -> None:
         if not args.json and n % 50 == 0:
@@ -182,12 +197,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labelled(paths: list[Path]) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+def _labelled(paths: list[Path], flag: str = "--choose-threshold") -> Iterator[tuple[Any, Any, dict[str, Any]]]:
     for path in paths:
         if not _is_sampleset(path):
-            raise CLIError(f"--choose-threshold {path}: not a sample set (no samples.h5); it needs labelled frames "
+            raise CLIError(f"{flag} {path}: not a sample set (no samples.h5); it needs labelled frames "
                            "from `fringelive synth` or `fringelive dataset`", 2)
-        ss = _raw_sampleset(path, f"--choose-threshold {path}", "it needs raw frames")
+        ss = _raw_sampleset(path, f"{flag} {path}", "it needs raw frames")
         for image, label, meta in zip(ss.images, ss.labels, ss.metadata):
             yield image, label, dict(meta)
 
@@ -215,6 +230,28 @@ def _choose_threshold(args: argparse.Namespace) -> None:
             line += (f"  {100 * rep['called_fraction_without_particles_mean'][i]:.2f} % / "
                      f"{100 * rep['called_fraction_without_particles_max'][i]:.2f} %")
         print(line + ("  <" if t == rep["threshold"] else ""))
+
+
+def _choose_particle_confidence(args: argparse.Namespace) -> None:
+    paths = list(args.choose_particle_confidence)
+    try:
+        rep = calibrate_particle_confidence(args.bundle, _labelled(paths, "--choose-particle-confidence"),
+                                            threads=args.threads, max_dice_loss=args.max_particle_dice_loss,
+                                            dry_run=args.dry_run, sources=[str(p) for p in paths])
+    except BundleError as e:
+        raise CLIError(str(e), 2) from None
+    except ValueError as e:
+        raise CLIError(f"particle confidence calibration failed: {e}", 1) from None
+    if args.json:
+        print(json.dumps({"particle_confidence_calibration": rep}, indent=2, default=str))
+        return
+    print(f"fringelive calibrate: bundle {rep['bundle']}, particle confidence (min mean probability) "
+          f"{rep['min_mean_probability']:g} (was {rep['previous']:g}) at threshold {rep['threshold']:g} on "
+          f"{rep['frames']} labelled frames ({rep['frames_with_particles']} with particles)")
+    print(f"  {'cut':>5s} {'exact counts':>12s} {'pooled Dice':>11s}")
+    for i, c in enumerate(rep["grid"]):
+        print(f"  {c:5.2f} {100 * rep['exact_count_share'][i]:11.1f}% {rep['pooled_dice'][i]:11.4f}"
+              + ("  <" if c == rep["min_mean_probability"] else ""))
 
 
 def _print_report(name: str, report: dict[str, Any]) -> None:

@@ -34,11 +34,13 @@ from fringelive.engine.dose_estimate import CameraCalibration
 from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SCHEMA1_CAMERA_KEYS,
                                                SIGNAL_DIRECTIONS, parse_drift_reference, robust_centre_scale)
 from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
+from fringelive.engine.particle_confidence import (DEFAULT_CONFIDENCE_GRID, DEFAULT_MAX_DICE_LOSS,
+                                                  ConfidenceTally)
 from fringelive.engine.threshold_choice import (DEFAULT_GRID, DEFAULT_MAX_CALLED_EMPTY,
                                                DEFAULT_MAX_CALLED_EMPTY_FRAME, ThresholdTally)
 
 __all__ = ["measure_frames", "calibrate_camera", "build_reference", "calibrate_bundle",
-           "calibrate_decision_threshold", "MIN_SIGNAL_FRAMES"]
+           "calibrate_decision_threshold", "calibrate_particle_confidence", "MIN_SIGNAL_FRAMES"]
 
 #: A signal enters the reference only when this many frames (and half of them) gave a value.
 MIN_SIGNAL_FRAMES = 10
@@ -265,5 +267,33 @@ def calibrate_decision_threshold(bundle_path: str | Path,
     if not dry_run:
         card = bundle.card.replace(threshold=report["threshold"],
                                    metrics={**bundle.card.metrics, "threshold_calibration": report})
+        written = bundle.write_card(card).path / "card.json"
+    return {**report, "bundle": bundle.name, "written": None if written is None else str(written)}
+
+
+def calibrate_particle_confidence(bundle_path: str | Path,
+                                  frames: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],
+                                  *, grid: Sequence[float] = DEFAULT_CONFIDENCE_GRID,
+                                  max_dice_loss: float = DEFAULT_MAX_DICE_LOSS, threads: int | None = None,
+                                  dry_run: bool = False, sources: Sequence[str] = ()) -> dict[str, Any]:
+    """Choose the bundle's particle confidence (``card.particle_min_mean_probability``) on
+    labelled ``frames`` = (raw counts (H, W), label (H, W) {0, 1}, metadata) through its pipeline
+    at the card's threshold (:mod:`fringelive.engine.particle_confidence`) and write it, with the
+    per-candidate scores in ``card.metrics["particle_confidence_calibration"]``, unless
+    ``dry_run``. Use frames no reported metric is measured on. Returns the choice's report plus
+    ``written``."""
+    bundle = load_bundle(bundle_path)
+    with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
+        tally = ConfidenceTally(pipe.threshold, tuple(grid), pipe.config.particles, pipe.config.min_particle_area_px,
+                                max_dice_loss)
+        for pixels, label, meta in frames:
+            inference = pipe.infer(pixels, meta)
+            tally.add(inference.probabilities, label, inference.pixel_size_nm)
+    report = {**tally.result().to_dict(), "previous": bundle.card.particle_min_mean_probability,
+              "sources": list(sources), "created": utc_now_iso()}
+    written = None
+    if not dry_run:
+        card = bundle.card.replace(particle_min_mean_probability=report["min_mean_probability"],
+                                   metrics={**bundle.card.metrics, "particle_confidence_calibration": report})
         written = bundle.write_card(card).path / "card.json"
     return {**report, "bundle": bundle.name, "written": None if written is None else str(written)}

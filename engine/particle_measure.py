@@ -5,7 +5,10 @@ A connected component of the mask is a *particle* when its equivalent-circle dia
 (pixel size unknown); smaller ones are *specks* (sub-nanometre texture, shot-noise blobs), counted
 apart and, by default, removed from the published mask. Particles touching the frame edge keep
 ``touches_border = True`` and, by default, stay out of the size statistics (their size is a lower
-bound). Pure arrays in, plain data out.
+bound). With the class-1 probabilities given, each particle carries its mean probability, and a
+component whose mean falls below ``min_mean_probability`` is *uncertain*: counted apart and left
+out of the mask and the particles (0, the default, keeps every component). Pure arrays in, plain
+data out.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fringelive.engine.particles import fill_holes, label_kept_runs, stats_of_labels
+from fringelive.engine.particles import drop_labels, fill_holes, label_kept_runs, mean_over_runs, stats_of_labels
 
 __all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for"]
 
@@ -33,6 +36,10 @@ class ParticleSettings:
     exclude_edge_from_stats: particles touching the frame edge stay out of the mean/median
         diameter and the size distribution (they are still counted and listed, flagged).
     size_bin_nm: bin width of the area-weighted size distribution (nm of diameter).
+    min_mean_probability: a component is a particle only when its mean class-1 probability
+        reaches this (0..1; 0 = every component); the rest are *uncertain* (counted, not in the
+        mask). None = the bundle's (``card.particle_min_mean_probability``, which
+        ``fringelive calibrate --choose-particle-confidence`` sets; 0 unless chosen).
     """
 
     min_diameter_nm: float = 1.0
@@ -40,6 +47,7 @@ class ParticleSettings:
     remove_specks: bool = True
     exclude_edge_from_stats: bool = True
     size_bin_nm: float = 1.0
+    min_mean_probability: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("min_diameter_nm", "size_bin_nm"):
@@ -53,6 +61,10 @@ class ParticleSettings:
         for name in ("fill_holes", "remove_specks", "exclude_edge_from_stats"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        v = self.min_mean_probability
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0):
+            raise ValueError(f"min_mean_probability must be a probability in [0, 1), or None (unset: the bundle's), "
+                             f"got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,7 @@ class ParticleMeasurement:
     """mask: (H, W) bool, the published mask (holes filled, specks removed per the settings);
     particles: per-particle dicts (:func:`fringelive.engine.particles.particle_stats`, labels
     1..n); specks: components below the minimum; summary: :func:`size_summary`;
+    uncertain: components below ``min_mean_probability`` (not specks, not particles);
     labels: (H, W) int32 label image of the particles (0 = background or speck), numbered like
     ``particles``, so later stages (tracking, circularity) need not label the mask again."""
 
@@ -68,6 +81,7 @@ class ParticleMeasurement:
     specks: int
     summary: dict[str, Any] = field(default_factory=dict)
     labels: np.ndarray | None = None
+    uncertain: int = 0
 
 
 def min_area_px_for(pixel_size_nm: float | None, settings: ParticleSettings, min_area_px: int) -> int:
@@ -79,33 +93,58 @@ def min_area_px_for(pixel_size_nm: float | None, settings: ParticleSettings, min
 
 
 def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: ParticleSettings, *,
-                      min_area_px: int = 20, connectivity: int = 2) -> ParticleMeasurement:
+                      min_area_px: int = 20, connectivity: int = 2,
+                      probabilities: np.ndarray | None = None) -> ParticleMeasurement:
     """Particles, specks and size summary of ``mask`` (H, W) bool; ``pixel_size_nm`` nm/px or
-    None; ``min_area_px`` is the minimum when the pixel size is unknown."""
+    None; ``min_area_px`` is the minimum when the pixel size is unknown. ``probabilities``
+    (H, W) float, the class-1 probabilities ``mask`` was thresholded from: each particle gets its
+    ``mean_probability``, and ``settings.min_mean_probability`` (None counts as 0) takes effect."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != bool:
         raise ValueError(f"mask must be a 2-D bool array, got shape {mask.shape} dtype {mask.dtype}")
+    if probabilities is not None and np.shape(probabilities) != mask.shape:
+        raise ValueError(f"probabilities {np.shape(probabilities)} and mask {mask.shape} differ in shape")
     minimum = min_area_px_for(pixel_size_nm, settings, min_area_px)
     if settings.fill_holes:
         mask = fill_holes(mask)
     labels, count, kept, runs = label_kept_runs(mask, minimum, connectivity=connectivity)
     specks = count - kept
+    uncertain = 0
+    means = None
+    if probabilities is not None:
+        means = mean_over_runs(np.asarray(probabilities), kept, runs)
+        cut = settings.min_mean_probability or 0.0
+        if cut > 0 and kept:
+            low = means < cut
+            uncertain = int(low.sum())
+            if uncertain:
+                if not (specks and settings.remove_specks):  # else the mask is rebuilt from the labels below
+                    mask = mask & ~np.concatenate([[False], low])[labels]
+                labels, kept, runs = drop_labels(labels, kept, runs, low)
+                means = means[~low]
     if specks and settings.remove_specks:
         mask = labels > 0
     particles = stats_of_labels(labels, kept, pixel_size_nm, runs=runs)
+    if means is not None:
+        for particle, mean in zip(particles, means):
+            particle["mean_probability"] = round(float(mean), 4)
     return ParticleMeasurement(mask=mask, particles=particles, specks=specks,
-                               summary=size_summary(particles, specks, settings), labels=labels)
+                               summary=size_summary(particles, specks, settings, uncertain=uncertain),
+                               labels=labels, uncertain=uncertain)
 
 
-def size_summary(particles: list[dict[str, Any]], specks: int, settings: ParticleSettings) -> dict[str, Any]:
-    """Counts and size statistics: ``count`` (particles), ``specks``, ``edge`` (particles
+def size_summary(particles: list[dict[str, Any]], specks: int, settings: ParticleSettings, *,
+                 uncertain: int = 0) -> dict[str, Any]:
+    """Counts and size statistics: ``count`` (particles), ``specks``, ``uncertain`` (components
+    below ``min_mean_probability``), ``edge`` (particles
     touching the frame edge), ``measured`` (particles in the statistics), ``mean_diameter_nm``,
     ``median_diameter_nm``, ``std_diameter_nm`` (None without a pixel size; then the ``_px``
     twins are given), and ``size_distribution``: ``bin_edges_nm`` and the area-weighted
     ``area_fraction`` per bin (the share of the measured particles' area in each diameter bin)."""
     edge = sum(1 for p in particles if p["touches_border"])
     used = [p for p in particles if not (settings.exclude_edge_from_stats and p["touches_border"])]
-    out: dict[str, Any] = {"count": len(particles), "specks": int(specks), "edge": edge, "measured": len(used),
+    out: dict[str, Any] = {"count": len(particles), "specks": int(specks), "uncertain": int(uncertain),
+                           "edge": edge, "measured": len(used),
                            "edge_excluded": bool(settings.exclude_edge_from_stats)}
     nm = bool(used) and used[0]["diameter_nm"] is not None
     key = "diameter_nm" if nm else "diameter_px"

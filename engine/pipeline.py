@@ -31,7 +31,7 @@ from fringelive.bundle.netspec import bytes_per_pixel_of
 from fringelive.engine import tiling
 from fringelive.engine.backends import Backend, create_backends
 from fringelive.engine.frame import FrameMetadata
-from fringelive.engine.particle_measure import measure_particles
+from fringelive.engine.particle_measure import ParticleSettings, measure_particles
 from fringelive.engine.particles import area_fraction
 from fringelive.engine.pipeline_settings import TILING_MODES, PipelineConfig, _is_int
 from fringelive.engine.preprocess import preprocess
@@ -210,6 +210,15 @@ class SegmentationPipeline:
         bundle's (``card.threshold``)."""
         t = self.config.threshold
         return float(self.bundle.card.threshold if t is None else t)
+
+    @property
+    def particle_settings(self) -> ParticleSettings:
+        """``config.particles`` with ``min_mean_probability`` resolved: the configured one, else
+        the bundle's (``card.particle_min_mean_probability``)."""
+        ps = self.config.particles
+        if ps.min_mean_probability is None:
+            ps = dataclasses.replace(ps, min_mean_probability=float(self.bundle.card.particle_min_mean_probability))
+        return ps
 
     @property
     def batch_size(self) -> int:
@@ -400,8 +409,8 @@ class SegmentationPipeline:
         mask = probabilities > self.threshold
         member_masks = inference.member_masks or (mask,)
         t1 = time.perf_counter()
-        measured = measure_particles(mask, inference.pixel_size_nm, cfg.particles,
-                                     min_area_px=cfg.min_particle_area_px)
+        measured = measure_particles(mask, inference.pixel_size_nm, self.particle_settings,
+                                     min_area_px=cfg.min_particle_area_px, probabilities=probabilities)
         mask, particles = measured.mask, measured.particles
         fraction = area_fraction(mask)
         t2 = time.perf_counter()

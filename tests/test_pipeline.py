@@ -142,7 +142,12 @@ def test_particles_consistent_with_mask(tiny_bundle, whole_result: PipelineResul
     np.testing.assert_array_equal(r.mask, measure_particles(raw, 0.05, ParticleSettings()).mask)
     assert 0.2 < r.area_fraction < 0.8
     minimum = min_area_px_for(0.05, ParticleSettings(), 10)
-    assert r.particles == particle_stats(r.mask, 0.05, min_area_px=minimum)
+    # particle_stats' dicts plus each component's mean probability (no cut: the tiny card's is 0)
+    assert [{k: v for k, v in p.items() if k != "mean_probability"} for p in r.particles] \
+        == particle_stats(r.mask, 0.05, min_area_px=minimum)
+    for p in r.particles:
+        assert p["mean_probability"] == pytest.approx(float(r.probabilities[r.labels == p["label"]].mean()), abs=1e-4)
+    assert r.particle_summary["uncertain"] == 0
     assert r.particles and sum(p["area_px"] for p in r.particles) <= r.mask.sum()
     assert r.specks == measure_particles(raw, 0.05, ParticleSettings()).specks
     for p in r.particles:

@@ -310,13 +310,36 @@ def test_flatfield_guards_non_positive_surfaces():
         P.flatfield_correct(np.zeros((64, 64), np.float32))
     with pytest.raises(ValueError, match="positive intensities"):
         P.flatfield_correct(np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32))
-    # a dark half: the quadratic fit to the step dips below the floor
+    # a dark half: the quadratic fit to the step dips below the floor; the fit alone says so,
+    # the correction falls back to lower degrees (here down to a constant) instead
     step = np.zeros((64, 128), np.float32)
     step[:, 70:] = 1000.0
     with pytest.raises(ValueError, match="flat-field surface falls to"):
-        P.flatfield_correct(step, degree=(0, 2), iterations=0)
-    with pytest.raises(ValueError, match="flat-field surface falls to"):
         P.fit_flatfield(step, degree=(0, 2), iterations=0)
+    np.testing.assert_allclose(P.flatfield_correct(step, degree=(0, 2), iterations=0), step / step.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["numpy", "torch"])
+def test_dark_particle_over_a_corner_lowers_the_flatfield_degree_not_the_frame(device):
+    """A large dark particle over a corner (a 12 nm Au particle partly out of a 20 nm frame, as
+    one simulated 290 e/Å² frame had) pulls the card's degree-2 surface below zero there: the
+    frame was rejected. Now the fit drops to degree 1, and every pixel stays finite."""
+    from fringelive.bundle.card import Preprocessing
+
+    n = 256
+    yy, xx = np.mgrid[:n, :n] / n
+    img = np.random.default_rng(0).poisson(np.where(yy ** 2 + (xx - 1.0) ** 2 < 0.5 ** 2, 60.0, 200.0))
+    img = img.astype(np.uint16)
+    with pytest.raises(ValueError, match="flat-field surface falls to"):
+        P.fit_flatfield(img)  # the card's degree (2, 2)
+    frame = img if device == "numpy" else torch.from_numpy(img.astype(np.int32))
+    stats: dict = {}
+    out = _np(P.preprocess(frame, Preprocessing(), stats=stats))
+    assert stats["flatfield_degree"] == (1, 1) and 0 < stats["flatfield_min"] < 1 < stats["flatfield_max"]
+    assert np.isfinite(out).all() and abs(float(out.mean())) < 1e-4
+    ok: dict = {}
+    P.preprocess(np.full((64, 64), 100, np.uint16), Preprocessing(), stats=ok)
+    assert ok["flatfield_degree"] == (2, 2)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -132,7 +132,9 @@ def preprocess(frame: Any, params: Preprocessing, device: Any = None,
     ("cpu" too); a torch device such as "cuda:0" needs PyTorch.
     stats: if given, filled with ``xray_pixels`` (pixels replaced, all passes) and, with the
     flat-field on, ``flatfield_min``/``flatfield_max`` (fitted surface at the block centres
-    relative to its mean: the illumination non-uniformity).
+    relative to its mean: the illumination non-uniformity) and ``flatfield_degree`` (the
+    card's, or lower where its surface was not positive over the whole frame: see
+    :func:`~fringelive.engine.preprocess.flatfield._flatfield`).
     timings: if given, filled with the wall time in ms of each stage as run here
     (``to_float32``, ``remove_xrays``, ``flatfield``, ``rescale``; 0.0 for a stage the card
     switches off), synchronising CUDA after each stage.
@@ -162,11 +164,13 @@ def preprocess(frame: Any, params: Preprocessing, device: Any = None,
             if stats is not None:
                 hb, wb = z.shape
                 f = params.flatfield_downsample
+                dy, dx = int(coef.shape[0]) - 1, int(coef.shape[1]) - 1  # lower after a fallback
                 fit = (bernstein_basis(_block_coords(hb, f, x.shape[0], xp), dy) @ coef
                        @ bernstein_basis(_block_coords(wb, f, x.shape[1], xp), dx).T)
                 m = fit.mean()
                 stats["flatfield_min"] = float((fit.min() / m).item())
                 stats["flatfield_max"] = float((fit.max() / m).item())
+                stats["flatfield_degree"] = (dy, dx)
         clock.lap("flatfield", xp, params.flatfield)
         x = _rescale(x, params.rescale, tuple(params.histogram_percentiles), inplace=owned)
         clock.lap("rescale", xp)

@@ -155,8 +155,12 @@ def _surface_floor(coef: Array, z: Array) -> float:
     return settings.SURFACE_FLOOR_REL * mean
 
 
+class SurfaceNotPositive(ValueError):
+    """The fitted flat-field surface falls to or below the floor somewhere in the frame."""
+
+
 def _surface_error(smin: float, floor: float) -> ValueError:
-    return ValueError(
+    return SurfaceNotPositive(
         f"flat-field surface falls to {smin:.6g}, below {settings.SURFACE_FLOOR_REL:g} x the mean intensity "
         f"({floor:.6g}); the frame is too dark or not in counts to be flat-field corrected"
     )
@@ -168,17 +172,16 @@ def _flatfield_divide(x: Array, coef: Array, floor: float, inplace: bool) -> Arr
     h, w = x.shape
     by = xp.astype(bernstein_basis(_pixel_coords(h, xp, xp.float64), coef.shape[0] - 1), xp.float32)
     cbx = xp.astype(coef @ bernstein_basis(_pixel_coords(w, xp, xp.float64), coef.shape[1] - 1).T, xp.float32)
-    # Bernstein convex hull: the surface lies within [min C, max C] on [0, 1]^2
-    check_pixels = float(coef.min().item()) <= floor
-    out = x if inplace else xp.empty_like(x)
     rows = max(1, settings._CHUNK_PIXELS // w)
+    # Bernstein convex hull: the surface lies within [min C, max C] on [0, 1]^2; only when a
+    # control point is at or below the floor is the surface checked, before anything is divided
+    if float(coef.min().item()) <= floor:
+        smin = min(float(xp.outer_sum(by[r0:r0 + rows], cbx).min().item()) for r0 in range(0, h, rows))
+        if not smin > floor:
+            raise _surface_error(smin, floor)
+    out = x if inplace else xp.empty_like(x)
     for r0 in range(0, h, rows):
-        s = xp.outer_sum(by[r0:r0 + rows], cbx)  # (rows, W) surface band
-        if check_pixels:
-            smin = float(s.min().item())
-            if not smin > floor:
-                raise _surface_error(smin, floor)
-        xp.divide(x[r0:r0 + rows], s, out=out[r0:r0 + rows])
+        xp.divide(x[r0:r0 + rows], xp.outer_sum(by[r0:r0 + rows], cbx), out=out[r0:r0 + rows])
     return out
 
 
@@ -200,15 +203,36 @@ def fit_flatfield(img: Any, degree: tuple[int, int] = (2, 2), downsample: int = 
 def flatfield_correct(img: Any, degree: tuple[int, int] = (2, 2), downsample: int = 4,
                       iterations: int = 2, weight_scale: float = 1.5) -> Array:
     """An (H, W) image divided by its fitted flat-field surface: new (H, W) float32 array
-    (≈ 1 where the illumination is as fitted). Raises ValueError if the surface is not
-    positive (see :data:`settings.SURFACE_FLOOR_REL`)."""
+    (≈ 1 where the illumination is as fitted). A surface that is not positive over the frame
+    (see :data:`settings.SURFACE_FLOOR_REL`) is refitted at lower degree (≤ 1, then 0); raises
+    ValueError when the image's mean is not positive."""
     dy, dx = _check_flatfield_args(degree, downsample, iterations, weight_scale)
     x, owned = _to_float32(img, None)
     return _flatfield(x, dy, dx, downsample, iterations, float(weight_scale), inplace=owned)[0]
 
 
+def _degrees_down(dy: int, dx: int) -> list[tuple[int, int]]:
+    """The degrees tried in turn: the card's, then at most 1, then 0 (a constant surface)."""
+    out: list[tuple[int, int]] = []
+    for d in ((dy, dx), (min(dy, 1), min(dx, 1)), (0, 0)):
+        if d not in out:
+            out.append(d)
+    return out
+
+
 def _flatfield(x: Array, dy: int, dx: int, downsample: int, iterations: int, weight_scale: float,
                inplace: bool) -> tuple[Array, Array, Array]:
-    coef, z = _fit_coefficients(x, dy, dx, downsample, iterations, weight_scale)
-    floor = _surface_floor(coef, z)
-    return _flatfield_divide(x, coef, floor, inplace), coef, z
+    """``(x / surface, coefficients, block means)``. A surface that is not positive over the
+    whole frame (a large dark particle over a corner pulls a degree-2 fit below zero there) is
+    refitted at degree ≤ 1, then 0 (a constant: no correction); the coefficients' shape tells
+    the degree used. Nothing is divided by a surface that failed."""
+    failed: SurfaceNotPositive | None = None
+    for ddy, ddx in _degrees_down(dy, dx):
+        coef, z = _fit_coefficients(x, ddy, ddx, downsample, iterations, weight_scale)
+        floor = _surface_floor(coef, z)
+        try:
+            return _flatfield_divide(x, coef, floor, inplace), coef, z
+        except SurfaceNotPositive as e:
+            failed = e
+    assert failed is not None
+    raise failed
