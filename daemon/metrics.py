@@ -130,6 +130,13 @@ class DaemonMetrics:
         self.sources = SourceCounters(r)   # per-source accounting (daemon/sources/metrics.py)
         self.particles = Histogram("fringelive_particles_per_frame", "Particles found per processed frame.",
                                    buckets=PARTICLE_BUCKETS, registry=r)
+        self.flatfield_refits = Counter(
+            "fringelive_flatfield_refits", "Frames whose flat-field surface was refitted at a lower degree than the "
+            "card's (at the card's degree it was not positive over the frame), by the degree used (rows x columns).",
+            ["degree"], registry=r)
+        self.uncertain = Counter("fringelive_uncertain_components",
+                                 "Mask components below the particle confidence (not counted as particles).",
+                                 registry=r)
         self.bundle = Info("fringelive_bundle", "The model bundle being served.", registry=r)
         self.reloads = Counter("fringelive_reloads", "Control reload commands, by outcome.", ["outcome"],
                                registry=r)
@@ -229,6 +236,15 @@ class DaemonMetrics:
         if cusum.get("h") is not None:
             self.drift_threshold.set(cusum["h"])
         self.drift_alarm.set(1.0 if drift.get("alarm") else 0.0)
+
+    def observe_frame(self, card_degree: tuple[int, int], preprocess_stats: Mapping[str, Any], uncertain: int) -> None:
+        """Count a processed frame's flat-field refit (its ``preprocess_stats["flatfield_degree"]``
+        below the card's ``card_degree``) and its uncertain components."""
+        used = preprocess_stats.get("flatfield_degree")
+        if used is not None and tuple(used) != tuple(card_degree):
+            self.flatfield_refits.labels(degree=f"{used[0]}x{used[1]}").inc()
+        if uncertain:
+            self.uncertain.inc(uncertain)
 
     def observe_camera(self, camera: Mapping[str, Any] | None) -> None:
         """Set the camera gauges from a result header's ``drift.camera`` map."""

@@ -379,6 +379,8 @@ class FrameThreads:
             self._reject("pipeline_error", f"{type(e).__name__}: {e}", h.series, h.frame, source=work.source)
             return
         self.metrics.observe_drift(model.bundle.name, header["drift"])
+        self.metrics.observe_frame(tuple(model.bundle.card.preprocessing.flatfield_degree), result.preprocess_stats,
+                                   int(result.particle_summary.get("uncertain", 0)))
         self.metrics.observe_camera(header["drift"].get("camera"))
         self._outbox.put(_Outgoing(parts, work.t_received, timings, len(particles), time.perf_counter(), work.source))
         if self._view is not None:  # one-slot mailbox: drops display frames, never blocks (daemon/view.py)

@@ -3,11 +3,12 @@ and the collectors, rolling stats and closable HTTP server on their own."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
 import urllib.request
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -37,6 +38,18 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+@contextlib.contextmanager
+def _connected(d: Daemon) -> Iterator[tuple[Any, Any]]:
+    """A results SUB (topic ``result``) and an ingest PUSH connected to ``d``."""
+    ctx = zmq.Context.instance()
+    with ctx.socket(zmq.SUB) as sub, ctx.socket(zmq.PUSH) as push:
+        sub.subscribe(b"result")
+        sub.connect(d.endpoints["results"])
+        push.connect(d.endpoints["ingest"])
+        time.sleep(0.3)
+        yield sub, push
+
+
 def test_scrape_running_daemon_and_promtool(tiny_bundle: Any) -> None:
     from prometheus_client import CollectorRegistry
 
@@ -49,12 +62,7 @@ def test_scrape_running_daemon_and_promtool(tiny_bundle: Any) -> None:
     with Daemon(cfg, registry=registry) as d:
         url = d.endpoints["metrics"]
         assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
-        ctx = zmq.Context.instance()
-        with ctx.socket(zmq.SUB) as sub, ctx.socket(zmq.PUSH) as push:
-            sub.subscribe(b"result")
-            sub.connect(d.endpoints["results"])
-            push.connect(d.endpoints["ingest"])
-            time.sleep(0.3)
+        with _connected(d) as (sub, push):
             push.send_multipart([b"junk"])
             push.send_multipart(encode_frame(np.random.default_rng(0).poisson(100, (128, 128)).astype(np.uint16),
                                              series="m", frame=0, pixel_size_nm=0.02))
@@ -89,6 +97,43 @@ def test_scrape_running_daemon_and_promtool(tiny_bundle: Any) -> None:
         pytest.skip("promtool not on PATH (apt-get install prometheus); the scrape itself was checked")
     r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_flatfield_refits_and_uncertain_components_are_counted(tiny_bundle: Any) -> None:
+    """A frame whose degree-2 flat field is not positive (a large dark particle over a corner) is
+    processed, not rejected, and counted by the degree used; components below the particle
+    confidence are counted as the result headers say."""
+    from prometheus_client import CollectorRegistry
+
+    cfg = DaemonConfig.from_dict({
+        "ingest": {"endpoint": "tcp://127.0.0.1:0"}, "results": {"endpoint": "tcp://127.0.0.1:0"},
+        "control": {"endpoint": "tcp://127.0.0.1:0"}, "metrics": {"host": "127.0.0.1", "port": 0},
+        "model": {"bundle": str(tiny_bundle.path), "intra_op_threads": 1},
+        # the tiny random-weight net calls most pixels ~0.999: a threshold at its median, a cut above
+        "pipeline": {"threshold": 0.9995}, "particles": {"min_mean_probability": 0.9998},
+    })
+    n = 256
+    yy, xx = np.mgrid[:n, :n] / n
+    rng = np.random.default_rng(0)
+    corner = rng.poisson(np.where(yy ** 2 + (xx - 1.0) ** 2 < 0.5 ** 2, 60.0, 200.0)).astype(np.uint16)
+    plain = rng.poisson(200.0, (n, n)).astype(np.uint16)
+    with Daemon(cfg, registry=CollectorRegistry()) as d:
+        with _connected(d) as (sub, push):
+            uncertain = 0
+            for i, frame in enumerate((corner, plain)):
+                push.send_multipart(encode_frame(frame, series="f", frame=i, pixel_size_nm=0.05))
+                assert sub.poll(30_000)
+                header, _, _ = decode_result(sub.recv_multipart())
+                uncertain += header["particle_summary"]["uncertain"]
+                assert all(q["mean_probability"] >= 0.9998 for q in header["particles"])
+        deadline = time.monotonic() + 10
+        while d.metrics.counts()["processed"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        got = samples(scrape(d.endpoints["metrics"]))
+    assert got[("fringelive_flatfield_refits_total", (("degree", "1x1"),))] == 1
+    assert ("fringelive_flatfield_refits_total", (("degree", "2x2"),)) not in got
+    assert uncertain > 0 and got[("fringelive_uncertain_components_total", ())] == uncertain
+    assert got[("fringelive_frames_rejected_total", (("reason", "pipeline_error"),))] == 0
 
 
 def test_metrics_server_port_0_and_close() -> None:
