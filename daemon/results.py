@@ -45,6 +45,7 @@ def result_header(h: FrameHeader, meta: dict[str, Any], *, worker: str, model: s
         "particle_count": len(particles), "particles": particles,
         "specks": int(result.specks), "particle_summary": plain(result.particle_summary),
         "area_fraction": float(result.area_fraction),
+        "preprocess": plain(result.preprocess_stats),
         "drift": plain(drift_map),
         "timings_ms": timings,
         "queue_depth": queue_depth,

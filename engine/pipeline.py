@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fringelive.bundle.bundle_io import Bundle, load_bundle
+from fringelive.bundle.card import Preprocessing
 from fringelive.bundle.netspec import bytes_per_pixel_of
 from fringelive.engine import tiling
 from fringelive.engine.backends import Backend, create_backends
@@ -107,7 +108,7 @@ class PreparedFrame:
     pixel_size_nm: float | None
     preprocess_ms: float
     preprocess_stats: dict[str, Any]
-    preprocessing: Any
+    preprocessing: Preprocessing
 
     @property
     def shape(self) -> tuple[int, int]:

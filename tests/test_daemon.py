@@ -182,6 +182,9 @@ def test_frame_to_result_header_mask_and_probabilities(served: Daemon, client: C
     for stage in ("queue", "preprocess", "inference", "postprocess", "particles", "drift", "handoff", "publish"):
         assert header["timings_ms"][stage] >= 0.0, stage
     assert isinstance(header["queue_depth"], int)
+    pre = header["preprocess"]  # what preprocessing did: x-ray pixels, the fitted flat field
+    assert pre["xray_pixels"] == 0 and pre["flatfield_degree"] == [2, 2]
+    assert pre["flatfield_min"] <= 1.0 <= pre["flatfield_max"]
     assert header["mask"]["shape"] == [SIDE, SIDE] and header["mask"]["encoding"] == "packbits"
     meta = header["meta"]
     assert meta["pixel_size_nm"] == 0.02 and meta["dose_e_per_A2"] == 420.0
