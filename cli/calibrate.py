@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from fringelive.bundle.bundle_io import BundleError
 from fringelive.cli import CLIError, summary
@@ -207,18 +207,28 @@ def _labelled(paths: list[Path], flag: str = "--choose-threshold") -> Iterator[t
             yield image, label, dict(meta)
 
 
-def _choose_threshold(args: argparse.Namespace) -> None:
+def _run_choice(args: argparse.Namespace, what: str, key: str,
+                run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """``run()`` one of the card choices with the CLI's errors (a bad bundle: exit 2, a failed
+    choice: exit 1); with ``--json`` print its report under ``key`` and return None."""
     try:
-        rep = calibrate_decision_threshold(args.bundle, _labelled(list(args.choose_threshold)), threads=args.threads,
-                                           max_called_empty=args.max_called_empty,
-                                           max_called_empty_frame=args.max_called_empty_frame, dry_run=args.dry_run,
-                                           sources=[str(p) for p in args.choose_threshold])
+        rep = run()
     except BundleError as e:
         raise CLIError(str(e), 2) from None
     except ValueError as e:
-        raise CLIError(f"threshold calibration failed: {e}", 1) from None
+        raise CLIError(f"{what} calibration failed: {e}", 1) from None
     if args.json:
-        print(json.dumps({"threshold_calibration": rep}, indent=2, default=str))
+        print(json.dumps({key: rep}, indent=2, default=str))
+        return None
+    return rep
+
+
+def _choose_threshold(args: argparse.Namespace) -> None:
+    paths = list(args.choose_threshold)
+    rep = _run_choice(args, "threshold", "threshold_calibration", lambda: calibrate_decision_threshold(
+        args.bundle, _labelled(paths), threads=args.threads, max_called_empty=args.max_called_empty,
+        max_called_empty_frame=args.max_called_empty_frame, dry_run=args.dry_run, sources=[str(p) for p in paths]))
+    if rep is None:
         return
     print(f"fringelive calibrate: bundle {rep['bundle']}, threshold {rep['threshold']:g} (was {rep['previous']:g}) "
           f"on {rep['frames']} labelled frames ({rep['frames_without_particles']} without particles)")
@@ -234,16 +244,12 @@ def _choose_threshold(args: argparse.Namespace) -> None:
 
 def _choose_particle_confidence(args: argparse.Namespace) -> None:
     paths = list(args.choose_particle_confidence)
-    try:
-        rep = calibrate_particle_confidence(args.bundle, _labelled(paths, "--choose-particle-confidence"),
-                                            threads=args.threads, max_dice_loss=args.max_particle_dice_loss,
-                                            dry_run=args.dry_run, sources=[str(p) for p in paths])
-    except BundleError as e:
-        raise CLIError(str(e), 2) from None
-    except ValueError as e:
-        raise CLIError(f"particle confidence calibration failed: {e}", 1) from None
-    if args.json:
-        print(json.dumps({"particle_confidence_calibration": rep}, indent=2, default=str))
+    rep = _run_choice(args, "particle confidence", "particle_confidence_calibration",
+                      lambda: calibrate_particle_confidence(
+                          args.bundle, _labelled(paths, "--choose-particle-confidence"), threads=args.threads,
+                          max_dice_loss=args.max_particle_dice_loss, dry_run=args.dry_run,
+                          sources=[str(p) for p in paths]))
+    if rep is None:
         return
     print(f"fringelive calibrate: bundle {rep['bundle']}, particle confidence (min mean probability) "
           f"{rep['min_mean_probability']:g} (was {rep['previous']:g}) at threshold {rep['threshold']:g} on "

@@ -254,21 +254,12 @@ def calibrate_decision_threshold(bundle_path: str | Path,
     and write it, with the per-candidate scores in ``card.metrics["threshold_calibration"]``,
     unless ``dry_run``. Frames must not be those the drift reference or any reported metric is
     measured on. Returns the choice's report plus ``written``."""
-    bundle = load_bundle(bundle_path)
-    with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
-        tally = ThresholdTally(tuple(grid), pipe.config.particles, pipe.config.min_particle_area_px, max_called_empty,
-                               max_called_empty_frame)
-        for pixels, label, meta in frames:
-            inference = pipe.infer(pixels, meta)
-            tally.add(inference.probabilities, label, inference.pixel_size_nm)
-    report = {**tally.result().to_dict(), "previous": bundle.card.threshold, "sources": list(sources),
-              "created": utc_now_iso()}
-    written = None
-    if not dry_run:
-        card = bundle.card.replace(threshold=report["threshold"],
-                                   metrics={**bundle.card.metrics, "threshold_calibration": report})
-        written = bundle.write_card(card).path / "card.json"
-    return {**report, "bundle": bundle.name, "written": None if written is None else str(written)}
+    return _choose_on_labelled(
+        bundle_path, frames, lambda pipe: ThresholdTally(tuple(grid), pipe.config.particles,
+                                                         pipe.config.min_particle_area_px, max_called_empty,
+                                                         max_called_empty_frame),
+        card_field="threshold", chosen="threshold", metrics_key="threshold_calibration", threads=threads,
+        dry_run=dry_run, sources=sources)
 
 
 def calibrate_particle_confidence(bundle_path: str | Path,
@@ -282,18 +273,32 @@ def calibrate_particle_confidence(bundle_path: str | Path,
     per-candidate scores in ``card.metrics["particle_confidence_calibration"]``, unless
     ``dry_run``. Use frames no reported metric is measured on. Returns the choice's report plus
     ``written``."""
+    return _choose_on_labelled(
+        bundle_path, frames, lambda pipe: ConfidenceTally(pipe.threshold, tuple(grid), pipe.config.particles,
+                                                          pipe.config.min_particle_area_px, max_dice_loss),
+        card_field="particle_min_mean_probability", chosen="min_mean_probability",
+        metrics_key="particle_confidence_calibration", threads=threads, dry_run=dry_run, sources=sources)
+
+
+def _choose_on_labelled(bundle_path: str | Path, frames: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],
+                        make_tally: Callable[[SegmentationPipeline], Any], *, card_field: str, chosen: str,
+                        metrics_key: str, threads: int | None, dry_run: bool, sources: Sequence[str]) -> dict[str, Any]:
+    """Run the bundle's pipeline over labelled ``frames`` into the tally ``make_tally(pipeline)``
+    builds (``add(probabilities, label, pixel size)``, ``result().to_dict()``), then write the
+    report's ``chosen`` value to ``card.<card_field>`` with the report in
+    ``card.metrics[metrics_key]``, unless ``dry_run``. Returns the report plus ``bundle`` and
+    ``written``."""
     bundle = load_bundle(bundle_path)
     with SegmentationPipeline.from_bundle(bundle, PipelineConfig(), intra_op_threads=threads) as pipe:
-        tally = ConfidenceTally(pipe.threshold, tuple(grid), pipe.config.particles, pipe.config.min_particle_area_px,
-                                max_dice_loss)
+        tally = make_tally(pipe)
         for pixels, label, meta in frames:
             inference = pipe.infer(pixels, meta)
             tally.add(inference.probabilities, label, inference.pixel_size_nm)
-    report = {**tally.result().to_dict(), "previous": bundle.card.particle_min_mean_probability,
-              "sources": list(sources), "created": utc_now_iso()}
+    report = {**tally.result().to_dict(), "previous": getattr(bundle.card, card_field), "sources": list(sources),
+              "created": utc_now_iso()}
     written = None
     if not dry_run:
-        card = bundle.card.replace(particle_min_mean_probability=report["min_mean_probability"],
-                                   metrics={**bundle.card.metrics, "particle_confidence_calibration": report})
+        card = bundle.card.replace(**{card_field: report[chosen]},
+                                   metrics={**bundle.card.metrics, metrics_key: report})
         written = bundle.write_card(card).path / "card.json"
     return {**report, "bundle": bundle.name, "written": None if written is None else str(written)}

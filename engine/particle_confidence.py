@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from fringelive.engine.particle_measure import ParticleSettings, measure_particles
+from fringelive.engine.particles import pixels_of
 
 __all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_MAX_DICE_LOSS", "ConfidenceTally", "ConfidenceChoice",
            "choose_particle_confidence"]
@@ -79,7 +80,7 @@ class ConfidenceTally:
             low = means < c
             mask = called.mask
             if low.any():
-                mask = mask & ~np.concatenate([[False], low])[called.labels]
+                mask = mask & ~pixels_of(called.labels, low)
             tp = int(np.count_nonzero(mask & true.mask))
             self.tp[i] += tp
             self.fp[i] += int(np.count_nonzero(mask)) - tp

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from fringelive.engine.particles import drop_labels, fill_holes, label_kept_runs, mean_over_runs, stats_of_labels
+from fringelive.engine.particles import (drop_labels, fill_holes, label_kept_runs, mean_over_runs, pixels_of,
+                                         stats_of_labels)
 
 __all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for"]
 
@@ -119,7 +120,7 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
             uncertain = int(low.sum())
             if uncertain:
                 if not (specks and settings.remove_specks):  # else the mask is rebuilt from the labels below
-                    mask = mask & ~np.concatenate([[False], low])[labels]
+                    mask = mask & ~pixels_of(labels, low)
                 labels, kept, runs = drop_labels(labels, kept, runs, low)
                 means = means[~low]
     if specks and settings.remove_specks:

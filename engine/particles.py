@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["particle_stats", "stats_of_labels", "area_fraction", "label_particles", "fill_holes", "keep_labels",
-           "foreground_runs", "label_kept_runs", "mean_over_runs", "drop_labels"]
+           "foreground_runs", "label_kept_runs", "mean_over_runs", "drop_labels", "pixels_of"]
 
 _STRUCTURES = {
     1: np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool),  # 4-connected
@@ -187,6 +187,12 @@ def mean_over_runs(values: np.ndarray, count: int,
     sums = np.add.reduceat(flat, bounds)[0::2].astype(np.float64)
     area = np.bincount(lab, weights=(c1 - c0).astype(np.float64), minlength=count + 1)[1:]
     return np.bincount(lab, weights=sums, minlength=count + 1)[1:] / np.maximum(area, 1.0)
+
+
+def pixels_of(labels: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of the components of ``labels`` (H, W) flagged in ``selected``
+    ((count,) bool, component k at index k-1)."""
+    return np.concatenate([[False], np.asarray(selected, dtype=bool)])[labels]
 
 
 def drop_labels(labels: np.ndarray, count: int, runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],

@@ -5,6 +5,8 @@
 ``seed_models_dir``: ``../shared/seed_models`` (the 50 published checkpoints); skips when absent.
 ``one_torch_thread``: torch single-threaded for a module (``pytestmark =
 pytest.mark.usefixtures("one_torch_thread")``).
+``default_bundle_and_labelled``: a writable copy of the default bundle and 3 labelled frames
+(``calibrate --choose-*`` tests).
 """
 
 from __future__ import annotations
@@ -67,3 +69,22 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
         description="random weights (torch.manual_seed(0)); for tests only",
         check_sizes=(64,),
     )
+
+
+@pytest.fixture()
+def default_bundle_and_labelled(tmp_path: Path) -> tuple[Path, Path]:
+    """A writable copy of the installed default bundle (``tmp_path/b``) and 3 labelled raw
+    frames to choose its card values on (``tmp_path/lab``: fast simulator, 256², 0.05 nm/px,
+    3-5 nm particles, seed 4)."""
+    import shutil
+
+    from fringelive.training.synth import synthesize
+    from fringelive.training.synth_config import SynthConfig
+
+    bundle = tmp_path / "b"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "default_bundle", bundle,
+                    ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
+    labelled = tmp_path / "lab"
+    synthesize(SynthConfig(engine="fast", count=3, size_px=256, pixel_size_nm=(0.05, 0.05), diameter_nm=(3.0, 5.0),
+                           seed=4), labelled, progress=False)
+    return bundle, labelled

@@ -5,7 +5,6 @@ components *uncertain* (engine/particle_measure.py), and its choice on labelled 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,20 +129,14 @@ def test_tally_errors_name_the_value() -> None:
         ConfidenceTally(0.5).result()
 
 
-def test_calibrate_cli_writes_the_cut_and_the_pipeline_and_daemon_config_use_it(tmp_path: Path) -> None:
+def test_calibrate_cli_writes_the_cut_and_the_pipeline_and_daemon_config_use_it(
+        tmp_path: Path, default_bundle_and_labelled: tuple[Path, Path]) -> None:
     from fringelive.bundle.bundle_io import load_bundle
     from fringelive.cli import main
     from fringelive.daemon.config import ConfigError, DaemonConfig
     from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
-    from fringelive.training.synth import synthesize
-    from fringelive.training.synth_config import SynthConfig
 
-    bundle = tmp_path / "b"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "default_bundle", bundle,
-                    ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
-    labelled = tmp_path / "lab"
-    synthesize(SynthConfig(engine="fast", count=3, size_px=256, pixel_size_nm=(0.05, 0.05), diameter_nm=(3.0, 5.0),
-                           seed=4), labelled, progress=False)
+    bundle, labelled = default_bundle_and_labelled
     before = load_bundle(bundle).card
     rc = main(["calibrate", "--bundle", str(bundle), "--choose-particle-confidence", str(labelled), "--dry-run",
                "--json", "--max-frames", "2", str(labelled)])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -95,19 +94,13 @@ def test_card_threshold_is_checked_and_defaults_to_half(tmp_path: Path) -> None:
         Card.from_dict({**d, "threshold": 1.5})
 
 
-def test_calibrate_choose_threshold_cli_writes_the_card_and_the_daemon_pipeline_uses_it(tmp_path: Path) -> None:
+def test_calibrate_choose_threshold_cli_writes_the_card_and_the_daemon_pipeline_uses_it(
+        tmp_path: Path, default_bundle_and_labelled: tuple[Path, Path]) -> None:
     from fringelive.bundle.bundle_io import load_bundle
     from fringelive.cli import main
     from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
-    from fringelive.training.synth import synthesize
-    from fringelive.training.synth_config import SynthConfig
 
-    bundle = tmp_path / "b"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "default_bundle", bundle,
-                    ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
-    labelled = tmp_path / "lab"
-    synthesize(SynthConfig(engine="fast", count=3, size_px=256, pixel_size_nm=(0.05, 0.05), diameter_nm=(3.0, 5.0),
-                           seed=4), labelled, progress=False)
+    bundle, labelled = default_bundle_and_labelled
     assert main(["calibrate", "--bundle", str(bundle), "--choose-threshold", str(labelled), "--dry-run", "--json",
                  "--max-frames", "2", str(labelled)]) in (0, 1)  # the drift part may need more frames
     assert load_bundle(bundle).card.threshold == load_bundle(bundle).card.threshold  # dry run: unchanged
