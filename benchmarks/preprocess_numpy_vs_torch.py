@@ -19,12 +19,12 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preprocess_steps import synthetic_frame  # noqa: E402
+from preprocess_steps import DEFAULT_LOWPASS, synthetic_frame  # noqa: E402
 
 from fringelive.bundle.card import Preprocessing  # noqa: E402
 from fringelive.engine import preprocess as P  # noqa: E402
 
-STAGES = ("to_float32", "remove_xrays", "flatfield", "rescale")
+STAGES = ("to_float32", "remove_xrays", "flatfield", "rescale", "lowpass")
 
 
 def time_path(frame: object, params: Preprocessing, repeats: int) -> dict[str, float]:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-torch", action="store_true", help="time the numpy path only")
     args = ap.parse_args(argv)
     frame = synthetic_frame((args.size, args.size), dtype="uint16")
-    params = Preprocessing()
+    params = Preprocessing(lowpass_sigma_px=DEFAULT_LOWPASS)
     rows = {"numpy": time_path(frame, params, args.repeats)}
     if not args.no_torch:
         import torch  # noqa: PLC0415 - optional here
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         rows[f"torch CPU ({args.threads} thr)"] = time_path(torch.from_numpy(frame.astype(np.int32)), params,
                                                            args.repeats)
-    print(f"preprocess {args.size}x{args.size} uint16 (x-rays, flat field, standardize), best of {args.repeats}")
+    print(f"preprocess {args.size}x{args.size} uint16 (x-rays, flat field, standardize, low-pass {params.lowpass_sigma_px:g} px), best of {args.repeats}")
     print(f"{'path':<20}{'wall ms':>9}{'CPU ms':>9}" + "".join(f"{s:>14}" for s in STAGES))
     for name, r in rows.items():
         print(f"{name:<20}{r['wall']:>9.1f}{r['cpu']:>9.1f}" + "".join(f"{r.get(s, 0.0):>14.1f}" for s in STAGES))

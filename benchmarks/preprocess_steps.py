@@ -24,13 +24,16 @@ import torch
 
 from fringelive.engine import preprocess as P
 from fringelive.bundle.card import Preprocessing
+from fringelive.engine.preprocess.lowpass import gaussian_weights
 
 __all__ = ["STEPS", "synthetic_frame", "time_preprocess_steps", "main"]
 
-STEPS = ("to_float32", "remove_xrays", "flatfield", "rescale", "total")
+STEPS = ("to_float32", "remove_xrays", "flatfield", "rescale", "lowpass", "total")
 """Keys of :func:`time_preprocess_steps`'s result; ``total`` is one whole ``preprocess`` call."""
 
 BUDGET_MS_4096_CPU = 500.0
+DEFAULT_LOWPASS = 1.0
+"""``lowpass_sigma_px`` of the default bundle (``default_bundle/card.json``)."""
 
 
 def synthetic_frame(shape: tuple[int, int] = (4096, 4096), *, counts: float = 1000.0, gradient: float = 0.3,
@@ -91,8 +94,18 @@ def time_oracle_steps(frame: np.ndarray, params: Preprocessing) -> dict[str, flo
         x, tuple(params.flatfield_degree), params.flatfield_downsample, params.flatfield_iterations,
         params.flatfield_weight_scale)) if params.flatfield else (0.0, x)
     times["rescale"], x = timed(lambda: O.rescale(x, params.rescale, tuple(params.histogram_percentiles)))
+    times["lowpass"], x = timed(lambda: _oracle_lowpass(x, params.lowpass_sigma_px)) \
+        if params.lowpass_sigma_px > 0 else (0.0, x)
     times["total"] = sum(times.values())
     return times
+
+
+def _oracle_lowpass(x: np.ndarray, sigma_px: float) -> np.ndarray:
+    """The low-pass as ``scipy.ndimage`` computes it (float64, both axes, edges replicated)."""
+    from scipy import ndimage  # noqa: PLC0415
+
+    w = gaussian_weights(sigma_px).astype(np.float64)
+    return ndimage.correlate1d(ndimage.correlate1d(x, w, axis=0, mode="nearest"), w, axis=1, mode="nearest")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,13 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="torch device, default cpu")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per step (count), best is shown")
     ap.add_argument("--rescale", default="standardize", help="rescale mode: standardize|normalize|histogram")
+    ap.add_argument("--lowpass-sigma", type=float, default=DEFAULT_LOWPASS, metavar="PX",
+                    help=f"card lowpass_sigma_px (px), default the default bundle's ({DEFAULT_LOWPASS:g})")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (count), default torch's")
     ap.add_argument("--no-oracle", action="store_true", help="skip timing the numpy/scipy oracle")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     frame = synthetic_frame((args.size, args.size), dtype=args.dtype)
-    params = Preprocessing(rescale=args.rescale)
+    params = Preprocessing(rescale=args.rescale, lowpass_sigma_px=args.lowpass_sigma)
     eng = time_preprocess_steps(frame, params, args.device, args.repeats)
     ora = None if args.no_oracle else time_oracle_steps(frame, params)
     print(f"preprocess {args.size}x{args.size} {args.dtype} on {args.device} "

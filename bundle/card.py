@@ -41,6 +41,9 @@ __all__ = [
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 RESCALE_MODES = ("standardize", "normalize", "histogram")
+#: the largest ``Preprocessing.lowpass_sigma_px`` (px): beyond it the low-pass would erase the
+#: lattice fringes of the finest sampled frames, and a coarser frame is the better fix
+MAX_LOWPASS_SIGMA_PX = 4.0
 
 
 class CardError(ValueError):
@@ -77,6 +80,8 @@ class Preprocessing:
     flatfield_weight_scale: weight ``exp(-scale * e / mean(e))`` on squared residual ``e``.
     rescale: standardize (zero mean, unit std) | normalize (min-max to [0, 1]) |
         histogram (clip to the percentiles, then min-max).
+    lowpass_sigma_px: after the rescale, a Gaussian low-pass of this σ (px; 0 = off), which
+        removes the camera's pixel-scale noise texture (``fringelive.engine.preprocess.lowpass``).
     """
 
     xray_removal: bool = True
@@ -89,6 +94,7 @@ class Preprocessing:
     flatfield_weight_scale: float = 1.5
     rescale: str = "standardize"
     histogram_percentiles: tuple[float, float] = (1.0, 99.0)
+    lowpass_sigma_px: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rescale not in RESCALE_MODES:
@@ -106,6 +112,9 @@ class Preprocessing:
         lo, hi = self.histogram_percentiles
         if not 0.0 <= lo < hi <= 100.0:
             raise CardError(f"preprocessing.histogram_percentiles must satisfy 0 <= lo < hi <= 100, got {self.histogram_percentiles!r}")
+        if not 0.0 <= self.lowpass_sigma_px <= MAX_LOWPASS_SIGMA_PX:
+            raise CardError(f"preprocessing.lowpass_sigma_px must be in [0, {MAX_LOWPASS_SIGMA_PX}] (px), "
+                            f"got {self.lowpass_sigma_px!r}")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,9 @@ def add_preprocessing_options(p: argparse.ArgumentParser, what: str) -> None:
                    help="intensity rescaling (default: standardize)")
     g.add_argument("--histogram-percentiles", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="clip percentiles for --rescale histogram (%%, default: 1 99)")
+    g.add_argument("--lowpass-sigma", type=float, default=None, metavar="PX",
+                   help="Gaussian low-pass after the rescale, sigma in px (removes the camera's pixel-scale "
+                        "noise texture; default: 0 = off)")
 
 
 def preprocessing_from_args(args: argparse.Namespace, base: Any = None) -> Any:
@@ -52,6 +55,8 @@ def preprocessing_from_args(args: argparse.Namespace, base: Any = None) -> Any:
         changes["rescale"] = args.rescale
     if args.histogram_percentiles is not None:
         changes["histogram_percentiles"] = tuple(args.histogram_percentiles)
+    if args.lowpass_sigma is not None:
+        changes["lowpass_sigma_px"] = args.lowpass_sigma
     if not changes and base is None:
         return None
     return replace(base or Preprocessing(), **changes)

@@ -65,7 +65,8 @@ def test_card_round_trip_with_every_field(tiny_bundle: Bundle) -> None:
         engines=(engine,),
         drift_reference={"mean": [0.0], "histogram": {"edges": [0, 1], "counts": [3]}},
         metrics={"dice": {"fold0": 0.91}},
-        preprocessing=Preprocessing(rescale="histogram", histogram_percentiles=(2.0, 98.0), flatfield_degree=(3, 1)),
+        preprocessing=Preprocessing(rescale="histogram", histogram_percentiles=(2.0, 98.0), flatfield_degree=(3, 1),
+                                    lowpass_sigma_px=1.25),
         envelope=Envelope(material=("Au", "Ag"), dose_e_per_A2=Range(80, 884), support=("SiN",)),
     )
     again = Card.from_json(card.to_json())
@@ -83,6 +84,8 @@ def test_card_round_trip_with_every_field(tiny_bundle: Bundle) -> None:
         (lambda d: d["preprocessing"].update(rescale="zscore"), r"preprocessing\.rescale must be one of .*'zscore'"),
         (lambda d: d["preprocessing"].update(flatfield=1), r"preprocessing\.flatfield must be true or false, got 1"),
         (lambda d: d["preprocessing"].update(flatfield_degree=[2]), r"preprocessing\.flatfield_degree must have 2 items"),
+        (lambda d: d["preprocessing"].update(lowpass_sigma_px=-0.5), r"preprocessing\.lowpass_sigma_px must be in \[0, 4\.0\] \(px\), got -0\.5"),
+        (lambda d: d["preprocessing"].update(lowpass_sigma_px=9), r"preprocessing\.lowpass_sigma_px must be in \[0, 4\.0\] \(px\), got 9"),
         (lambda d: d["tile"].update(multiple_of=True), r"tile\.multiple_of must be an integer"),
         (lambda d: d["tile"].update(halo_px=100), r"tile\.halo_px must be a multiple of 16"),
         (lambda d: d["members"][0].update(sha256=5), r"members\[0\]\.sha256 must be a string"),

@@ -6,7 +6,7 @@ runs in both. Parameters come from the bundle card
 (:class:`fringelive.bundle.card.Preprocessing`). :func:`preprocess` runs
 
     cast to float32 → :func:`remove_xrays` (if ``xray_removal``) → :func:`flatfield_correct`
-    (if ``flatfield``) → :func:`rescale`
+    (if ``flatfield``) → :func:`rescale` → :func:`lowpass` (if ``lowpass_sigma_px`` > 0)
 
 on a 2-D frame ``(H, W)`` of raw counts and returns an ``(H, W)`` float32 array: numpy for a
 numpy frame on the CPU (``device`` None or "cpu"), a torch tensor for a tensor (on its device)
@@ -89,6 +89,7 @@ from fringelive.engine.preprocess.flatfield import (_block_coords, _check_flatfi
                                                     evaluate_flatfield, fit_flatfield, fit_flatfield_coefficients,
                                                     flatfield_correct)
 from fringelive.engine.preprocess.frames import _ship_narrow, _to_float32, as_float32_frame  # noqa: F401 (tests)
+from fringelive.engine.preprocess.lowpass import _lowpass, lowpass
 from fringelive.engine.preprocess.normalise import _rescale, rescale
 from fringelive.engine.preprocess.settings import MAX_FILL_SWEEPS, NUMPY_CPU_SCANS, SURFACE_FLOOR_REL
 from fringelive.engine.preprocess.stats import median, order_statistics, percentiles
@@ -109,6 +110,7 @@ __all__ = [
     "fit_flatfield",
     "flatfield_correct",
     "rescale",
+    "lowpass",
     "preprocess",
     "min_frame_side",
 ]
@@ -136,7 +138,7 @@ def preprocess(frame: Any, params: Preprocessing, device: Any = None,
     card's, or lower where its surface was not positive over the whole frame: see
     :func:`~fringelive.engine.preprocess.flatfield._flatfield`).
     timings: if given, filled with the wall time in ms of each stage as run here
-    (``to_float32``, ``remove_xrays``, ``flatfield``, ``rescale``; 0.0 for a stage the card
+    (``to_float32``, ``remove_xrays``, ``flatfield``, ``rescale``, ``lowpass``; 0.0 for a stage the card
     switches off), synchronising CUDA after each stage.
     Returns an (H, W) float32 array (numpy on the CPU for numpy input, else a tensor on
     ``device``); ``frame`` is never modified.
@@ -174,6 +176,8 @@ def preprocess(frame: Any, params: Preprocessing, device: Any = None,
         clock.lap("flatfield", xp, params.flatfield)
         x = _rescale(x, params.rescale, tuple(params.histogram_percentiles), inplace=owned)
         clock.lap("rescale", xp)
+        x = _lowpass(x, float(params.lowpass_sigma_px))
+        clock.lap("lowpass", xp, params.lowpass_sigma_px > 0)
         return x
 
 
