@@ -7,12 +7,15 @@ records them, the camera constants), the published mask is compared with the set
 * Dice of the whole frame, false-positive rate (FP / true background pixels), false-negative
   rate (FN / true particle pixels);
 * on frames with no particle: the fraction of pixels called particle;
-* the reported ``particle_count`` against the exact mask's own particle count (frames whose
-  mask holds 1–2 particles), the mask measured by the daemon's rules (holes filled, components
-  under ``[particles] min_diameter_nm`` are specks). Not the metadata's ``particles``: a
-  simulation cell is periodic, so a particle cut by the frame edge (``synth --edge-overlap``)
-  re-enters at the opposite edge, in image and mask alike, and shows as two edge-touching
-  particles; both counts are in the ``--json`` rows (``label_particles``, ``true_particles``);
+* the reported ``particle_count`` against the true count on frames with 1–2 particles
+  (``count_truth`` in the ``--json`` rows): the metadata's ``particles`` for a set simulated
+  without ``--edge-overlap`` (its ``synth.json``); for a set with it, the exact mask's own
+  particle count, the mask measured by the daemon's rules (holes filled, components under
+  ``[particles] min_diameter_nm`` are specks), because a simulation cell is periodic: a
+  particle cut by the frame edge re-enters at the opposite edge, in image and mask alike, and
+  shows as two edge-touching particles. (The mask count is wrong the other way where two
+  particles touch: they are one component.) Both counts are in the rows (``true_particles``,
+  ``label_particles``);
 * the drift status (ok / warn / ood / unknown).
 
 Rows are grouped by set and, where the metadata has them, by pixel-size band, dose band and
@@ -87,6 +90,15 @@ def _true_count(meta: dict[str, Any]) -> int | None:
         return None
 
 
+def _edge_overlap(path: Path) -> bool:
+    """Whether the set was simulated with particles cut by the frame edge (its ``synth.json``
+    says; True when it cannot tell, e.g. a ``dataset`` of experimental frames)."""
+    try:
+        return bool(json.loads((Path(path) / "synth.json").read_text())["config"].get("edge_overlap", True))
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
 def run(sets: list[tuple[str, Path]], bundle: str | None, *, timeout_s: float = 120.0,
         camera_headers: bool = False, config: str | None = None) -> list[dict[str, Any]]:
     ports = [_free_port() for _ in range(3)]
@@ -113,6 +125,7 @@ def run(sets: list[tuple[str, Path]], bundle: str | None, *, timeout_s: float = 
             raise RuntimeError(f"fringelive serve exited: {proc.stderr.read()}")
         for name, path in sets:
             ss = load_sampleset(path)
+            count_by_label = _edge_overlap(path)
             for i in range(len(ss)):
                 raw = np.ascontiguousarray(ss.images[i])
                 label = np.asarray(ss.labels[i]).astype(bool)
@@ -142,6 +155,7 @@ def run(sets: list[tuple[str, Path]], bundle: str | None, *, timeout_s: float = 
                                        "dose_e_per_A2": meta.get("dose_e_per_A2"),
                                        "true_particles": _true_count(meta),
                                        "label_particles": _label_count(label, meta), "topic": topic}
+                row["count_truth"] = row["label_particles"] if count_by_label else row["true_particles"]
                 if topic != "result":
                     row["error"] = hdr.get("reason")
                     rows.append(row)
@@ -200,8 +214,8 @@ def table(rows: list[dict[str, Any]], key: str) -> str:
     for (s, g), rs in sorted(groups.items()):
         full = [r for r in rs if not r["empty"]]
         bare = [r for r in rs if r["empty"]]
-        cnt = [r for r in full if r["label_particles"] in (1, 2)]
-        exact = sum(r["particle_count"] == r["label_particles"] for r in cnt)
+        cnt = [r for r in full if r["count_truth"] in (1, 2)]
+        exact = sum(r["particle_count"] == r["count_truth"] for r in cnt)
         flagged = sum(r["drift"] in ("warn", "ood") for r in rs)
         lines.append(
             f"| {s} | {g} | {len(rs)} | {_mean([r['dice'] for r in full]):.3f} | "

@@ -11,7 +11,8 @@ The max abs logit difference is reported too but does not gate (BF16 logits of O
 O(0.1) while masks agree).
 
 Verification tiles: ``<bundle>/verification_tiles.npy`` ((N, 1, h, w), float16 or float32,
-preprocessed as the card says; written at export from simulated frames of the card's envelope),
+preprocessed as the card says; the default bundle's are two held-out simulated frames, written by
+``fringelive.training.build_default_bundle.write_verification_tiles``),
 else :func:`synthetic_tiles` (deterministic fringe discs on an amorphous background; the record
 says which were used).
 

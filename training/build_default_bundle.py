@@ -44,8 +44,17 @@ support reuse), then wider camera ranges, each a short fine-tune of the one befo
     fringelive finetune --from ft5/bundle --data rnd6 rnd5 ... --out ft6
     fringelive calibrate --bundle ft6/bundle eval_bands eval_bare eval_accept_au --choose-threshold cur_val4 ...
 
-in a working directory, and copy ``ft6/bundle`` (with the verification tiles of the bundle it
-replaces: same preprocessing) to ``--out``:
+then stage 8: the preprocessing gains a 1 px Gaussian low-pass (card ``lowpass_sigma_px``) and
+the model is fine-tuned to it on the three random-carbon sets, the weak bands' frames included:
+
+    fringelive synth --engine abtem ... --dose 150 700 --count 500 --seed 3002 --out rnd7
+    fringelive finetune --from ft6/bundle --data rnd6 rnd5 rnd7 --lowpass-sigma 1 ... --out ft8
+    fringelive calibrate --bundle ft8/bundle eval_bands eval_bare eval_accept_au --choose-threshold cur_val4 ...
+
+in a working directory, and copy ``ft8/bundle`` to ``--out`` with verification tiles (the
+precision parity gate's network inputs) preprocessed from the first two ``eval_accept_au``
+frames as its card says (the shipped run started from ``ft6/bundle.pre``: the same weights,
+before ``calibrate``):
     python -m fringelive.training.build_default_bundle --out default_bundle [--work DIR]
 
 The network is the published residual UNet (``resunet-seed``), first trained on fast synthetic
@@ -59,7 +68,7 @@ closer-to-reality data. The card records every command (``provenance.command`` f
 ``heldout_abtem_423e``, ``.whole_sample``). The drift reference (``drift_reference``: CUSUM
 threshold, dose calibration) is measured by ``calibrate`` on 204 in-distribution frames of both
 engines (a fine-tuning run alone would have only its few validation frames). Stage 1 takes about
-an hour on 2 CPU cores (most of it abTEM); the curated stages 2–6 several hours more (synth at
+an hour on 2 CPU cores (most of it abTEM); the curated stages 2–8 several hours more (synth at
 ~1,300–1,800 samples/h, fine-tunes at 10–25 min per epoch).
 """
 
@@ -75,7 +84,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from fringelive.bundle.card import Card
 from fringelive.engine.precision import VERIFICATION_FILE
+from fringelive.engine.preprocess import preprocess
+from fringelive.training.samples import load_sampleset
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +141,8 @@ def commands(*, train_frames: int = 32, heldout_frames: int = 6, frame_px: int =
 
 
 CURATED_NAME = "default-curated-v2"
-#: the shipped default (stage 6)
-DEFAULT_NAME = "default-curated-v6"
+#: the shipped default (stage 8)
+DEFAULT_NAME = "default-curated-v8"
 DESCRIPTION_CURATED = (
     "Default model: the published residual UNet fine-tuned on a curated abTEM multislice database "
     "(fringelive synth --preset curated): Au, Ag, Pt, CdSe particles 1.5-12 nm at random orientation with twins and "
@@ -201,16 +215,19 @@ def stage3_commands(*, epochs: int = 3, lr: float = 2e-4, seed: int = 0) -> list
     ]
 
 
-def _finetune(source: str, data: list[str], out: str, *, bands: str, name: str, seed: int) -> list[str]:
-    """Stages 4–6's fine-tune: 2 epochs, cosine 1e-4 → 1e-5, per-condition benchmarks on the
-    held-out sets (``bands``: the bands set), the last epoch kept, no drift reference yet."""
+def _finetune(source: str, data: list[str], out: str, *, bands: str, name: str, seed: int, epochs: int = 2,
+              extra: tuple[str, ...] = ("--noise-rho-max", "0.3"), description: str | None = None) -> list[str]:
+    """Stages 4–8's fine-tune: ``epochs`` epochs, cosine 1e-4 → 1e-5, per-condition benchmarks on
+    the held-out sets (``bands``: the bands set), the last epoch kept, no drift reference yet;
+    ``extra`` options (default: white-noise augmentation)."""
     return ["finetune", "--from", source, "--data", *data, "--out", out, "--folds", "1", "--split", "0.95", "0.05",
             "0", "--patch", "256", "--batch-size", "8", "--lr-schedule", "cosine", "--lr-min", "1e-5",
-            "--noise-rho-max", "0.3", "--epochs", "2", "--lr", "0.0001", "--seed", str(seed),
+            *extra, "--epochs", str(epochs), "--lr", "0.0001", "--seed", str(seed),
             "--benchmark", "accept_au=eval_accept_au", "--benchmark", "bare_support=eval_bare",
             "--benchmark", f"bands={bands}", "--benchmark-by", "pixel_size_nm=0.02,0.03",
             "--benchmark-by", "dose_e_per_A2=500,1000", "--benchmark-by", "material", "--select-metric", "last",
-            "--bundle-name", name, "--description", DESCRIPTION_CURATED, "--no-calibrate", "--no-progress"]
+            "--bundle-name", name, "--description", description or DESCRIPTION_CURATED, "--no-calibrate",
+            "--no-progress"]
 
 #: The curated distributions with every frame's amorphous carbon simulated anew (no support
 #: reuse: full band-limited multislice at 0.25 Å), 40 % bare frames (stages 5 and 6).
@@ -283,17 +300,54 @@ def stage6_commands(*, seed: int = 0) -> list[list[str]]:
         [*_SYNTH_RANDOM_CARBON, *_CAMERA_WIDE, "--count", "400", "--seed", "3001", "--workers", "2",
          "--no-progress", "--out", "rnd6"],
         _bare_random_carbon(_CAMERA_WIDE, seed="1103", out="cur_valbare6"),
-        _finetune("ft5/bundle", ["rnd6", "rnd5"], "ft6", bands="eval_bands4", name=DEFAULT_NAME, seed=seed),
-        ["calibrate", "--bundle", "ft6/bundle", "eval_bands", "eval_bare", "eval_accept_au", "--choose-threshold",
-         "cur_val4", "--choose-threshold", "cur_valbare", "--choose-threshold", "cur_valbare6", "--no-dose-calibration",
-         "--seed", str(seed)],
+        _finetune("ft5/bundle", ["rnd6", "rnd5"], "ft6", bands="eval_bands4", name="default-curated-v6", seed=seed),
+        _calibrate("ft6/bundle", seed=seed),
+    ]
+
+
+def _calibrate(bundle: str, *, seed: int) -> list[str]:
+    """The threshold chosen on ``cur_val4``, ``cur_valbare`` and ``cur_valbare6`` with the
+    per-frame budget, then the drift reference."""
+    return ["calibrate", "--bundle", bundle, "eval_bands", "eval_bare", "eval_accept_au", "--choose-threshold",
+            "cur_val4", "--choose-threshold", "cur_valbare", "--choose-threshold", "cur_valbare6",
+            "--no-dose-calibration", "--seed", str(seed)]
+
+
+#: Stage 7's data: the weak bands of stage 6 (150–700 e/Å², Ag/Au/Pt), particles in 85 % of frames.
+_SYNTH_WEAK_BANDS = [
+    "synth", "--engine", "abtem", "--size", "512", "--pixel-size", "0.012", "0.046", "--dose", "150", "700",
+    "--log-uniform", "pixel-size", "dose", "diameter", "carbon-thickness", "--material", "Ag", "Au", "Pt",
+    "--diameter", "1.5", "12", "--particles", "0", "3", "--empty-fraction", "0.15", "--twin-probability", "0.3",
+    "--stacking-fault-probability", "0.25", "--edge-overlap", "--carbon-thickness", "2", "12",
+    "--no-support-fraction", "0.03", "--voltage", "300", "300", "200", "--defocus", "-15", "15", "--cs", "-30", "30",
+    "--uncorrected-fraction", "0.2", "--cs-uncorrected", "0.5", "1.2", "--focal-spread", "2", "6",
+    "--angular-spread", "0.05", "0.5", "--sampling", "0.25", "--slice-thickness", "2", "--mask-pass", "shared"]
+#: σ (px) of the low-pass that ends the preprocessing from stage 8 on (card ``lowpass_sigma_px``)
+LOWPASS_SIGMA_PX = 1.0
+DESCRIPTION_LOWPASS = DESCRIPTION_CURATED.replace(
+    "varied cameras.", "varied cameras; preprocessing ends with a 1 px Gaussian low-pass that removes camera noise "
+    "texture.")
+
+
+def stage8_commands(*, seed: int = 0) -> list[list[str]]:
+    """Stage 8 (shipped): the weak-band frames (``rnd7``, stage 7's data; stage 7's own fine-tune
+    without the low-pass was not shipped) with ``rnd6`` and ``rnd5``; ``ft6/bundle`` fine-tuned
+    for 3 epochs with the 1 px low-pass in its preprocessing and without white-noise augmentation
+    (it would put back the pixel texture the low-pass removes); then the threshold choice and
+    the drift reference as in stage 6."""
+    return [
+        [*_SYNTH_WEAK_BANDS, *_CAMERA_WIDE, "--count", "500", "--seed", "3002", "--workers", "2", "--no-progress",
+         "--out", "rnd7"],
+        _finetune("ft6/bundle", ["rnd6", "rnd5", "rnd7"], "ft8", bands="eval_bands4", name=DEFAULT_NAME, seed=seed,
+                  epochs=3, extra=("--lowpass-sigma", f"{LOWPASS_SIGMA_PX:g}"), description=DESCRIPTION_LOWPASS),
+        _calibrate("ft8/bundle", seed=seed),
     ]
 
 
 def all_commands(**kwargs: object) -> list[list[str]]:
     """Every stage's command lines, in order."""
     return (commands(**kwargs) + curated_commands() + stage3_commands() + stage4_commands()  # type: ignore[arg-type]
-            + stage5_commands() + stage6_commands())
+            + stage5_commands() + stage6_commands() + stage8_commands())
 
 
 def build(out: Path, work: Path, **kwargs: object) -> Path:
@@ -311,14 +365,12 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
                 raise SystemExit(f"fringelive {argv[0]} failed with exit code {rc}")
     finally:
         os.chdir(cwd)
-    src = work / "ft6" / "bundle"
+    src = work / "ft8" / "bundle"
     staged = out.with_name(out.name + ".new")
     if staged.exists():
         shutil.rmtree(staged)
     shutil.copytree(src, staged)
-    tiles = out / VERIFICATION_FILE  # the parity gate's tiles: preprocessed frames, the same for this bundle
-    if tiles.is_file() and not (staged / VERIFICATION_FILE).is_file():
-        shutil.copy2(tiles, staged / VERIFICATION_FILE)
+    write_verification_tiles(staged, work / "eval_accept_au")
     if out.exists():
         old = out.with_name(out.name + ".old")
         os.replace(out, old)
@@ -327,6 +379,20 @@ def build(out: Path, work: Path, **kwargs: object) -> Path:
     else:
         os.replace(staged, out)
     return out
+
+
+def write_verification_tiles(bundle_dir: Path, samples: Path, n: int = 2) -> Path:
+    """``bundle_dir/verification_tiles.npy``: the first ``n`` frames of the sample set ``samples``
+    preprocessed as the bundle's card says, (n, 1, H, W) float16 (the precision parity gate's
+    network inputs, ``fringelive.engine.precision``)."""
+    card = Card.from_json((bundle_dir / "card.json").read_text())
+    ss = load_sampleset(samples)
+    if len(ss) < n:
+        raise SystemExit(f"{samples} holds {len(ss)} frames, the verification tiles need {n}")
+    tiles = np.stack([np.asarray(preprocess(ss.images[i], card.preprocessing)) for i in range(n)])
+    path = bundle_dir / VERIFICATION_FILE
+    np.save(path, tiles[:, None].astype(np.float16))
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
