@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,3 +66,19 @@ def test_gaussian_noise_keeps_unit_variance() -> None:
         gaussian_noise(x, g)
     with pytest.raises(ValueError, match="rho must be >= 0, got -1"):
         gaussian_noise(x, g, rho=-1)
+
+
+def test_gaussian_noise_is_low_passed_like_the_frames() -> None:
+    """With the card's low-pass the added noise is that low-pass of white noise (the engine's
+    weights and edges): x' = (x + ρ L(n)) / √(1 + ρ²), the low-pass of a noisier frame."""
+    from fringelive.engine.preprocess import lowpass
+
+    x = torch.zeros(3, 1, 40, 52)
+    g = torch.Generator().manual_seed(7)
+    y = gaussian_noise(x, g, rho=1.0, lowpass_sigma_px=1.0)
+    white = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    for i in range(3):
+        expected = lowpass(white[i, 0].numpy(), 1.0) / math.sqrt(2.0)
+        np.testing.assert_allclose(y[i, 0].numpy(), expected, atol=1e-6)
+    big = gaussian_noise(torch.zeros(8, 1, 128, 128), torch.Generator().manual_seed(1), rho=1.0, lowpass_sigma_px=1.0)
+    assert float(big[..., 8:-8, 8:-8].var() * 2) == pytest.approx(0.08, abs=0.01)  # ~8 % of white noise's variance

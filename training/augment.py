@@ -10,7 +10,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dihedral", "random_dihedral", "random_rotation", "gaussian_noise"]
+from fringelive.engine.preprocess.lowpass import gaussian_weights
+
+__all__ = ["dihedral", "random_dihedral", "random_rotation", "gaussian_noise", "lowpass_batch"]
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,10 +69,14 @@ def random_rotation(images: torch.Tensor, labels: torch.Tensor, generator: torch
 
 
 def gaussian_noise(images: torch.Tensor, generator: torch.Generator, rho: float | None = None,
-                   rho_max: float | None = None) -> torch.Tensor:
+                   rho_max: float | None = None, lowpass_sigma_px: float = 0.0) -> torch.Tensor:
     """``x' = (x + N(0, ρ²)) / sqrt(1 + ρ²)`` with a fixed ρ or ρ ~ U(0, ρmax) per sample.
 
     For standardized input this keeps unit variance while lowering the signal-to-noise ratio.
+    ``lowpass_sigma_px`` > 0: the images end with that low-pass (card
+    ``preprocessing.lowpass_sigma_px``), so the noise is low-passed alike (replicated edges):
+    ``x'`` is then the low-pass of the noisier standardized frame, as served frames are, not
+    pixel texture they never have.
     """
     if (rho is None) == (rho_max is None):
         raise ValueError("give exactly one of rho (fixed) or rho_max (uniform), "
@@ -85,5 +91,18 @@ def gaussian_noise(images: torch.Tensor, generator: torch.Generator, rho: float 
             raise ValueError(f"rho_max must be >= 0, got {rho_max!r}")
         r = torch.rand(n, generator=generator) * float(rho_max)  # type: ignore[arg-type]
     r = r.to(images.device).view(n, 1, 1, 1)
-    noise = torch.randn(images.shape, generator=generator).to(images.device)
+    noise = torch.randn(images.shape, generator=generator)
+    if lowpass_sigma_px > 0:
+        noise = lowpass_batch(noise, lowpass_sigma_px)
+    noise = noise.to(images.device)
     return (images + noise * r) / torch.sqrt(1.0 + r * r)
+
+
+def lowpass_batch(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """``images`` (N, 1, H, W) each low-passed as ``fringelive.engine.preprocess.lowpass`` does
+    (the same weights, replicated edges)."""
+    w = torch.from_numpy(gaussian_weights(sigma_px)).to(images.device, images.dtype)
+    r = (w.numel() - 1) // 2
+    y = F.pad(images, (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, w.view(1, 1, -1, 1))
+    return F.conv2d(y, w.view(1, 1, 1, -1))

@@ -355,6 +355,7 @@ def run_training(cfg: RunConfig) -> RunResult:
             log.info("fold %d/%d: %d/%d/%d samples → %d/%d/%d patches of %d px", k, cfg.folds, len(tr), len(va),
                      len(te), len(x_tr), len(x_va), len(x_te), cfg.patch_px)
             tcfg = replace(cfg.train, seed=seed, checkpoint_dir=str(fold_dir), resume=True,
+                           noise_lowpass_sigma_px=float(params.lowpass_sigma_px),
                            log_csv=str(fold_dir / "log.csv") if cfg.log in ("csv", "both") else None,
                            tensorboard_dir=str(fold_dir / "tensorboard") if cfg.log in ("tensorboard", "both") else None)
             res = train_model(model, (x_tr, y_tr), (x_va, y_va), tcfg, benchmarks=bench_patches)

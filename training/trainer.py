@@ -81,7 +81,8 @@ class TrainConfig:
     epochs: passes over the training set; batch_size: patches per optimiser step (global, over
     all ranks); lr: Adam learning rate; rotation_p: probability of a random rotation per
     sample; noise_rho / noise_rho_max: fixed or uniform-random ρ of the Gaussian-noise
-    augmentation (None = off); max_steps: stop after this many optimiser steps (None = no
+    augmentation (None = off); noise_lowpass_sigma_px: the low-pass the patches end with (the
+    card's ``preprocessing.lowpass_sigma_px``, set by the run), applied to that noise too; max_steps: stop after this many optimiser steps (None = no
     limit); device: "auto" | "cpu" | "cuda" | "cuda:N"; amp: float16 autocast on CUDA;
     freeze: "none" | "encoder" | "decoder" (see :mod:`fringelive.training.transfer`);
     checkpoint_dir: where ``last.pt``/``best.pt`` go (None = none); resume: continue from
@@ -102,6 +103,7 @@ class TrainConfig:
     rotation_p: float = 0.5
     noise_rho: float | None = None
     noise_rho_max: float | None = None
+    noise_lowpass_sigma_px: float = 0.0
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -134,6 +136,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not v >= 0:
                 raise ValueError(f"{name} must be >= 0, got {v!r}")
+        if not self.noise_lowpass_sigma_px >= 0:
+            raise ValueError(f"noise_lowpass_sigma_px must be >= 0 (px), got {self.noise_lowpass_sigma_px!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
         if self.freeze not in FREEZE_CHOICES:
@@ -363,7 +367,8 @@ def train_model(
                     if cfg.rotation_p > 0:
                         x, y = random_rotation(x, y, gen, cfg.rotation_p)
                     if noise:
-                        x = gaussian_noise(x, gen, rho=cfg.noise_rho, rho_max=cfg.noise_rho_max)
+                        x = gaussian_noise(x, gen, rho=cfg.noise_rho, rho_max=cfg.noise_rho_max,
+                                           lowpass_sigma_px=cfg.noise_lowpass_sigma_px)
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     for group in opt.param_groups:
                         group["lr"] = _lr_at(cfg, steps, total_steps)
