@@ -313,15 +313,21 @@ def _calibrate(bundle: str, *, seed: int) -> list[str]:
             "--no-dose-calibration", "--seed", str(seed)]
 
 
+def _replace_options(argv: list[str], values: dict[str, list[str]]) -> list[str]:
+    """``argv`` with the values of the options in ``values`` replaced (each option present once)."""
+    out = list(argv)
+    for option, new in values.items():
+        i = out.index(option) + 1
+        j = i
+        while j < len(out) and not out[j].startswith("--"):
+            j += 1
+        out[i:j] = new
+    return out
+
+
 #: Stage 7's data: the weak bands of stage 6 (150–700 e/Å², Ag/Au/Pt), particles in 85 % of frames.
-_SYNTH_WEAK_BANDS = [
-    "synth", "--engine", "abtem", "--size", "512", "--pixel-size", "0.012", "0.046", "--dose", "150", "700",
-    "--log-uniform", "pixel-size", "dose", "diameter", "carbon-thickness", "--material", "Ag", "Au", "Pt",
-    "--diameter", "1.5", "12", "--particles", "0", "3", "--empty-fraction", "0.15", "--twin-probability", "0.3",
-    "--stacking-fault-probability", "0.25", "--edge-overlap", "--carbon-thickness", "2", "12",
-    "--no-support-fraction", "0.03", "--voltage", "300", "300", "200", "--defocus", "-15", "15", "--cs", "-30", "30",
-    "--uncorrected-fraction", "0.2", "--cs-uncorrected", "0.5", "1.2", "--focal-spread", "2", "6",
-    "--angular-spread", "0.05", "0.5", "--sampling", "0.25", "--slice-thickness", "2", "--mask-pass", "shared"]
+_SYNTH_WEAK_BANDS = _replace_options(_SYNTH_RANDOM_CARBON, {"--dose": ["150", "700"], "--material": ["Ag", "Au", "Pt"],
+                                                           "--empty-fraction": ["0.15"]})
 #: σ (px) of the low-pass that ends the preprocessing from stage 8 on (card ``lowpass_sigma_px``)
 LOWPASS_SIGMA_PX = 1.0
 DESCRIPTION_LOWPASS = DESCRIPTION_CURATED.replace(
@@ -332,14 +338,14 @@ DESCRIPTION_LOWPASS = DESCRIPTION_CURATED.replace(
 def stage8_commands(*, seed: int = 0) -> list[list[str]]:
     """Stage 8 (shipped): the weak-band frames (``rnd7``, stage 7's data; stage 7's own fine-tune
     without the low-pass was not shipped) with ``rnd6`` and ``rnd5``; ``ft6/bundle`` fine-tuned
-    for 3 epochs with the 1 px low-pass in its preprocessing and without white-noise augmentation
-    (it would put back the pixel texture the low-pass removes); then the threshold choice and
-    the drift reference as in stage 6."""
+    for 3 epochs with the 1 px low-pass in its preprocessing and without noise augmentation (the
+    run predates low-passing that noise like the frames); then the threshold choice and the
+    drift reference as in stage 6."""
     return [
         [*_SYNTH_WEAK_BANDS, *_CAMERA_WIDE, "--count", "500", "--seed", "3002", "--workers", "2", "--no-progress",
          "--out", "rnd7"],
         _finetune("ft6/bundle", ["rnd6", "rnd5", "rnd7"], "ft8", bands="eval_bands4", name=DEFAULT_NAME, seed=seed,
-                  epochs=3, extra=("--lowpass-sigma", f"{LOWPASS_SIGMA_PX:g}"), description=DESCRIPTION_LOWPASS),
+                  epochs=3, extra=("--lowpass-sigma", str(LOWPASS_SIGMA_PX)), description=DESCRIPTION_LOWPASS),
         _calibrate("ft8/bundle", seed=seed),
     ]
 
