@@ -5,8 +5,7 @@ or shaped by the detector's MTF. A network trained on one camera reads another c
 on amorphous carbon as lattice fringes. A Gaussian of σ ≈ 1 px removes that band on every camera
 alike (a white-noise pixel keeps ~8 % of its variance at σ = 1) while lattice fringes of period
 ≥ 5 px keep ≥ 45 % of their amplitude at σ = 1 (exp(-2π²σ²/p²)). The frame is not re-standardized
-after the filter: its scale stays that of the rescaled frame, so the remaining contrast tells the
-network how much of the frame was noise.
+after the filter: its scale stays that of the rescaled frame.
 
 Borders replicate the edge pixel (``nearest``), which works for any frame size. numpy runs the
 separable taps band by band (:func:`_lowpass_numpy`), torch two 1-D convolutions, with the same
@@ -25,6 +24,11 @@ from fringelive.engine.arrays import Array, namespace_of
 from fringelive.engine.preprocess.frames import _to_float32
 
 __all__ = ["gaussian_weights", "lowpass"]
+
+_BAND_ROWS = 64
+"""Rows per band of the numpy low-pass (64 × 4096 float32 = 1 MiB: a band and its passes fit
+in L2)."""
+
 
 def gaussian_weights(sigma_px: float) -> np.ndarray:
     """Normalised 1-D Gaussian weights, float32, radius ``ceil(3 σ)`` px: shape (2 r + 1,)."""
@@ -93,10 +97,6 @@ def _lowpass_numpy(x: np.ndarray, w: np.ndarray) -> np.ndarray:
         _symmetric_taps(padded[:n], w, wd, 1, out[i:i + n], tmp[:n])
     return out
 
-
-_BAND_ROWS = 64
-"""Rows per band of the numpy low-pass (64 × 4096 float32 = 1 MiB: a band and its passes fit
-in L2)."""
 
 
 def lowpass(img: Any, sigma_px: float) -> Array:
