@@ -98,7 +98,6 @@ def _lowpass_numpy(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
-
 def lowpass(img: Any, sigma_px: float) -> Array:
     """(H, W) image blurred by a Gaussian of ``sigma_px`` px (0 = unchanged copy); new float32
     array of the input's kind (numpy, or a tensor on its device)."""
