@@ -3,8 +3,8 @@
 The camera adds pixel-scale texture that the specimen does not have: shot and read noise, white
 or shaped by the detector's MTF. A network trained on one camera reads another camera's texture
 on amorphous carbon as lattice fringes. A Gaussian of σ ≈ 1 px removes that band on every camera
-alike (a white-noise pixel keeps ~8 % of its variance at σ = 1) while lattice fringes of period
-≥ 5 px keep ≥ 45 % of their amplitude at σ = 1 (exp(-2π²σ²/p²)). The frame is not re-standardized
+alike (at σ = 1 frequencies above 0.3 cycles/px keep < 17 % of their amplitude, white noise ~8 %
+of its variance) while lattice fringes of period ≥ 5 px keep ≥ 45 % (exp(-2π²σ²/p²)). The frame is not re-standardized
 after the filter: its scale stays that of the rescaled frame.
 
 Borders replicate the edge pixel (``nearest``), which works for any frame size. numpy runs the
