@@ -22,9 +22,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from fringelive import default_bundle
 from fringelive.engine import preprocess as P
-from fringelive.bundle.card import Preprocessing
-from fringelive.engine.preprocess.lowpass import gaussian_weights
+from fringelive.bundle.card import Card, Preprocessing
 
 __all__ = ["STEPS", "synthetic_frame", "time_preprocess_steps", "main"]
 
@@ -32,8 +32,8 @@ STEPS = ("to_float32", "remove_xrays", "flatfield", "rescale", "lowpass", "total
 """Keys of :func:`time_preprocess_steps`'s result; ``total`` is one whole ``preprocess`` call."""
 
 BUDGET_MS_4096_CPU = 500.0
-DEFAULT_LOWPASS = 1.0
-"""``lowpass_sigma_px`` of the default bundle (``default_bundle/card.json``)."""
+DEFAULT_LOWPASS = Card.from_json((default_bundle.directory() / "card.json").read_text()).preprocessing.lowpass_sigma_px
+"""``lowpass_sigma_px`` of the default bundle (its ``card.json``)."""
 
 
 def synthetic_frame(shape: tuple[int, int] = (4096, 4096), *, counts: float = 1000.0, gradient: float = 0.3,
@@ -94,18 +94,10 @@ def time_oracle_steps(frame: np.ndarray, params: Preprocessing) -> dict[str, flo
         x, tuple(params.flatfield_degree), params.flatfield_downsample, params.flatfield_iterations,
         params.flatfield_weight_scale)) if params.flatfield else (0.0, x)
     times["rescale"], x = timed(lambda: O.rescale(x, params.rescale, tuple(params.histogram_percentiles)))
-    times["lowpass"], x = timed(lambda: _oracle_lowpass(x, params.lowpass_sigma_px)) \
+    times["lowpass"], x = timed(lambda: O.lowpass(x, params.lowpass_sigma_px)) \
         if params.lowpass_sigma_px > 0 else (0.0, x)
     times["total"] = sum(times.values())
     return times
-
-
-def _oracle_lowpass(x: np.ndarray, sigma_px: float) -> np.ndarray:
-    """The low-pass as ``scipy.ndimage`` computes it (float64, both axes, edges replicated)."""
-    from scipy import ndimage  # noqa: PLC0415
-
-    w = gaussian_weights(sigma_px).astype(np.float64)
-    return ndimage.correlate1d(ndimage.correlate1d(x, w, axis=0, mode="nearest"), w, axis=1, mode="nearest")
 
 
 def main(argv: list[str] | None = None) -> int:

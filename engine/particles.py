@@ -125,11 +125,25 @@ def _kept_lut(area: np.ndarray, min_area_px: int) -> tuple[np.ndarray | None, in
     keep = area >= max(int(min_area_px), 1)
     keep[0] = False
     n = int(np.count_nonzero(keep))
-    if n == area.size - 1:
-        return None, n
-    lut = np.zeros(area.size, dtype=np.int32)
+    return (None, n) if n == area.size - 1 else (_renumbering(keep, n), n)
+
+
+def _renumbering(keep: np.ndarray, n: int) -> np.ndarray:
+    """The look-up table (count + 1,) int32 numbering the ``n`` labels flagged in ``keep``
+    ((count + 1,) bool, index 0 the background, never kept) 1..n in order, the rest 0."""
+    lut = np.zeros(keep.size, dtype=np.int32)
     lut[keep] = np.arange(1, n + 1, dtype=np.int32)
-    return lut, n
+    return lut
+
+
+def _relabel(labels: np.ndarray, lut: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+             ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """``labels`` (H, W) and its foreground ``runs`` ``(row, c0, c1, label)`` through ``lut``;
+    the runs of labels mapped to 0 are dropped."""
+    row, c0, c1, lab = runs
+    new = lut[lab]
+    sel = new > 0
+    return lut[labels], (row[sel], c0[sel], c1[sel], new[sel])
 
 
 def foreground_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,9 +178,8 @@ def label_kept_runs(mask: np.ndarray, min_area_px: int, *, connectivity: int = 2
     lut, n = _kept_lut(np.bincount(lab, weights=(c1 - c0).astype(np.float64), minlength=count + 1), min_area_px)
     if lut is None:
         return labels, count, count, (row, c0, c1, lab)
-    new = lut[lab]
-    sel = new > 0
-    return lut[labels], count, n, (row[sel], c0[sel], c1[sel], new[sel])
+    labels, runs = _relabel(labels, lut, (row, c0, c1, lab))
+    return labels, count, n, runs
 
 
 def mean_over_runs(values: np.ndarray, count: int,
@@ -199,14 +212,11 @@ def drop_labels(labels: np.ndarray, count: int, runs: tuple[np.ndarray, np.ndarr
                 drop: np.ndarray) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Remove components ``drop`` ((count,) bool, component k at index k-1) from ``labels``
     (H, W) and its ``runs``; the rest keep their order, renumbered 1..kept: ``(labels, kept, runs)``."""
-    keep = ~np.asarray(drop, dtype=bool)
-    lut = np.zeros(count + 1, dtype=np.int32)
-    kept = int(keep.sum())
-    lut[1:][keep] = np.arange(1, kept + 1, dtype=np.int32)
-    row, c0, c1, lab = runs
-    new = lut[lab]
-    sel = new > 0
-    return lut[labels], kept, (row[sel], c0[sel], c1[sel], new[sel])
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[1:] = ~np.asarray(drop, dtype=bool)
+    kept = int(np.count_nonzero(keep))
+    labels, runs = _relabel(labels, _renumbering(keep, kept), runs)
+    return labels, kept, runs
 
 
 def stats_of_labels(labels: np.ndarray, count: int, pixel_size_nm: float | None, *,

@@ -8,7 +8,7 @@ flat-field, ``np.median``/``np.percentile`` for the statistics. Same semantics a
 
 from __future__ import annotations
 
-from math import comb
+from math import ceil, comb
 
 import numpy as np
 from scipy import ndimage
@@ -102,6 +102,15 @@ def rescale(img: np.ndarray, mode: str = "standardize", percentiles: tuple[float
     return np.zeros_like(x) if hi == lo else (x - lo) / (hi - lo)
 
 
+def lowpass(img: np.ndarray, sigma_px: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter`` of σ px, edges replicated, truncated at ceil(3σ) px
+    (at least 1; σ = 0: unchanged). (H, W) float64."""
+    x = np.asarray(img, dtype=np.float64)
+    if sigma_px == 0:
+        return x.copy()
+    return ndimage.gaussian_filter(x, sigma_px, mode="nearest", truncate=max(1, ceil(3 * sigma_px)) / sigma_px)
+
+
 def preprocess(frame: np.ndarray, params) -> np.ndarray:
     """The oracle pipeline for a ``Preprocessing`` card section."""
     x = np.asarray(frame, dtype=np.float64)
@@ -110,4 +119,4 @@ def preprocess(frame: np.ndarray, params) -> np.ndarray:
     if params.flatfield:
         x = flatfield_correct(x, tuple(params.flatfield_degree), params.flatfield_downsample,
                               params.flatfield_iterations, params.flatfield_weight_scale)
-    return rescale(x, params.rescale, tuple(params.histogram_percentiles))
+    return lowpass(rescale(x, params.rescale, tuple(params.histogram_percentiles)), params.lowpass_sigma_px)

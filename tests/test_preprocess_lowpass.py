@@ -1,16 +1,17 @@
-"""The preprocessing low-pass (card ``lowpass_sigma_px``): numpy and torch against
-``scipy.ndimage`` (the reference), its effect on noise and on lattice fringes, its place in
-:func:`preprocess`, and the card / CLI / sample-set plumbing."""
+"""The preprocessing low-pass (card ``lowpass_sigma_px``): numpy and torch against the oracle
+(``scipy.ndimage.gaussian_filter``, ``tests/oracle_preprocess.py``), its effect on noise and
+on lattice fringes, its place in :func:`preprocess`, and the card / CLI / sample-set plumbing."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
 from fringelive.bundle.card import Card, CardError, Preprocessing
 from fringelive.cli.preprocessing import add_preprocessing_options, preprocessing_from_args
@@ -18,20 +19,17 @@ from fringelive.engine.preprocess import lowpass, preprocess
 from fringelive.engine.preprocess.lowpass import gaussian_weights
 from fringelive.training.samples import preprocessing_from_json, preprocessing_to_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import oracle_preprocess as O  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
-
-
-def _reference(x: np.ndarray, sigma: float) -> np.ndarray:
-    w = gaussian_weights(sigma)
-    y = ndimage.correlate1d(x.astype(np.float64), w.astype(np.float64), axis=0, mode="nearest")
-    return ndimage.correlate1d(y, w.astype(np.float64), axis=1, mode="nearest")
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 7), (5, 3), (70, 33), (130, 257)])
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.5])
 def test_numpy_and_torch_equal_the_scipy_reference(shape: tuple[int, int], sigma: float) -> None:
     x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
-    ref = _reference(x, sigma)
+    ref = O.lowpass(x, sigma)
     a = lowpass(x, sigma)
     b = lowpass(torch.from_numpy(x), sigma)
     assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == shape

@@ -10,9 +10,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fringelive.engine.preprocess.lowpass import gaussian_weights
+from fringelive.engine.preprocess.lowpass import lowpass_batch
 
-__all__ = ["dihedral", "random_dihedral", "random_rotation", "gaussian_noise", "lowpass_batch"]
+__all__ = ["dihedral", "random_dihedral", "random_rotation", "gaussian_noise"]
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -97,12 +97,3 @@ def gaussian_noise(images: torch.Tensor, generator: torch.Generator, rho: float 
     noise = noise.to(images.device)
     return (images + noise * r) / torch.sqrt(1.0 + r * r)
 
-
-def lowpass_batch(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """``images`` (N, 1, H, W) each low-passed as ``fringelive.engine.preprocess.lowpass`` does
-    (the same weights, replicated edges)."""
-    w = torch.from_numpy(gaussian_weights(sigma_px)).to(images.device, images.dtype)
-    r = (w.numel() - 1) // 2
-    y = F.pad(images, (r, r, r, r), mode="replicate")
-    y = F.conv2d(y, w.view(1, 1, -1, 1))
-    return F.conv2d(y, w.view(1, 1, 1, -1))

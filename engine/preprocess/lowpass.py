@@ -23,7 +23,7 @@ from fringelive.bundle.card import MAX_LOWPASS_SIGMA_PX
 from fringelive.engine.arrays import Array, namespace_of
 from fringelive.engine.preprocess.frames import _to_float32
 
-__all__ = ["gaussian_weights", "lowpass"]
+__all__ = ["gaussian_weights", "lowpass", "lowpass_batch"]
 
 _BAND_ROWS = 64
 """Rows per band of the numpy low-pass (64 × 4096 float32 = 1 MiB: a band and its passes fit
@@ -49,17 +49,23 @@ def _lowpass(x: Array, sigma_px: float) -> Array:
     """(H, W) float32 ``x`` blurred by a Gaussian of ``sigma_px``; ``x`` itself for σ = 0."""
     if sigma_px == 0.0:
         return x
+    if namespace_of(x).name == "numpy":
+        return _lowpass_numpy(x, gaussian_weights(sigma_px))
+    return lowpass_batch(x[None, None], sigma_px)[0, 0].contiguous()
+
+
+def lowpass_batch(images: Any, sigma_px: float) -> Any:
+    """Torch ``images`` (N, 1, H, W) float, each blurred by a Gaussian of ``sigma_px`` px (the
+    weights of :func:`gaussian_weights`, replicated edges): two 1-D convolutions on their
+    device. Training low-passes its augmentation noise with it."""
+    torch = namespace_of(images).torch
+    F = torch.nn.functional
     w = gaussian_weights(sigma_px)
-    xp = namespace_of(x)
-    if xp.name == "numpy":
-        return _lowpass_numpy(x, w)
-    torch = xp.torch
     r = (len(w) - 1) // 2
-    k = torch.from_numpy(w).to(x.device)
-    y = torch.nn.functional.pad(x[None, None], (r, r, r, r), mode="replicate")
-    y = torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1))
-    y = torch.nn.functional.conv2d(y, k.view(1, 1, 1, -1))
-    return y[0, 0].contiguous()
+    k = torch.from_numpy(w).to(images.device, images.dtype)
+    y = F.pad(images, (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, k.view(1, 1, -1, 1))
+    return F.conv2d(y, k.view(1, 1, 1, -1))
 
 
 def _symmetric_taps(src: np.ndarray, w: np.ndarray, n: int, axis: int, out: np.ndarray, tmp: np.ndarray) -> None:
