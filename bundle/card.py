@@ -296,6 +296,12 @@ class Card:
     #: reaches this (0 = every component; ``fringelive calibrate --choose-particle-confidence``
     #: picks it on labelled frames; the daemon's ``[particles] min_mean_probability`` overrides it)
     particle_min_mean_probability: float = 0.0
+    #: a component is a particle only when its pixels of class-1 probability >=
+    #: ``particle_core_probability`` make an equivalent-circle diameter of this (nm; 0 = off;
+    #: ``fringelive calibrate --choose-particle-core`` picks it on labelled frames; the daemon's
+    #: ``[particles] min_core_nm`` and ``core_probability`` override them)
+    particle_min_core_nm: float = 0.0
+    particle_core_probability: float = 0.95
 
     def __post_init__(self) -> None:
         if self.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
@@ -318,6 +324,12 @@ class Card:
         v = self.particle_min_mean_probability
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise CardError(f"particle_min_mean_probability must be a probability in [0, 1), got {v!r}")
+        v = self.particle_min_core_nm
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < float("inf"):
+            raise CardError(f"particle_min_core_nm must be a diameter >= 0 nm, got {v!r}")
+        v = self.particle_core_probability
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+            raise CardError(f"particle_core_probability must be a probability in (0, 1), got {v!r}")
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from fringelive.bundle.bundle_io import BundleError
 from fringelive.cli import CLIError, summary
 from fringelive.engine.calibration import (calibrate_bundle, calibrate_decision_threshold,
                                            calibrate_particle_confidence)
-from fringelive.engine.particle_confidence import DEFAULT_MAX_DICE_LOSS
+from fringelive.engine.particle_confidence import DEFAULT_MAX_DICE_LOSS, STATISTICS
 from fringelive.engine.threshold_choice import DEFAULT_MAX_CALLED_EMPTY, DEFAULT_MAX_CALLED_EMPTY_FRAME
 from fringelive.engine.drift_reference import DriftReferenceError
 from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
@@ -81,12 +81,17 @@ def register(sub: Any) -> None:
     p.add_argument("--choose-particle-confidence", action="append", type=Path, metavar="SAMPLESET", default=None,
                    help="then (after --choose-threshold) choose the smallest mean class-1 probability a mask component "
                         "needs to count as a particle (card.particle_min_mean_probability: most frames whose particle "
-                        "count equals the label's, candidates 0 and 0.60-0.90, pooled Dice at most "
+                        "count equals the label's, candidates 0 and 0.60-0.94, pooled Dice at most "
                         "--max-particle-dice-loss below no cut's) on this labelled raw sample set (repeat for several); "
                         "use frames like those the bundle will serve, and none a reported metric is measured on")
+    p.add_argument("--choose-particle-core", action="append", type=Path, metavar="SAMPLESET", default=None,
+                   help="then choose the smallest confident core a mask component needs to count as a particle "
+                        "(card.particle_min_core_nm: the equivalent-circle diameter of its pixels at or above "
+                        "card.particle_core_probability; candidates 0 and 0.2-1.0 nm, same criterion as "
+                        "--choose-particle-confidence) on this labelled raw sample set (repeat for several)")
     p.add_argument("--max-particle-dice-loss", type=float, default=DEFAULT_MAX_DICE_LOSS, metavar="DICE",
-                   help="--choose-particle-confidence: largest drop of the pooled Dice a cut may cost (Dice, default: "
-                        f"{DEFAULT_MAX_DICE_LOSS:g})")
+                   help="--choose-particle-confidence/--choose-particle-core: largest drop of the pooled Dice a cut "
+                        f"may cost (Dice, default: {DEFAULT_MAX_DICE_LOSS:g})")
     p.add_argument("--dry-run", action="store_true", help="print the reference, do not write the card (flag, no unit)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (flag, no unit)")
     p.set_defaults(func=run_calibrate)
@@ -154,8 +159,7 @@ def _frames(files: list[Path], extra: dict[str, Any], limit: int | None) -> Iter
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-
-
+    """The card choices asked for (threshold, particle confidence), then the drift reference."""
     if args.max_frames is not None and args.max_frames < 2:
         raise CLIError(f"--max-frames must be >= 2, got {args.max_frames}", 2)
     if not args.target_arl >= 10:
@@ -174,7 +178,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.choose_threshold:
         _choose_threshold(args)
     if args.choose_particle_confidence:
-        _choose_particle_confidence(args)
+        _choose_particle_confidence(args, "mean_probability", list(args.choose_particle_confidence))
+    if args.choose_particle_core:
+        _choose_particle_confidence(args, "core_nm", list(args.choose_particle_core))
 
     def progress(n: int) -> None:
         if not args.json and n % 50 == 0:
@@ -242,22 +248,29 @@ def _choose_threshold(args: argparse.Namespace) -> None:
         print(line + ("  <" if t == rep["threshold"] else ""))
 
 
-def _choose_particle_confidence(args: argparse.Namespace) -> None:
-    paths = list(args.choose_particle_confidence)
-    rep = _run_choice(args, "particle confidence", "particle_confidence_calibration",
+def _choose_particle_confidence(args: argparse.Namespace, statistic: str, paths: list[Path]) -> None:
+    """``--choose-particle-confidence`` (``statistic`` "mean_probability") or
+    ``--choose-particle-core`` ("core_nm") on the sample sets ``paths``."""
+    flag, what, unit = (("--choose-particle-confidence", "particle confidence (min mean probability)", "")
+                        if statistic == "mean_probability" else
+                        ("--choose-particle-core", "particle core (min diameter)", " nm"))
+    key = STATISTICS[statistic]
+    rep = _run_choice(args, what, "particle_confidence_calibration" if statistic == "mean_probability"
+                      else "particle_core_calibration",
                       lambda: calibrate_particle_confidence(
-                          args.bundle, _labelled(paths, "--choose-particle-confidence"), threads=args.threads,
+                          args.bundle, _labelled(paths, flag), threads=args.threads,
                           max_dice_loss=args.max_particle_dice_loss, dry_run=args.dry_run,
-                          sources=[str(p) for p in paths]))
+                          sources=[str(p) for p in paths], statistic=statistic))
     if rep is None:
         return
-    print(f"fringelive calibrate: bundle {rep['bundle']}, particle confidence (min mean probability) "
-          f"{rep['min_mean_probability']:g} (was {rep['previous']:g}) at threshold {rep['threshold']:g} on "
-          f"{rep['frames']} labelled frames ({rep['frames_with_particles']} with particles)")
+    core = f" (pixels >= {rep['core_probability']:g})" if "core_probability" in rep else ""
+    print(f"fringelive calibrate: bundle {rep['bundle']}, {what}{core} {rep[key]:g}{unit} (was {rep['previous']:g}"
+          f"{unit}) at threshold {rep['threshold']:g} on {rep['frames']} labelled frames "
+          f"({rep['frames_with_particles']} with particles)")
     print(f"  {'cut':>5s} {'exact counts':>12s} {'pooled Dice':>11s}")
     for i, c in enumerate(rep["grid"]):
         print(f"  {c:5.2f} {100 * rep['exact_count_share'][i]:11.1f}% {rep['pooled_dice'][i]:11.4f}"
-              + ("  <" if c == rep["min_mean_probability"] else ""))
+              + ("  <" if c == rep[key] else ""))
 
 
 def _print_report(name: str, report: dict[str, Any]) -> None:

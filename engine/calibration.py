@@ -34,7 +34,7 @@ from fringelive.engine.dose_estimate import CameraCalibration
 from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SCHEMA1_CAMERA_KEYS,
                                                SIGNAL_DIRECTIONS, parse_drift_reference, robust_centre_scale)
 from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
-from fringelive.engine.particle_confidence import (DEFAULT_CONFIDENCE_GRID, DEFAULT_MAX_DICE_LOSS,
+from fringelive.engine.particle_confidence import (DEFAULT_MAX_DICE_LOSS, STATISTICS,
                                                   ConfidenceTally)
 from fringelive.engine.threshold_choice import (DEFAULT_GRID, DEFAULT_MAX_CALLED_EMPTY,
                                                DEFAULT_MAX_CALLED_EMPTY_FRAME, ThresholdTally)
@@ -264,20 +264,29 @@ def calibrate_decision_threshold(bundle_path: str | Path,
 
 def calibrate_particle_confidence(bundle_path: str | Path,
                                   frames: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],
-                                  *, grid: Sequence[float] = DEFAULT_CONFIDENCE_GRID,
+                                  *, grid: Sequence[float] | None = None,
                                   max_dice_loss: float = DEFAULT_MAX_DICE_LOSS, threads: int | None = None,
-                                  dry_run: bool = False, sources: Sequence[str] = ()) -> dict[str, Any]:
-    """Choose the bundle's particle confidence (``card.particle_min_mean_probability``) on
-    labelled ``frames`` = (raw counts (H, W), label (H, W) {0, 1}, metadata) through its pipeline
-    at the card's threshold (:mod:`fringelive.engine.particle_confidence`) and write it, with the
-    per-candidate scores in ``card.metrics["particle_confidence_calibration"]``, unless
-    ``dry_run``. Use frames no reported metric is measured on. Returns the choice's report plus
-    ``written``."""
+                                  dry_run: bool = False, sources: Sequence[str] = (),
+                                  statistic: str = "mean_probability") -> dict[str, Any]:
+    """Choose the bundle's particle confidence on labelled ``frames`` = (raw counts (H, W), label
+    (H, W) {0, 1}, metadata) through its pipeline at the card's threshold
+    (:mod:`fringelive.engine.particle_confidence`) and write it, with the per-candidate scores in
+    the card's metrics, unless ``dry_run``: ``statistic`` "mean_probability" chooses
+    ``card.particle_min_mean_probability`` (``metrics["particle_confidence_calibration"]``),
+    "core_nm" ``card.particle_min_core_nm`` at the card's ``particle_core_probability``
+    (``metrics["particle_core_calibration"]``). Use frames no reported metric is measured on.
+    Returns the choice's report plus ``written``."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
+    key = STATISTICS[statistic]
     return _choose_on_labelled(
-        bundle_path, frames, lambda pipe: ConfidenceTally(pipe.threshold, tuple(grid), pipe.config.particles,
-                                                          pipe.config.min_particle_area_px, max_dice_loss),
-        card_field="particle_min_mean_probability", chosen="min_mean_probability",
-        metrics_key="particle_confidence_calibration", threads=threads, dry_run=dry_run, sources=sources)
+        bundle_path, frames, lambda pipe: ConfidenceTally(
+            pipe.threshold, None if grid is None else tuple(grid), pipe.config.particles,
+            pipe.config.min_particle_area_px, max_dice_loss, statistic,
+            float(pipe.bundle.card.particle_core_probability)),
+        card_field="particle_" + key, chosen=key,
+        metrics_key="particle_confidence_calibration" if statistic == "mean_probability" else "particle_core_calibration",
+        threads=threads, dry_run=dry_run, sources=sources)
 
 
 def _choose_on_labelled(bundle_path: str | Path, frames: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],

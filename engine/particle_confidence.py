@@ -10,6 +10,11 @@ chosen c maximises the share of frames whose particle count is exact, among the 
 pooled Dice is at most ``max_dice_loss`` below that of no cut (c = 0): a cut must not buy counts
 by dropping real particles. Ties go to the smaller c. Pure: probabilities and labels in, numbers
 out (``fringelive calibrate --choose-particle-confidence`` runs the pipeline).
+
+The same choice, by the same criterion, for the confident core (``statistic="core_nm"``): the
+candidates are core diameters (nm, :data:`DEFAULT_CORE_GRID`), a component's statistic the
+equivalent-circle diameter of its pixels at or above the card's ``particle_core_probability``
+(``fringelive calibrate --choose-particle-core``).
 """
 
 from __future__ import annotations
@@ -21,14 +26,18 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fringelive.engine.particle_measure import ParticleSettings, measure_particles
+from fringelive.engine.particle_measure import DEFAULT_CORE_PROBABILITY, ParticleSettings, measure_particles
 from fringelive.engine.particles import pixels_of
 
-__all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_MAX_DICE_LOSS", "ConfidenceTally", "ConfidenceChoice",
-           "choose_particle_confidence"]
+__all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_CORE_GRID", "DEFAULT_MAX_DICE_LOSS", "STATISTICS", "ConfidenceTally",
+           "ConfidenceChoice", "choose_particle_confidence"]
 
 #: candidate cuts (mean class-1 probability of a component); 0 = no cut
-DEFAULT_CONFIDENCE_GRID: tuple[float, ...] = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+DEFAULT_CONFIDENCE_GRID: tuple[float, ...] = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.82, 0.84, 0.86, 0.88, 0.9, 0.92, 0.94)
+#: candidate confident cores (equivalent-circle diameter, nm); 0 = no core rule
+DEFAULT_CORE_GRID: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+#: the component statistics a cut can apply to, and the ParticleSettings field each cut sets
+STATISTICS: dict[str, str] = {"mean_probability": "min_mean_probability", "core_nm": "min_core_nm"}
 #: largest drop of the pooled Dice (absolute) a cut may cost against no cut
 DEFAULT_MAX_DICE_LOSS = 0.01
 
@@ -37,13 +46,16 @@ DEFAULT_MAX_DICE_LOSS = 0.01
 class ConfidenceTally:
     """Per candidate cut, over the frames added so far: frames with the exact particle count,
     and the pooled pixel counts of the published mask. ``threshold``: the class-1 probability
-    the mask is made with (the bundle's)."""
+    the mask is made with (the bundle's). ``statistic``: a key of :data:`STATISTICS` (the mean
+    probability, or the confident core's diameter at ``core_probability``)."""
 
     threshold: float
-    grid: tuple[float, ...] = DEFAULT_CONFIDENCE_GRID
+    grid: tuple[float, ...] | None = None  # None: the statistic's default grid
     settings: ParticleSettings = field(default_factory=ParticleSettings)
     min_area_px: int = 20
     max_dice_loss: float = DEFAULT_MAX_DICE_LOSS
+    statistic: str = "mean_probability"
+    core_probability: float = DEFAULT_CORE_PROBABILITY
     exact: np.ndarray = field(init=False)
     tp: np.ndarray = field(init=False)
     fp: np.ndarray = field(init=False)
@@ -52,17 +64,25 @@ class ConfidenceTally:
     frames_with_particles: int = 0
 
     def __post_init__(self) -> None:
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {self.statistic!r}")
+        if self.grid is None:
+            self.grid = DEFAULT_CONFIDENCE_GRID if self.statistic == "mean_probability" else DEFAULT_CORE_GRID
         grid = tuple(float(c) for c in self.grid)
-        if not grid or 0.0 not in grid or any(not (math.isfinite(c) and 0.0 <= c < 1.0) for c in grid) \
+        top = 1.0 if self.statistic == "mean_probability" else math.inf
+        if not grid or 0.0 not in grid or any(not (math.isfinite(c) and 0.0 <= c < top) for c in grid) \
                 or len(set(grid)) != len(grid):
-            raise ValueError(f"particle confidence grid must be distinct probabilities in [0, 1) including 0 "
-                             f"(no cut), got {list(self.grid)!r}")
+            what = "probabilities in [0, 1)" if self.statistic == "mean_probability" else "diameters >= 0 nm"
+            raise ValueError(f"particle {self.statistic} grid must be distinct {what} including 0 (no cut), "
+                             f"got {list(self.grid)!r}")
+        if not (math.isfinite(self.core_probability) and 0.0 < self.core_probability < 1.0):
+            raise ValueError(f"core_probability must be a probability in (0, 1), got {self.core_probability!r}")
         if not (math.isfinite(self.threshold) and 0.0 < self.threshold < 1.0):
             raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
         if not (math.isfinite(self.max_dice_loss) and 0.0 <= self.max_dice_loss <= 1.0):
             raise ValueError(f"max_dice_loss must be in [0, 1] (Dice), got {self.max_dice_loss!r}")
         self.grid = tuple(sorted(grid))
-        self.settings = dataclasses.replace(self.settings, min_mean_probability=0.0)
+        self.settings = dataclasses.replace(self.settings, min_mean_probability=0.0, min_core_nm=0.0)
         n = len(self.grid)
         self.exact, self.tp, self.fp, self.fn = (np.zeros(n, np.int64) for _ in range(4))
 
@@ -74,10 +94,10 @@ class ConfidenceTally:
         true = measure_particles(truth, pixel_size_nm, self.settings, min_area_px=self.min_area_px)
         called = measure_particles(probabilities > self.threshold, pixel_size_nm, self.settings,
                                    min_area_px=self.min_area_px, probabilities=probabilities)
-        means = np.array([p["mean_probability"] for p in called.particles], dtype=np.float64)
+        values = self._statistic(called, probabilities, pixel_size_nm)
         n_true = int(np.count_nonzero(true.mask))
         for i, c in enumerate(self.grid):
-            low = means < c
+            low = values < c
             mask = called.mask
             if low.any():
                 mask = mask & ~pixels_of(called.labels, low)
@@ -89,6 +109,17 @@ class ConfidenceTally:
         self.frames += 1
         self.frames_with_particles += true.summary["count"] > 0
 
+    def _statistic(self, called: Any, probabilities: np.ndarray, pixel_size_nm: float | None) -> np.ndarray:
+        """(particles,) float64: each called particle's statistic (no core rule without a pixel size)."""
+        if self.statistic == "mean_probability":
+            return np.array([p["mean_probability"] for p in called.particles], dtype=np.float64)
+        n = len(called.particles)
+        if pixel_size_nm is None:
+            return np.full(n, np.inf)
+        core = np.bincount(called.labels.ravel(), weights=(probabilities >= self.core_probability).ravel(),
+                           minlength=n + 1)[1:n + 1]
+        return 2.0 * np.sqrt(core / math.pi) * float(pixel_size_nm)
+
     def result(self) -> "ConfidenceChoice":
         if not self.frames:
             raise ValueError("no labelled frames to choose a particle confidence on")
@@ -98,7 +129,8 @@ class ConfidenceTally:
         candidates = [i for i in range(len(self.grid)) if dice[i] >= floor - 1e-12]
         best = max(candidates, key=lambda i: (int(self.exact[i]), -self.grid[i]))
         return ConfidenceChoice(
-            min_mean_probability=self.grid[best], threshold=self.threshold, grid=self.grid,
+            cut=self.grid[best], statistic=self.statistic, core_probability=self.core_probability,
+            threshold=self.threshold, grid=self.grid,
             exact_count_share=tuple(float(e) / self.frames for e in self.exact),
             pooled_dice=tuple(float(d) for d in dice), max_dice_loss=self.max_dice_loss, frames=self.frames,
             frames_with_particles=self.frames_with_particles)
@@ -106,10 +138,12 @@ class ConfidenceTally:
 
 @dataclass(frozen=True)
 class ConfidenceChoice:
-    """The chosen cut and, per candidate, the share of frames with the exact particle count and
-    the pooled Dice of the published mask."""
+    """The chosen cut of ``statistic`` and, per candidate, the share of frames with the exact
+    particle count and the pooled Dice of the published mask."""
 
-    min_mean_probability: float
+    cut: float
+    statistic: str
+    core_probability: float
     threshold: float
     grid: tuple[float, ...]
     exact_count_share: tuple[float, ...]
@@ -118,8 +152,14 @@ class ConfidenceChoice:
     frames: int
     frames_with_particles: int
 
+    @property
+    def key(self) -> str:
+        """The ParticleSettings field the cut sets (``min_mean_probability`` or ``min_core_nm``)."""
+        return STATISTICS[self.statistic]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"min_mean_probability": self.min_mean_probability, "threshold": self.threshold,
+        core = {"core_probability": self.core_probability} if self.statistic == "core_nm" else {}
+        return {self.key: self.cut, "statistic": self.statistic, **core, "threshold": self.threshold,
                 "criterion": "max share of frames whose particle count equals the label's, pooled Dice of the "
                              f"published mask at most {self.max_dice_loss:g} below no cut's",
                 "max_dice_loss": self.max_dice_loss, "grid": list(self.grid),
@@ -129,12 +169,14 @@ class ConfidenceChoice:
 
 
 def choose_particle_confidence(items: Iterable[tuple[np.ndarray, np.ndarray, float | None]], threshold: float, *,
-                               grid: Sequence[float] = DEFAULT_CONFIDENCE_GRID,
+                               grid: Sequence[float] | None = None,
                                settings: ParticleSettings | None = None, min_area_px: int = 20,
-                               max_dice_loss: float = DEFAULT_MAX_DICE_LOSS) -> ConfidenceChoice:
+                               max_dice_loss: float = DEFAULT_MAX_DICE_LOSS, statistic: str = "mean_probability",
+                               core_probability: float = DEFAULT_CORE_PROBABILITY) -> ConfidenceChoice:
     """The cut of ``grid`` with the most exact particle counts over ``items`` = (probabilities
     (H, W), label (H, W) {0, 1}, pixel size nm/px or None) per frame, within the Dice budget."""
-    tally = ConfidenceTally(threshold, tuple(grid), settings or ParticleSettings(), min_area_px, max_dice_loss)
+    tally = ConfidenceTally(threshold, None if grid is None else tuple(grid), settings or ParticleSettings(),
+                            min_area_px, max_dice_loss, statistic, core_probability)
     for p, y, px in items:
         tally.add(p, y, px)
     return tally.result()

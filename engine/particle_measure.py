@@ -7,8 +7,12 @@ apart and, by default, removed from the published mask. Particles touching the f
 ``touches_border = True`` and, by default, stay out of the size statistics (their size is a lower
 bound). With the class-1 probabilities given, each particle carries its mean probability, and a
 component whose mean falls below ``min_mean_probability`` is *uncertain*: counted apart and left
-out of the mask and the particles (0, the default, keeps every component). Pure arrays in, plain
-data out.
+out of the mask and the particles (0, the default, keeps every component). So is a component
+without a *confident core*: its pixels of probability at least ``core_probability`` must make an
+equivalent-circle diameter of ``min_core_nm`` (0, the default, is off; the rule needs the pixel
+size). Amorphous-support texture the network half-believes makes components that are uniformly
+lukewarm; a particle, even a small or faint one, holds a core the network is sure of. Pure arrays
+in, plain data out.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from fringelive.engine.particles import (drop_labels, fill_holes, label_kept_runs, mean_over_runs, pixels_of,
-                                         stats_of_labels)
+                                         stats_of_labels, sum_over_runs)
 
-__all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for"]
+__all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for",
+           "core_diameters_nm"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,13 @@ class ParticleSettings:
         reaches this (0..1; 0 = every component); the rest are *uncertain* (counted, not in the
         mask). None = the bundle's (``card.particle_min_mean_probability``, which
         ``fringelive calibrate --choose-particle-confidence`` sets; 0 unless chosen).
+    min_core_nm: a component is a particle only when its confident core (its pixels of class-1
+        probability >= ``core_probability``) reaches this equivalent-circle diameter (nm; 0 = off;
+        without a pixel size the rule is off); the rest are *uncertain*. None = the bundle's
+        (``card.particle_min_core_nm``, which ``fringelive calibrate --choose-particle-core`` sets;
+        0 unless chosen).
+    core_probability: the class-1 probability of a core pixel (0..1). None = the bundle's
+        (``card.particle_core_probability``, default 0.95).
     """
 
     min_diameter_nm: float = 1.0
@@ -49,6 +61,8 @@ class ParticleSettings:
     exclude_edge_from_stats: bool = True
     size_bin_nm: float = 1.0
     min_mean_probability: float | None = None
+    min_core_nm: float | None = None
+    core_probability: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("min_diameter_nm", "size_bin_nm"):
@@ -65,6 +79,13 @@ class ParticleSettings:
         v = self.min_mean_probability
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0):
             raise ValueError(f"min_mean_probability must be a probability in [0, 1), or None (unset: the bundle's), "
+                             f"got {v!r}")
+        v = self.min_core_nm
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < math.inf):
+            raise ValueError(f"min_core_nm must be a diameter >= 0 nm, or None (unset: the bundle's), got {v!r}")
+        v = self.core_probability
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0):
+            raise ValueError(f"core_probability must be a probability in (0, 1), or None (unset: the bundle's), "
                              f"got {v!r}")
 
 
@@ -85,6 +106,20 @@ class ParticleMeasurement:
     uncertain: int = 0
 
 
+#: class-1 probability of a core pixel when neither the config nor the card says
+DEFAULT_CORE_PROBABILITY = 0.95
+
+
+def core_diameters_nm(probabilities: np.ndarray, core_probability: float, count: int,
+                      runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                      pixel_size_nm: float) -> np.ndarray:
+    """Equivalent-circle diameter (nm) of each component's confident core, the pixels whose
+    class-1 ``probabilities`` (H, W) reach ``core_probability``: (count,) float64, components
+    1..``count`` given by their foreground runs (:func:`~fringelive.engine.particles.label_kept_runs`)."""
+    area, _ = sum_over_runs(np.asarray(probabilities) >= core_probability, count, runs)
+    return 2.0 * np.sqrt(area / math.pi) * float(pixel_size_nm)
+
+
 def min_area_px_for(pixel_size_nm: float | None, settings: ParticleSettings, min_area_px: int) -> int:
     """Smallest particle area (px): the disc of ``min_diameter_nm`` when the pixel size is
     known, else ``min_area_px``; at least 1."""
@@ -99,7 +134,8 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
     """Particles, specks and size summary of ``mask`` (H, W) bool; ``pixel_size_nm`` nm/px or
     None; ``min_area_px`` is the minimum when the pixel size is unknown. ``probabilities``
     (H, W) float, the class-1 probabilities ``mask`` was thresholded from: each particle gets its
-    ``mean_probability``, and ``settings.min_mean_probability`` (None counts as 0) takes effect."""
+    ``mean_probability``, and ``settings.min_mean_probability`` and ``settings.min_core_nm`` (None
+    counts as 0; ``core_probability`` None as 0.95) take effect."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != bool:
         raise ValueError(f"mask must be a 2-D bool array, got shape {mask.shape} dtype {mask.dtype}")
@@ -115,8 +151,12 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
     if probabilities is not None:
         means = mean_over_runs(np.asarray(probabilities), kept, runs)
         cut = settings.min_mean_probability or 0.0
-        if cut > 0 and kept:
+        core = settings.min_core_nm or 0.0
+        if (cut > 0 or (core > 0 and pixel_size_nm is not None)) and kept:
             low = means < cut
+            if core > 0 and pixel_size_nm is not None:
+                low |= core_diameters_nm(probabilities, settings.core_probability or DEFAULT_CORE_PROBABILITY,
+                                         kept, runs, pixel_size_nm) < core
             uncertain = int(low.sum())
             if uncertain:
                 if not (specks and settings.remove_specks):  # else the mask is rebuilt from the labels below

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["particle_stats", "stats_of_labels", "area_fraction", "label_particles", "fill_holes", "keep_labels",
-           "foreground_runs", "label_kept_runs", "mean_over_runs", "drop_labels", "pixels_of"]
+           "foreground_runs", "label_kept_runs", "mean_over_runs", "sum_over_runs", "drop_labels", "pixels_of"]
 
 _STRUCTURES = {
     1: np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool),  # 4-connected
@@ -185,10 +185,18 @@ def label_kept_runs(mask: np.ndarray, min_area_px: int, *, connectivity: int = 2
 def mean_over_runs(values: np.ndarray, count: int,
                    runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     """Mean of ``values`` (H, W) over each component 1..``count`` given its foreground runs
-    ``(row, c0, c1, label)`` (:func:`label_kept_runs`): (count,) float64. Sums only the runs'
-    pixels (one ``np.add.reduceat`` over the frame: ~2 ms at 2048²)."""
+    ``(row, c0, c1, label)`` (:func:`label_kept_runs`): (count,) float64."""
+    sums, area = sum_over_runs(values, count, runs)
+    return sums / np.maximum(area, 1.0)
+
+
+def sum_over_runs(values: np.ndarray, count: int,
+                  runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of ``values`` (H, W) and area (px) of each component 1..``count`` given its foreground
+    runs (:func:`label_kept_runs`): two (count,) float64. Sums only the runs' pixels (one
+    ``np.add.reduceat`` over the frame: ~2 ms at 2048²)."""
     if count == 0:
-        return np.zeros(0, dtype=np.float64)
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
     row, c0, c1, lab = runs
     flat = np.ascontiguousarray(values).ravel()
     width = values.shape[1]
@@ -199,7 +207,7 @@ def mean_over_runs(values: np.ndarray, count: int,
         bounds = bounds[:-1]
     sums = np.add.reduceat(flat, bounds)[0::2].astype(np.float64)
     area = np.bincount(lab, weights=(c1 - c0).astype(np.float64), minlength=count + 1)[1:]
-    return np.bincount(lab, weights=sums, minlength=count + 1)[1:] / np.maximum(area, 1.0)
+    return np.bincount(lab, weights=sums, minlength=count + 1)[1:], area
 
 
 def pixels_of(labels: np.ndarray, selected: np.ndarray) -> np.ndarray:

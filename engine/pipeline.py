@@ -128,12 +128,13 @@ class SegmentationPipeline:
 
     @property
     def particle_settings(self) -> ParticleSettings:
-        """``config.particles`` with ``min_mean_probability`` resolved: the configured one, else
-        the bundle's (``card.particle_min_mean_probability``)."""
-        ps = self.config.particles
-        if ps.min_mean_probability is None:
-            ps = dataclasses.replace(ps, min_mean_probability=float(self.bundle.card.particle_min_mean_probability))
-        return ps
+        """``config.particles`` with ``min_mean_probability``, ``min_core_nm`` and
+        ``core_probability`` resolved: each the configured one, else the bundle's
+        (``card.particle_min_mean_probability``, ``particle_min_core_nm``, ``particle_core_probability``)."""
+        ps, card = self.config.particles, self.bundle.card
+        unset = {name: float(getattr(card, "particle_" + name)) for name in
+                 ("min_mean_probability", "min_core_nm", "core_probability") if getattr(ps, name) is None}
+        return dataclasses.replace(ps, **unset) if unset else ps
 
     @property
     def batch_size(self) -> int:

@@ -98,12 +98,12 @@ def test_choice_drops_texture_but_not_faint_particles() -> None:
     items.append((p, _disc(p.shape, 64, 64, 14).astype(np.uint8), PX))
     choice = choose_particle_confidence(items, 0.5)
     i0, i75, i8 = (choice.grid.index(c) for c in (0.0, 0.75, 0.8))
-    assert choice.min_mean_probability == 0.75
+    assert choice.cut == 0.75
     assert choice.exact_count_share[i0] == 0.25 and choice.exact_count_share[i75] == 1.0
     assert choice.exact_count_share[i8] == 0.75 and choice.pooled_dice[i75] > choice.pooled_dice[i0]
     assert choice.to_dict()["frames_with_particles"] == 4
     strict = choose_particle_confidence(items[3:], 0.5, max_dice_loss=0.0)  # faint only: no cut helps
-    assert strict.min_mean_probability == 0.0
+    assert strict.cut == 0.0
 
 
 def test_dice_budget_keeps_cuts_that_drop_real_particles_out() -> None:
@@ -112,8 +112,8 @@ def test_dice_budget_keeps_cuts_that_drop_real_particles_out() -> None:
     p1, y1 = _frame([(40, 40, 15, 0.97), (98, 98, 12, 0.7)])
     p2, _ = _frame([(64, 64, 30, 0.72)])
     items = [(p1, y1, PX), (p1, y1, PX), (p2, _disc(p2.shape, 64, 64, 30).astype(np.uint8), PX)]
-    assert choose_particle_confidence(items, 0.5, max_dice_loss=0.01).min_mean_probability == 0.0
-    assert choose_particle_confidence(items, 0.5, max_dice_loss=1.0).min_mean_probability == 0.75
+    assert choose_particle_confidence(items, 0.5, max_dice_loss=0.01).cut == 0.0
+    assert choose_particle_confidence(items, 0.5, max_dice_loss=1.0).cut == 0.75
 
 
 def test_tally_errors_name_the_value() -> None:

@@ -51,6 +51,12 @@ the model is fine-tuned to it on the three random-carbon sets, the weak bands' f
     fringelive finetune --from ft6/bundle --data rnd6 rnd5 rnd7 --lowpass-sigma 1 ... --out ft8
     fringelive calibrate --bundle ft8/bundle eval_bands eval_bare eval_accept_au --choose-threshold cur_val4 ...
 
+and last the confident core a particle must hold, chosen on choice sets through cameras no other
+set used (``core_commands``):
+
+    fringelive synth ... --out cur_valenv / cur_valcamA / cur_valcamB / cur_valaccA / cur_valaccB
+    fringelive calibrate --bundle ft8/bundle eval_bands eval_bare eval_accept_au --choose-particle-core cur_valenv ...
+
 in a working directory, and copy ``ft8/bundle`` to ``--out`` with verification tiles (the
 precision parity gate's network inputs) preprocessed from the first two ``eval_accept_au``
 frames as its card says (the shipped run started from ``ft6/bundle.pre``: the same weights,
@@ -350,10 +356,46 @@ def stage8_commands(*, seed: int = 0) -> list[list[str]]:
     ]
 
 
+#: the two cameras no training or reported set used, for the particle-core choice sets
+_CAMERA_HELD_OUT_A = ["--gain", "5", "--offset", "400", "--read-noise", "20", "--mtf-sigma", "0.85", "--illumination", "0.35"]
+_CAMERA_HELD_OUT_B = ["--gain", "1.7", "--offset", "50", "--read-noise", "6", "--mtf-sigma", "0.5", "--illumination", "0.15"]
+_ENVELOPE = ["--pixel-size", "0.013", "0.042", "--dose", "200", "2000", "--material", "Au", "Ag", "Pt"]
+#: the acceptance's structure (issue #11) across the envelope, random carbon (0.25 Å multislice)
+_SYNTH_ACCEPTANCE_STRUCTURE = [
+    "synth", "--engine", "abtem", "--count", "48", "--size", "512", *_ENVELOPE, "--log-uniform", "pixel-size", "dose",
+    "--diameter", "3", "6", "--particles", "0", "2", "--empty-fraction", "0.1", "--twin-probability", "0.3",
+    "--stacking-fault-probability", "0.1", "--carbon-thickness", "3", "6", "--voltage", "300", "--defocus", "-6", "6",
+    "--cs", "-30", "30", "--focal-spread", "2", "4", "--sampling", "0.25", "--slice-thickness", "2", "--mask-pass",
+    "shared", "--workers", "2", "--no-progress"]
+_SYNTH_BROAD = ["synth", "--preset", "curated", "--count", "48", *_ENVELOPE, "--log-uniform", "pixel-size", "dose",
+                "--particles", "0", "3", "--empty-fraction", "0.15", "--diameter", "2.5", "8", "--carbon-thickness", "2",
+                "10", "--workers", "2", "--no-progress"]
+
+
+def core_commands(*, seed: int = 0) -> list[list[str]]:
+    """The last step of stage 8 (shipped): the confident core (``card.particle_min_core_nm``)
+    chosen on 272 labelled frames no training or reported set holds: the envelope through the
+    database's camera ranges (``cur_valenv``), broad conditions and the acceptance's structure
+    each through two cameras nothing else used (``cur_valcamA/B``, ``cur_valaccA/B``); then the
+    drift reference again (the published mask changed)."""
+    return [
+        ["synth", "--preset", "curated", "--count", "80", *_ENVELOPE, "--particles", "0", "3", "--empty-fraction",
+         "0.15", "--diameter", "2", "10", "--carbon-thickness", "2", "10", *_CAMERA_WIDE, "--seed", "1104",
+         "--workers", "1", "--no-progress", "--out", "cur_valenv"],
+        [*_SYNTH_BROAD, *_CAMERA_HELD_OUT_A, "--seed", "1105", "--out", "cur_valcamA"],
+        [*_SYNTH_BROAD, *_CAMERA_HELD_OUT_B, "--seed", "1106", "--out", "cur_valcamB"],
+        [*_SYNTH_ACCEPTANCE_STRUCTURE, *_CAMERA_HELD_OUT_A, "--seed", "1107", "--out", "cur_valaccA"],
+        [*_SYNTH_ACCEPTANCE_STRUCTURE, *_CAMERA_HELD_OUT_B, "--seed", "1108", "--out", "cur_valaccB"],
+        ["calibrate", "--bundle", "ft8/bundle", "eval_bands", "eval_bare", "eval_accept_au",
+         *[a for s in ("cur_valenv", "cur_valcamA", "cur_valcamB", "cur_valaccA", "cur_valaccB")
+           for a in ("--choose-particle-core", s)], "--no-dose-calibration", "--seed", str(seed)],
+    ]
+
+
 def all_commands(**kwargs: object) -> list[list[str]]:
     """Every stage's command lines, in order."""
     return (commands(**kwargs) + curated_commands() + stage3_commands() + stage4_commands()  # type: ignore[arg-type]
-            + stage5_commands() + stage6_commands() + stage8_commands())
+            + stage5_commands() + stage6_commands() + stage8_commands() + core_commands())
 
 
 def build(out: Path, work: Path, **kwargs: object) -> Path:
