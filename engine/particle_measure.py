@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fringelive.engine.particles import (drop_labels, fill_holes, label_kept_runs, mean_over_runs, pixels_of,
-                                         stats_of_labels, sum_over_runs)
+                                         stats_of_labels, values_on_runs)
 
 __all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for",
            "core_diameters_nm"]
@@ -116,7 +116,10 @@ def core_diameters_nm(probabilities: np.ndarray, core_probability: float, count:
     """Equivalent-circle diameter (nm) of each component's confident core, the pixels whose
     class-1 ``probabilities`` (H, W) reach ``core_probability``: (count,) float64, components
     1..``count`` given by their foreground runs (:func:`~fringelive.engine.particles.label_kept_runs`)."""
-    area, _ = sum_over_runs(np.asarray(probabilities) >= core_probability, count, runs)
+    if count == 0:
+        return np.zeros(0, dtype=np.float64)
+    values, labels = values_on_runs(np.asarray(probabilities), runs)
+    area = np.bincount(labels, weights=values >= core_probability, minlength=count + 1)[1:count + 1]
     return 2.0 * np.sqrt(area / math.pi) * float(pixel_size_nm)
 
 
