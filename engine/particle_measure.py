@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fringelive.engine.particles import (drop_labels, fill_holes, label_kept_runs, mean_over_runs, pixels_of,
-                                         stats_of_labels, values_on_runs)
+                                         stats_of_labels)
 
 __all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for",
            "core_diameters_nm"]
@@ -118,9 +118,12 @@ def core_diameters_nm(probabilities: np.ndarray, core_probability: float, count:
     1..``count`` given by their foreground runs (:func:`~fringelive.engine.particles.label_kept_runs`)."""
     if count == 0:
         return np.zeros(0, dtype=np.float64)
-    values, labels = values_on_runs(np.asarray(probabilities), runs)
-    area = np.bincount(labels, weights=values >= core_probability, minlength=count + 1)[1:count + 1]
-    return 2.0 * np.sqrt(area / math.pi) * float(pixel_size_nm)
+    probabilities = np.asarray(probabilities)
+    # written as float32 0/1 in one pass: numpy's reduceat over a bool frame would first cast it whole
+    core = np.greater_equal(probabilities, core_probability, out=np.empty(probabilities.shape, np.float32))
+    _, c0, c1, lab = runs
+    area = np.bincount(lab, weights=(c1 - c0).astype(np.float64), minlength=count + 1)[1:count + 1]
+    return 2.0 * np.sqrt(mean_over_runs(core, count, runs) * area / math.pi) * float(pixel_size_nm)
 
 
 def min_area_px_for(pixel_size_nm: float | None, settings: ParticleSettings, min_area_px: int) -> int:

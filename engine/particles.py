@@ -20,8 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["particle_stats", "stats_of_labels", "area_fraction", "label_particles", "fill_holes", "keep_labels",
-           "foreground_runs", "label_kept_runs", "mean_over_runs", "values_on_runs", "drop_labels",
-           "pixels_of"]
+           "foreground_runs", "label_kept_runs", "mean_over_runs", "drop_labels", "pixels_of"]
 
 _STRUCTURES = {
     1: np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool),  # 4-connected
@@ -201,18 +200,6 @@ def mean_over_runs(values: np.ndarray, count: int,
     sums = np.add.reduceat(flat, bounds)[0::2].astype(np.float64)
     area = np.bincount(lab, weights=(c1 - c0).astype(np.float64), minlength=count + 1)[1:]
     return np.bincount(lab, weights=sums, minlength=count + 1)[1:] / np.maximum(area, 1.0)
-
-
-def values_on_runs(values: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The pixels of ``values`` (H, W) under the foreground runs ``(row, c0, c1, label)``
-    (:func:`label_kept_runs`) and their labels: two (pixels,) arrays, run by run. Costs the
-    foreground's size, not the frame's (a comparison over these is ~10× cheaper than over the frame)."""
-    row, c0, c1, lab = runs
-    lengths = (c1 - c0).astype(np.intp)
-    starts = row.astype(np.intp) * values.shape[1] + c0
-    index = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()), dtype=np.intp)
-    return np.ascontiguousarray(values).ravel()[index], np.repeat(lab, lengths)
 
 
 def pixels_of(labels: np.ndarray, selected: np.ndarray) -> np.ndarray:
