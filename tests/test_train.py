@@ -133,7 +133,7 @@ def test_cosine_schedule_and_selection_metric() -> None:
 
 def test_default_bundle_commands_parse() -> None:
     from fringelive.cli import build_parser
-    from fringelive.training.build_default_bundle import commands
+    from fringelive.training.default_bundle_commands import commands
 
     parser = build_parser()
     synth, heldout, train, asynth, aheldout, finetune, csynth, calibrate = (parser.parse_args(c) for c in commands())
@@ -143,13 +143,13 @@ def test_default_bundle_commands_parse() -> None:
     assert finetune.command == "finetune" and finetune.source == "run/bundle" and finetune.data == ["train", "abtem-train"]
     assert finetune.benchmark == ["heldout_423e=heldout", "heldout_abtem_423e=abtem-heldout"]
     assert csynth.engine == "fast" and calibrate.command == "calibrate" and str(calibrate.bundle) == "finetune/bundle"
-    from fringelive.training.build_default_bundle import curated_commands
+    from fringelive.training.default_bundle_commands import curated_commands
 
     stage2 = [parser.parse_args(c) for c in curated_commands()]
     assert [a.command for a in stage2] == ["synth"] * 5 + ["finetune", "calibrate"]
     assert stage2[0].preset == "curated" and stage2[5].source == "finetune/bundle"
     assert stage2[5].select_metric == "last" and str(stage2[6].bundle) == "ft1/bundle"
-    from fringelive.training.build_default_bundle import stage3_commands
+    from fringelive.training.default_bundle_commands import stage3_commands
 
     stage3 = [parser.parse_args(c) for c in stage3_commands()]
     assert [a.command for a in stage3] == ["synth"] * 4 + ["finetune", "calibrate"]
@@ -158,12 +158,17 @@ def test_default_bundle_commands_parse() -> None:
     assert str(stage3[5].bundle) == "ft3/bundle" and [str(p) for p in stage3[5].choose_threshold] == ["cur_val"]
     assert stage3[0].support_pool == 1  # the databases as stage 3 drew them (one carbon slab per grid)
     assert stage3[4].bundle_name == "default-curated-v3"
-    from fringelive.training.build_default_bundle import (DEFAULT_NAME, LOWPASS_SIGMA_PX, all_commands,
-                                                          stage4_commands, stage5_commands, stage6_commands,
-                                                          stage8_commands)
+    from fringelive.training.default_bundle_commands import (DEFAULT_NAME, LOWPASS_SIGMA_PX, all_commands,
+                                                             core_commands, stage4_commands, stage5_commands,
+                                                             stage6_commands, stage8_commands)
 
-    stage4, stage5, stage6, stage8 = ([parser.parse_args(c) for c in f()] for f in (
-        stage4_commands, stage5_commands, stage6_commands, stage8_commands))
+    stage4, stage5, stage6, stage8, core = ([parser.parse_args(c) for c in f()] for f in (
+        stage4_commands, stage5_commands, stage6_commands, stage8_commands, core_commands))
+    assert [a.command for a in core] == ["synth"] * 5 + ["calibrate"]
+    assert [str(p) for p in core[5].choose_particle_core] == ["cur_valenv", "cur_valcamA", "cur_valcamB",
+                                                              "cur_valaccA", "cur_valaccB"]
+    assert str(core[5].bundle) == "ft8/bundle" and [a.seed for a in core[:5]] == [1104, 1105, 1106, 1107, 1108]
+    assert core[3].diameter == [3.0, 6.0] and core[3].defocus == [-6.0, 6.0] and core[1].read_noise == [20.0]
     assert [a.command for a in stage4] == ["synth"] * 3 + ["finetune"]
     assert stage4[0].support_pool is None and stage4[0].count == 1600  # the preset's pool of 4 slabs
     assert stage4[3].source == "ft3/bundle" and stage4[3].data == ["cur_p4", "cur_2"]
@@ -301,7 +306,7 @@ def test_committed_default_bundle_records_its_recipe_and_heldout_dice() -> None:
     the threshold choice, and reaches Dice >= 0.89 on whole held-out multislice frames at
     0.02 nm/pixel and 423 e/Å² with an unseen camera (the fine-tune's benchmark)."""
     from fringelive.bundle.bundle_io import load_bundle
-    from fringelive.training.build_default_bundle import DEFAULT_NAME, LOWPASS_SIGMA_PX, stage8_commands
+    from fringelive.training.default_bundle_commands import DEFAULT_NAME, LOWPASS_SIGMA_PX, stage8_commands
 
     path = Path(__file__).resolve().parents[1] / "default_bundle"
     if not (path / "card.json").is_file():
