@@ -159,7 +159,7 @@ def _frames(files: list[Path], extra: dict[str, Any], limit: int | None) -> Iter
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    """The card choices asked for (threshold, particle confidence), then the drift reference."""
+    """The card choices asked for (threshold, particle confidence, particle core), then the drift reference."""
     if args.max_frames is not None and args.max_frames < 2:
         raise CLIError(f"--max-frames must be >= 2, got {args.max_frames}", 2)
     if not args.target_arl >= 10:
