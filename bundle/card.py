@@ -44,6 +44,9 @@ RESCALE_MODES = ("standardize", "normalize", "histogram")
 #: the largest ``Preprocessing.lowpass_sigma_px`` (px): beyond it the low-pass would erase the
 #: lattice fringes of the finest sampled frames, and a coarser frame is the better fix
 MAX_LOWPASS_SIGMA_PX = 4.0
+#: class-1 probability of a pixel of a particle's confident core when the card does not say
+#: (``Card.particle_core_probability``; ``engine.particle_measure``)
+DEFAULT_PARTICLE_CORE_PROBABILITY = 0.95
 
 
 class CardError(ValueError):
@@ -301,7 +304,7 @@ class Card:
     #: ``fringelive calibrate --choose-particle-core`` picks it on labelled frames; the daemon's
     #: ``[particles] min_core_nm`` and ``core_probability`` override them)
     particle_min_core_nm: float = 0.0
-    particle_core_probability: float = 0.95
+    particle_core_probability: float = DEFAULT_PARTICLE_CORE_PROBABILITY
 
     def __post_init__(self) -> None:
         if self.schema_version not in SUPPORTED_SCHEMA_VERSIONS:

@@ -26,7 +26,7 @@ from fringelive.bundle.bundle_io import BundleError
 from fringelive.cli import CLIError, summary
 from fringelive.engine.calibration import (calibrate_bundle, calibrate_decision_threshold,
                                            calibrate_particle_confidence)
-from fringelive.engine.particle_confidence import DEFAULT_MAX_DICE_LOSS, STATISTICS
+from fringelive.engine.particle_confidence import DEFAULT_MAX_DICE_LOSS, METRICS_KEYS, STATISTICS
 from fringelive.engine.threshold_choice import DEFAULT_MAX_CALLED_EMPTY, DEFAULT_MAX_CALLED_EMPTY_FRAME
 from fringelive.engine.drift_reference import DriftReferenceError
 from fringelive.engine.readers import ReaderError, SUPPORTED_SUFFIXES, read_frames
@@ -255,8 +255,7 @@ def _choose_particle_confidence(args: argparse.Namespace, statistic: str, paths:
                         if statistic == "mean_probability" else
                         ("--choose-particle-core", "particle core (min diameter)", " nm"))
     key = STATISTICS[statistic]
-    rep = _run_choice(args, what, "particle_confidence_calibration" if statistic == "mean_probability"
-                      else "particle_core_calibration",
+    rep = _run_choice(args, what, METRICS_KEYS[statistic],
                       lambda: calibrate_particle_confidence(
                           args.bundle, _labelled(paths, flag), threads=args.threads,
                           max_dice_loss=args.max_particle_dice_loss, dry_run=args.dry_run,

@@ -34,7 +34,7 @@ from fringelive.engine.dose_estimate import CameraCalibration
 from fringelive.engine.drift_reference import (DriftReference, SCALE_FLOORS, SCHEMA, SCHEMA1_CAMERA_KEYS,
                                                SIGNAL_DIRECTIONS, parse_drift_reference, robust_centre_scale)
 from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
-from fringelive.engine.particle_confidence import (DEFAULT_MAX_DICE_LOSS, STATISTICS,
+from fringelive.engine.particle_confidence import (DEFAULT_MAX_DICE_LOSS, METRICS_KEYS, STATISTICS,
                                                   ConfidenceTally)
 from fringelive.engine.threshold_choice import (DEFAULT_GRID, DEFAULT_MAX_CALLED_EMPTY,
                                                DEFAULT_MAX_CALLED_EMPTY_FRAME, ThresholdTally)
@@ -285,8 +285,7 @@ def calibrate_particle_confidence(bundle_path: str | Path,
             pipe.config.min_particle_area_px, max_dice_loss, statistic,
             float(pipe.bundle.card.particle_core_probability)),
         card_field="particle_" + key, chosen=key,
-        metrics_key="particle_confidence_calibration" if statistic == "mean_probability" else "particle_core_calibration",
-        threads=threads, dry_run=dry_run, sources=sources)
+        metrics_key=METRICS_KEYS[statistic], threads=threads, dry_run=dry_run, sources=sources)
 
 
 def _choose_on_labelled(bundle_path: str | Path, frames: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],

@@ -26,11 +26,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fringelive.engine.particle_measure import DEFAULT_CORE_PROBABILITY, ParticleSettings, measure_particles
+from fringelive.bundle.card import DEFAULT_PARTICLE_CORE_PROBABILITY
+from fringelive.engine.particle_measure import ParticleSettings, core_diameters_nm, measure_particles
 from fringelive.engine.particles import pixels_of
 
-__all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_CORE_GRID", "DEFAULT_MAX_DICE_LOSS", "STATISTICS", "ConfidenceTally",
-           "ConfidenceChoice", "choose_particle_confidence"]
+__all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_CORE_GRID", "DEFAULT_MAX_DICE_LOSS", "STATISTICS", "METRICS_KEYS",
+           "ConfidenceTally", "ConfidenceChoice", "choose_particle_confidence"]
 
 #: candidate cuts (mean class-1 probability of a component); 0 = no cut
 DEFAULT_CONFIDENCE_GRID: tuple[float, ...] = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.82, 0.84, 0.86, 0.88, 0.9, 0.92, 0.94)
@@ -38,6 +39,9 @@ DEFAULT_CONFIDENCE_GRID: tuple[float, ...] = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.
 DEFAULT_CORE_GRID: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 #: the component statistics a cut can apply to, and the ParticleSettings field each cut sets
 STATISTICS: dict[str, str] = {"mean_probability": "min_mean_probability", "core_nm": "min_core_nm"}
+#: the card metrics each statistic's choice is recorded under
+METRICS_KEYS: dict[str, str] = {"mean_probability": "particle_confidence_calibration",
+                                "core_nm": "particle_core_calibration"}
 #: largest drop of the pooled Dice (absolute) a cut may cost against no cut
 DEFAULT_MAX_DICE_LOSS = 0.01
 
@@ -55,7 +59,7 @@ class ConfidenceTally:
     min_area_px: int = 20
     max_dice_loss: float = DEFAULT_MAX_DICE_LOSS
     statistic: str = "mean_probability"
-    core_probability: float = DEFAULT_CORE_PROBABILITY
+    core_probability: float = DEFAULT_PARTICLE_CORE_PROBABILITY
     exact: np.ndarray = field(init=False)
     tp: np.ndarray = field(init=False)
     fp: np.ndarray = field(init=False)
@@ -116,9 +120,7 @@ class ConfidenceTally:
         n = len(called.particles)
         if pixel_size_nm is None:
             return np.full(n, np.inf)
-        core = np.bincount(called.labels.ravel(), weights=(probabilities >= self.core_probability).ravel(),
-                           minlength=n + 1)[1:n + 1]
-        return 2.0 * np.sqrt(core / math.pi) * float(pixel_size_nm)
+        return core_diameters_nm(probabilities, self.core_probability, n, called.runs, pixel_size_nm)
 
     def result(self) -> "ConfidenceChoice":
         if not self.frames:
@@ -172,7 +174,7 @@ def choose_particle_confidence(items: Iterable[tuple[np.ndarray, np.ndarray, flo
                                grid: Sequence[float] | None = None,
                                settings: ParticleSettings | None = None, min_area_px: int = 20,
                                max_dice_loss: float = DEFAULT_MAX_DICE_LOSS, statistic: str = "mean_probability",
-                               core_probability: float = DEFAULT_CORE_PROBABILITY) -> ConfidenceChoice:
+                               core_probability: float = DEFAULT_PARTICLE_CORE_PROBABILITY) -> ConfidenceChoice:
     """The cut of ``grid`` with the most exact particle counts over ``items`` = (probabilities
     (H, W), label (H, W) {0, 1}, pixel size nm/px or None) per frame, within the Dice budget."""
     tally = ConfidenceTally(threshold, None if grid is None else tuple(grid), settings or ParticleSettings(),

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fringelive.bundle.card import DEFAULT_PARTICLE_CORE_PROBABILITY
 from fringelive.engine.particles import (drop_labels, fill_holes, label_kept_runs, mean_over_runs, pixels_of,
                                          stats_of_labels)
 
@@ -96,7 +97,9 @@ class ParticleMeasurement:
     1..n); specks: components below the minimum; summary: :func:`size_summary`;
     uncertain: components below ``min_mean_probability`` (not specks, not particles);
     labels: (H, W) int32 label image of the particles (0 = background or speck), numbered like
-    ``particles``, so later stages (tracking, circularity) need not label the mask again."""
+    ``particles``, so later stages (tracking, circularity) need not label the mask again;
+    runs: their foreground runs ``(row, c0, c1, label)``
+    (:func:`~fringelive.engine.particles.label_kept_runs`)."""
 
     mask: np.ndarray
     particles: list[dict[str, Any]]
@@ -104,10 +107,7 @@ class ParticleMeasurement:
     summary: dict[str, Any] = field(default_factory=dict)
     labels: np.ndarray | None = None
     uncertain: int = 0
-
-
-#: class-1 probability of a core pixel when neither the config nor the card says
-DEFAULT_CORE_PROBABILITY = 0.95
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def core_diameters_nm(probabilities: np.ndarray, core_probability: float, count: int,
@@ -157,12 +157,12 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
     if probabilities is not None:
         means = mean_over_runs(np.asarray(probabilities), kept, runs)
         cut = settings.min_mean_probability or 0.0
-        core = settings.min_core_nm or 0.0
-        if (cut > 0 or (core > 0 and pixel_size_nm is not None)) and kept:
+        core = (settings.min_core_nm or 0.0) if pixel_size_nm is not None else 0.0  # the core rule needs nm
+        if (cut > 0 or core > 0) and kept:
             low = means < cut
-            if core > 0 and pixel_size_nm is not None:
-                low |= core_diameters_nm(probabilities, settings.core_probability or DEFAULT_CORE_PROBABILITY,
-                                         kept, runs, pixel_size_nm) < core
+            if core > 0:
+                core_probability = settings.core_probability or DEFAULT_PARTICLE_CORE_PROBABILITY
+                low |= core_diameters_nm(probabilities, core_probability, kept, runs, pixel_size_nm) < core
             uncertain = int(low.sum())
             if uncertain:
                 if not (specks and settings.remove_specks):  # else the mask is rebuilt from the labels below
@@ -177,7 +177,7 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
             particle["mean_probability"] = round(float(mean), 4)
     return ParticleMeasurement(mask=mask, particles=particles, specks=specks,
                                summary=size_summary(particles, specks, settings, uncertain=uncertain),
-                               labels=labels, uncertain=uncertain)
+                               labels=labels, uncertain=uncertain, runs=runs)
 
 
 def size_summary(particles: list[dict[str, Any]], specks: int, settings: ParticleSettings, *,
