@@ -304,6 +304,9 @@ class Card:
     #: ``fringelive calibrate --choose-particle-core`` picks it on labelled frames; the daemon's
     #: ``[particles] min_core_nm`` and ``core_probability`` override them)
     particle_min_core_nm: float = 0.0
+    #: ... and only when that core covers at least this share of its area (0..1; 0 = off;
+    #: ``fringelive calibrate --choose-particle-core-fraction``; ``[particles] min_core_fraction``)
+    particle_min_core_fraction: float = 0.0
     particle_core_probability: float = DEFAULT_PARTICLE_CORE_PROBABILITY
 
     def __post_init__(self) -> None:
@@ -330,6 +333,9 @@ class Card:
         v = self.particle_min_core_nm
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < float("inf"):
             raise CardError(f"particle_min_core_nm must be a diameter >= 0 nm, got {v!r}")
+        v = self.particle_min_core_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise CardError(f"particle_min_core_fraction must be a fraction in [0, 1), got {v!r}")
         v = self.particle_core_probability
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
             raise CardError(f"particle_core_probability must be a probability in (0, 1), got {v!r}")

@@ -274,14 +274,16 @@ def calibrate_particle_confidence(bundle_path: str | Path,
     the card's metrics, unless ``dry_run``: ``statistic`` "mean_probability" chooses
     ``card.particle_min_mean_probability`` (``metrics["particle_confidence_calibration"]``),
     "core_nm" ``card.particle_min_core_nm`` at the card's ``particle_core_probability``
-    (``metrics["particle_core_calibration"]``). Use frames no reported metric is measured on.
+    (``metrics["particle_core_calibration"]``), "core_fraction" ``card.particle_min_core_fraction``
+    (``metrics["particle_core_fraction_calibration"]``); the card's other particle rules hold
+    meanwhile. Use frames no reported metric is measured on.
     Returns the choice's report plus ``written``."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
     key = STATISTICS[statistic]
     return _choose_on_labelled(
         bundle_path, frames, lambda pipe: ConfidenceTally(
-            pipe.threshold, None if grid is None else tuple(grid), pipe.config.particles,
+            pipe.threshold, None if grid is None else tuple(grid), pipe.particle_settings,
             pipe.config.min_particle_area_px, max_dice_loss, statistic,
             float(pipe.bundle.card.particle_core_probability)),
         card_field="particle_" + key, chosen=key,

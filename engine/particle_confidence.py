@@ -11,10 +11,13 @@ pooled Dice is at most ``max_dice_loss`` below that of no cut (c = 0): a cut mus
 by dropping real particles. Ties go to the smaller c. Pure: probabilities and labels in, numbers
 out (``fringelive calibrate --choose-particle-confidence`` runs the pipeline).
 
-The same choice, by the same criterion, for the confident core (``statistic="core_nm"``): the
+The same choice, by the same criterion, for the confident core: ``statistic="core_nm"``, the
 candidates are core diameters (nm, :data:`DEFAULT_CORE_GRID`), a component's statistic the
 equivalent-circle diameter of its pixels at or above the card's ``particle_core_probability``
-(``fringelive calibrate --choose-particle-core``).
+(``fringelive calibrate --choose-particle-core``); ``statistic="core_fraction"``, the share of
+its area those pixels cover (:data:`DEFAULT_CORE_FRACTION_GRID`, ``--choose-particle-core-fraction``).
+Each choice is made with the other rules as the bundle has them (``settings``), so choices made
+one after the other compose.
 """
 
 from __future__ import annotations
@@ -27,21 +30,30 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from fringelive.bundle.card import DEFAULT_PARTICLE_CORE_PROBABILITY
-from fringelive.engine.particle_measure import ParticleSettings, core_diameters_nm, measure_particles
+from fringelive.engine.particle_measure import ParticleSettings, core_diameters_nm, core_fractions, measure_particles
 from fringelive.engine.particles import pixels_of
 
-__all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_CORE_GRID", "DEFAULT_MAX_DICE_LOSS", "STATISTICS", "METRICS_KEYS",
+__all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_CORE_GRID", "DEFAULT_CORE_FRACTION_GRID", "DEFAULT_MAX_DICE_LOSS", "STATISTICS", "METRICS_KEYS",
            "ConfidenceTally", "ConfidenceChoice", "choose_particle_confidence"]
 
 #: candidate cuts (mean class-1 probability of a component); 0 = no cut
 DEFAULT_CONFIDENCE_GRID: tuple[float, ...] = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.82, 0.84, 0.86, 0.88, 0.9, 0.92, 0.94)
 #: candidate confident cores (equivalent-circle diameter, nm); 0 = no core rule
 DEFAULT_CORE_GRID: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+#: candidate shares of a component's area in its confident core; 0 = no rule
+DEFAULT_CORE_FRACTION_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 #: the component statistics a cut can apply to, and the ParticleSettings field each cut sets
-STATISTICS: dict[str, str] = {"mean_probability": "min_mean_probability", "core_nm": "min_core_nm"}
+STATISTICS: dict[str, str] = {"mean_probability": "min_mean_probability", "core_nm": "min_core_nm",
+                              "core_fraction": "min_core_fraction"}
 #: the card metrics each statistic's choice is recorded under
 METRICS_KEYS: dict[str, str] = {"mean_probability": "particle_confidence_calibration",
-                                "core_nm": "particle_core_calibration"}
+                                "core_nm": "particle_core_calibration",
+                                "core_fraction": "particle_core_fraction_calibration"}
+#: each statistic's default candidates, and the values a candidate may take (low <= c < high)
+_GRIDS: dict[str, tuple[tuple[float, ...], float, str]] = {
+    "mean_probability": (DEFAULT_CONFIDENCE_GRID, 1.0, "probabilities in [0, 1)"),
+    "core_nm": (DEFAULT_CORE_GRID, math.inf, "diameters >= 0 nm"),
+    "core_fraction": (DEFAULT_CORE_FRACTION_GRID, 1.0, "fractions in [0, 1)")}
 #: largest drop of the pooled Dice (absolute) a cut may cost against no cut
 DEFAULT_MAX_DICE_LOSS = 0.01
 
@@ -51,7 +63,8 @@ class ConfidenceTally:
     """Per candidate cut, over the frames added so far: frames with the exact particle count,
     and the pooled pixel counts of the published mask. ``threshold``: the class-1 probability
     the mask is made with (the bundle's). ``statistic``: a key of :data:`STATISTICS` (the mean
-    probability, or the confident core's diameter at ``core_probability``)."""
+    probability, or the confident core's diameter or area share at ``core_probability``).
+    ``settings``: the bundle's particle rules; the chosen statistic's own is set to 0 (no cut)."""
 
     threshold: float
     grid: tuple[float, ...] | None = None  # None: the statistic's default grid
@@ -70,13 +83,12 @@ class ConfidenceTally:
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {self.statistic!r}")
+        default_grid, top, what = _GRIDS[self.statistic]
         if self.grid is None:
-            self.grid = DEFAULT_CONFIDENCE_GRID if self.statistic == "mean_probability" else DEFAULT_CORE_GRID
+            self.grid = default_grid
         grid = tuple(float(c) for c in self.grid)
-        top = 1.0 if self.statistic == "mean_probability" else math.inf
         if not grid or 0.0 not in grid or any(not (math.isfinite(c) and 0.0 <= c < top) for c in grid) \
                 or len(set(grid)) != len(grid):
-            what = "probabilities in [0, 1)" if self.statistic == "mean_probability" else "diameters >= 0 nm"
             raise ValueError(f"particle {self.statistic} grid must be distinct {what} including 0 (no cut), "
                              f"got {list(self.grid)!r}")
         if not (math.isfinite(self.core_probability) and 0.0 < self.core_probability < 1.0):
@@ -86,7 +98,7 @@ class ConfidenceTally:
         if not (math.isfinite(self.max_dice_loss) and 0.0 <= self.max_dice_loss <= 1.0):
             raise ValueError(f"max_dice_loss must be in [0, 1] (Dice), got {self.max_dice_loss!r}")
         self.grid = tuple(sorted(grid))
-        self.settings = dataclasses.replace(self.settings, min_mean_probability=0.0, min_core_nm=0.0)
+        self.settings = dataclasses.replace(self.settings, **{STATISTICS[self.statistic]: 0.0})
         n = len(self.grid)
         self.exact, self.tp, self.fp, self.fn = (np.zeros(n, np.int64) for _ in range(4))
 
@@ -118,6 +130,8 @@ class ConfidenceTally:
         if self.statistic == "mean_probability":
             return np.array([p["mean_probability"] for p in called.particles], dtype=np.float64)
         n = len(called.particles)
+        if self.statistic == "core_fraction":
+            return core_fractions(probabilities, self.core_probability, n, called.runs)
         if pixel_size_nm is None:
             return np.full(n, np.inf)
         return core_diameters_nm(probabilities, self.core_probability, n, called.runs, pixel_size_nm)
@@ -156,11 +170,11 @@ class ConfidenceChoice:
 
     @property
     def key(self) -> str:
-        """The ParticleSettings field the cut sets (``min_mean_probability`` or ``min_core_nm``)."""
+        """The ParticleSettings field the cut sets (:data:`STATISTICS`)."""
         return STATISTICS[self.statistic]
 
     def to_dict(self) -> dict[str, Any]:
-        core = {"core_probability": self.core_probability} if self.statistic == "core_nm" else {}
+        core = {"core_probability": self.core_probability} if self.statistic != "mean_probability" else {}
         return {self.key: self.cut, "statistic": self.statistic, **core, "threshold": self.threshold,
                 "criterion": "max share of frames whose particle count equals the label's, pooled Dice of the "
                              f"published mask at most {self.max_dice_loss:g} below no cut's",

@@ -10,9 +10,10 @@ component whose mean falls below ``min_mean_probability`` is *uncertain*: counte
 out of the mask and the particles (0, the default, keeps every component). So is a component
 without a *confident core*: its pixels of probability at least ``core_probability`` must make an
 equivalent-circle diameter of ``min_core_nm`` (0, the default, is off; the rule needs the pixel
-size). Amorphous-support texture the network half-believes makes components that are uniformly
-lukewarm; a particle, even a small or faint one, holds a core the network is sure of. Pure arrays
-in, plain data out.
+size) and a share ``min_core_fraction`` of its area (0, the default, is off; needs no pixel size).
+Amorphous-support texture the network half-believes makes components that are uniformly
+lukewarm; a particle, even a small or faint one, holds a core the network is sure of, and its
+unsure pixels are only a rim. Pure arrays in, plain data out.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from fringelive.engine.particles import (drop_labels, fill_holes, label_kept_run
                                          stats_of_labels)
 
 __all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for",
-           "core_diameters_nm"]
+           "core_diameters_nm", "core_fractions", "BUNDLE_PARTICLE_RULES"]
+
+#: the ParticleSettings fields whose None means the bundle's ``card.particle_<name>``
+BUNDLE_PARTICLE_RULES = ("min_mean_probability", "min_core_nm", "min_core_fraction", "core_probability")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,10 @@ class ParticleSettings:
         without a pixel size the rule is off); the rest are *uncertain*. None = the bundle's
         (``card.particle_min_core_nm``, which ``fringelive calibrate --choose-particle-core`` sets;
         0 unless chosen).
+    min_core_fraction: a component is a particle only when its confident core covers at least
+        this share of its area (0..1; 0 = off; works without a pixel size); the rest are
+        *uncertain*. None = the bundle's (``card.particle_min_core_fraction``, which
+        ``fringelive calibrate --choose-particle-core-fraction`` sets; 0 unless chosen).
     core_probability: the class-1 probability of a core pixel (0..1). None = the bundle's
         (``card.particle_core_probability``, default 0.95).
     """
@@ -63,6 +71,7 @@ class ParticleSettings:
     size_bin_nm: float = 1.0
     min_mean_probability: float | None = None
     min_core_nm: float | None = None
+    min_core_fraction: float | None = None
     core_probability: float | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +93,10 @@ class ParticleSettings:
         v = self.min_core_nm
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < math.inf):
             raise ValueError(f"min_core_nm must be a diameter >= 0 nm, or None (unset: the bundle's), got {v!r}")
+        v = self.min_core_fraction
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0):
+            raise ValueError(f"min_core_fraction must be a fraction in [0, 1), or None (unset: the bundle's), "
+                             f"got {v!r}")
         v = self.core_probability
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0):
             raise ValueError(f"core_probability must be a probability in (0, 1), or None (unset: the bundle's), "
@@ -95,7 +108,8 @@ class ParticleMeasurement:
     """mask: (H, W) bool, the published mask (holes filled, specks removed per the settings);
     particles: per-particle dicts (:func:`fringelive.engine.particles.particle_stats`, labels
     1..n); specks: components below the minimum; summary: :func:`size_summary`;
-    uncertain: components below ``min_mean_probability`` (not specks, not particles);
+    uncertain: components below ``min_mean_probability`` or without the confident core (not
+    specks, not particles);
     labels: (H, W) int32 label image of the particles (0 = background or speck), numbered like
     ``particles``, so later stages (tracking, circularity) need not label the mask again;
     runs: their foreground runs ``(row, c0, c1, label)``
@@ -110,20 +124,31 @@ class ParticleMeasurement:
     runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-def core_diameters_nm(probabilities: np.ndarray, core_probability: float, count: int,
-                      runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-                      pixel_size_nm: float) -> np.ndarray:
-    """Equivalent-circle diameter (nm) of each component's confident core, the pixels whose
-    class-1 ``probabilities`` (H, W) reach ``core_probability``: (count,) float64, components
+def core_fractions(probabilities: np.ndarray, core_probability: float, count: int,
+                   runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Share of each component's area in its confident core, the pixels whose class-1
+    ``probabilities`` (H, W) reach ``core_probability``: (count,) float64 in [0, 1], components
     1..``count`` given by their foreground runs (:func:`~fringelive.engine.particles.label_kept_runs`)."""
     if count == 0:
         return np.zeros(0, dtype=np.float64)
     probabilities = np.asarray(probabilities)
     # written as float32 0/1 in one pass: numpy's reduceat over a bool frame would first cast it whole
     core = np.greater_equal(probabilities, core_probability, out=np.empty(probabilities.shape, np.float32))
+    return mean_over_runs(core, count, runs)
+
+
+def core_diameters_nm(probabilities: np.ndarray, core_probability: float, count: int,
+                      runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                      pixel_size_nm: float, *, fractions: np.ndarray | None = None) -> np.ndarray:
+    """Equivalent-circle diameter (nm) of each component's confident core (see
+    :func:`core_fractions`, which ``fractions`` gives when already computed): (count,) float64."""
+    if count == 0:
+        return np.zeros(0, dtype=np.float64)
+    if fractions is None:
+        fractions = core_fractions(probabilities, core_probability, count, runs)
     _, c0, c1, lab = runs
     area = np.bincount(lab, weights=(c1 - c0).astype(np.float64), minlength=count + 1)[1:count + 1]
-    return 2.0 * np.sqrt(mean_over_runs(core, count, runs) * area / math.pi) * float(pixel_size_nm)
+    return 2.0 * np.sqrt(fractions * area / math.pi) * float(pixel_size_nm)
 
 
 def min_area_px_for(pixel_size_nm: float | None, settings: ParticleSettings, min_area_px: int) -> int:
@@ -140,8 +165,8 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
     """Particles, specks and size summary of ``mask`` (H, W) bool; ``pixel_size_nm`` nm/px or
     None; ``min_area_px`` is the minimum when the pixel size is unknown. ``probabilities``
     (H, W) float, the class-1 probabilities ``mask`` was thresholded from: each particle gets its
-    ``mean_probability``, and ``settings.min_mean_probability`` and ``settings.min_core_nm`` (None
-    counts as 0; ``core_probability`` None as 0.95) take effect."""
+    ``mean_probability``, and ``settings.min_mean_probability``, ``min_core_nm`` and
+    ``min_core_fraction`` (None counts as 0; ``core_probability`` None as 0.95) take effect."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != bool:
         raise ValueError(f"mask must be a 2-D bool array, got shape {mask.shape} dtype {mask.dtype}")
@@ -158,11 +183,16 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
         means = mean_over_runs(np.asarray(probabilities), kept, runs)
         cut = settings.min_mean_probability or 0.0
         core = (settings.min_core_nm or 0.0) if pixel_size_nm is not None else 0.0  # the core rule needs nm
-        if (cut > 0 or core > 0) and kept:
+        share = settings.min_core_fraction or 0.0
+        if (cut > 0 or core > 0 or share > 0) and kept:
             low = means < cut
-            if core > 0:
+            if core > 0 or share > 0:
                 core_probability = settings.core_probability or DEFAULT_PARTICLE_CORE_PROBABILITY
-                low |= core_diameters_nm(probabilities, core_probability, kept, runs, pixel_size_nm) < core
+                fractions = core_fractions(probabilities, core_probability, kept, runs)
+                low |= fractions < share
+                if core > 0:
+                    low |= core_diameters_nm(probabilities, core_probability, kept, runs, pixel_size_nm,
+                                             fractions=fractions) < core
             uncertain = int(low.sum())
             if uncertain:
                 if not (specks and settings.remove_specks):  # else the mask is rebuilt from the labels below

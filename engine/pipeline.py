@@ -30,7 +30,7 @@ from fringelive.bundle.netspec import bytes_per_pixel_of
 from fringelive.engine import tiling
 from fringelive.engine.backends import Backend, create_backends
 from fringelive.engine.frame import FrameMetadata
-from fringelive.engine.particle_measure import ParticleSettings, measure_particles
+from fringelive.engine.particle_measure import BUNDLE_PARTICLE_RULES, ParticleSettings, measure_particles
 from fringelive.engine.particles import area_fraction
 from fringelive.engine.pipeline_frames import FrameInference, PipelineResult, PreparedFrame
 from fringelive.engine.pipeline_settings import TILING_MODES, PipelineConfig, _is_int
@@ -128,12 +128,12 @@ class SegmentationPipeline:
 
     @property
     def particle_settings(self) -> ParticleSettings:
-        """``config.particles`` with ``min_mean_probability``, ``min_core_nm`` and
-        ``core_probability`` resolved: each the configured one, else the bundle's
-        (``card.particle_min_mean_probability``, ``particle_min_core_nm``, ``particle_core_probability``)."""
+        """``config.particles`` with ``min_mean_probability``, ``min_core_nm``,
+        ``min_core_fraction`` and ``core_probability`` resolved: each the configured one, else the
+        bundle's (``card.particle_<name>``)."""
         ps, card = self.config.particles, self.bundle.card
-        unset = {name: float(getattr(card, "particle_" + name)) for name in
-                 ("min_mean_probability", "min_core_nm", "core_probability") if getattr(ps, name) is None}
+        unset = {name: float(getattr(card, "particle_" + name)) for name in BUNDLE_PARTICLE_RULES
+                 if getattr(ps, name) is None}
         return dataclasses.replace(ps, **unset) if unset else ps
 
     @property

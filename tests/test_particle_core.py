@@ -14,7 +14,7 @@ import pytest
 
 from fringelive.bundle.card import Card, CardError
 from fringelive.engine.particle_confidence import ConfidenceTally, choose_particle_confidence
-from fringelive.engine.particle_measure import ParticleSettings, core_diameters_nm, measure_particles
+from fringelive.engine.particle_measure import ParticleSettings, core_diameters_nm, core_fractions, measure_particles
 from fringelive.engine.particles import label_kept_runs
 
 PX = 0.1  # nm/px: the 1 nm speck minimum is a 5 px radius disc
@@ -144,3 +144,76 @@ def test_calibrate_writes_the_core_and_the_pipeline_and_daemon_config_use_it(
         DaemonConfig.from_dict({"particles": {"min_core_nm": -1}})
     assert main(["calibrate", "--bundle", str(bundle), "--choose-particle-core", str(tmp_path / "none"),
                  str(labelled)]) == 2
+
+
+# --- the core's share of the component's area (min_core_fraction) ------------------------------
+
+def test_components_whose_core_is_a_small_share_are_uncertain_with_or_without_pixel_size() -> None:
+    p, _ = _frame()  # shares: big particle 1.0, small faint one 49/197 = 0.25, texture 0
+    mask = p > 0.5
+    for px in (PX, None):
+        m = measure_particles(mask, px, ParticleSettings(min_core_fraction=0.2), probabilities=p, min_area_px=20)
+        assert m.summary["count"] == 2 and m.uncertain == 1 and not m.mask[95, 95] and m.mask[30, 100]
+        m = measure_particles(mask, px, ParticleSettings(min_core_fraction=0.3), probabilities=p, min_area_px=20)
+        assert m.summary["count"] == 1 and m.uncertain == 2
+    both = measure_particles(mask, PX, ParticleSettings(min_core_fraction=0.2, min_core_nm=1.0), probabilities=p)
+    assert both.summary["count"] == 1 and both.uncertain == 2  # either core rule makes a component uncertain
+
+
+def test_core_fractions_equal_a_per_component_share() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        shape = (int(rng.integers(1, 50)), int(rng.integers(1, 50)))
+        probs = rng.random(shape).astype(np.float32)
+        labels, _, kept, runs = label_kept_runs(probs > rng.random(), 1)
+        got = core_fractions(probs, 0.9, kept, runs)
+        ref = [np.count_nonzero(probs[labels == k] >= 0.9) / np.count_nonzero(labels == k) for k in range(1, kept + 1)]
+        np.testing.assert_allclose(got, ref, rtol=1e-6)
+        np.testing.assert_allclose(core_diameters_nm(probs, 0.9, kept, runs, PX, fractions=got),
+                                   core_diameters_nm(probs, 0.9, kept, runs, PX), rtol=1e-12)
+
+
+def test_core_fraction_choice_keeps_small_particles_and_holds_the_other_rules() -> None:
+    items = [(*_frame(), PX) for _ in range(3)]
+    p, y = _frame(texture=False)
+    items.append((p, y, PX))
+    choice = choose_particle_confidence(items, 0.5, statistic="core_fraction", max_dice_loss=1.0)
+    assert choice.cut == 0.05 and choice.key == "min_core_fraction"
+    share = dict(zip(choice.grid, choice.exact_count_share))
+    assert share[0.0] == 0.25 and share[0.05] == share[0.2] == 1.0 and share[0.25] == 0.0  # small: 0.249
+    assert choice.to_dict()["core_probability"] == 0.95
+    # with the bundle's core diameter rule held (1 nm drops the small particle), no share helps
+    held = choose_particle_confidence(items, 0.5, statistic="core_fraction", max_dice_loss=1.0,
+                                      settings=ParticleSettings(min_core_nm=1.0))
+    assert set(held.exact_count_share) == {0.0}
+    with pytest.raises(ValueError, match="core_fraction grid must be distinct fractions in \\[0, 1\\) including 0"):
+        ConfidenceTally(0.5, grid=(0.0, 1.0), statistic="core_fraction")
+
+
+def test_core_fraction_errors_card_config_and_cli(default_bundle_and_labelled: tuple[Path, Path]) -> None:
+    from fringelive.bundle.bundle_io import load_bundle
+    from fringelive.cli import main
+    from fringelive.daemon.config import ConfigError, DaemonConfig
+    from fringelive.engine.pipeline import PipelineConfig, SegmentationPipeline
+
+    for bad in (-0.1, 1.0, "most", True):
+        with pytest.raises(ValueError, match=f"min_core_fraction must be a fraction in \\[0, 1\\).*{bad!r}"):
+            ParticleSettings(min_core_fraction=bad)  # type: ignore[arg-type]
+    d = json.loads((Path(__file__).resolve().parents[1] / "default_bundle" / "card.json").read_text())
+    with pytest.raises(CardError, match="particle_min_core_fraction must be a fraction in \\[0, 1\\), got 1.2"):
+        Card.from_dict({**d, "particle_min_core_fraction": 1.2})
+    assert Card.from_dict({k: v for k, v in d.items() if k != "particle_min_core_fraction"}).particle_min_core_fraction \
+        == 0.0  # cards written before the field: off
+    assert DaemonConfig.from_dict({"particles": {"min_core_fraction": 0.2}}).particles.min_core_fraction == 0.2
+    with pytest.raises(ConfigError, match="particles.min_core_fraction must be a fraction in \\[0, 1\\).*1.5"):
+        DaemonConfig.from_dict({"particles": {"min_core_fraction": 1.5}})
+    bundle, labelled = default_bundle_and_labelled
+    card = load_bundle(bundle).write_card(load_bundle(bundle).card.replace(particle_min_core_fraction=0.25)).card
+    with SegmentationPipeline.from_bundle(bundle) as pipe:
+        assert pipe.particle_settings.min_core_fraction == 0.25  # the card's
+    cfg = PipelineConfig(particles=ParticleSettings(min_core_fraction=0.0))
+    with SegmentationPipeline.from_bundle(bundle, cfg) as pipe:
+        assert pipe.particle_settings.min_core_fraction == 0.0  # [particles] overrides the card
+    rc = main(["calibrate", "--bundle", str(bundle), "--choose-particle-core-fraction", str(labelled), "--dry-run",
+               "--max-frames", "2", str(labelled)])
+    assert rc in (0, 1) and load_bundle(bundle).card == card  # a dry run writes nothing
