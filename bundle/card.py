@@ -307,6 +307,9 @@ class Card:
     #: ... and only when that core covers at least this share of its area (0..1; 0 = off;
     #: ``fringelive calibrate --choose-particle-core-fraction``; ``[particles] min_core_fraction``)
     particle_min_core_fraction: float = 0.0
+    #: ... and, for a component touching the frame edge, at least this share (0..1; 0 = off;
+    #: ``--choose-particle-edge-core-fraction``; ``[particles] min_edge_core_fraction``)
+    particle_min_edge_core_fraction: float = 0.0
     particle_core_probability: float = DEFAULT_PARTICLE_CORE_PROBABILITY
 
     def __post_init__(self) -> None:
@@ -333,9 +336,10 @@ class Card:
         v = self.particle_min_core_nm
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < float("inf"):
             raise CardError(f"particle_min_core_nm must be a diameter >= 0 nm, got {v!r}")
-        v = self.particle_min_core_fraction
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-            raise CardError(f"particle_min_core_fraction must be a fraction in [0, 1), got {v!r}")
+        for name in ("particle_min_core_fraction", "particle_min_edge_core_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise CardError(f"{name} must be a fraction in [0, 1), got {v!r}")
         v = self.particle_core_probability
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
             raise CardError(f"particle_core_probability must be a probability in (0, 1), got {v!r}")

@@ -94,9 +94,14 @@ def register(sub: Any) -> None:
                         "for it to count as a particle (card.particle_min_core_fraction; candidates 0 and 0.05-0.5, "
                         "same criterion as --choose-particle-confidence, the card's other particle rules held) on "
                         "this labelled raw sample set (repeat for several)")
+    p.add_argument("--choose-particle-edge-core-fraction", action="append", type=Path, metavar="SAMPLESET",
+                   default=None,
+                   help="then choose the same share for the components touching the frame edge only "
+                        "(card.particle_min_edge_core_fraction; candidates 0 and 0.05-0.5, same criterion, the card's "
+                        "other particle rules held) on this labelled raw sample set (repeat for several)")
     p.add_argument("--max-particle-dice-loss", type=float, default=DEFAULT_MAX_DICE_LOSS, metavar="DICE",
-                   help="--choose-particle-confidence/-core/-core-fraction: largest drop of the pooled Dice a cut "
-                        f"may cost (Dice, default: {DEFAULT_MAX_DICE_LOSS:g})")
+                   help="--choose-particle-confidence/-core/-core-fraction/-edge-core-fraction: largest drop of the "
+                        f"pooled Dice a cut may cost (Dice, default: {DEFAULT_MAX_DICE_LOSS:g})")
     p.add_argument("--dry-run", action="store_true", help="print the reference, do not write the card (flag, no unit)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (flag, no unit)")
     p.set_defaults(func=run_calibrate)
@@ -164,8 +169,8 @@ def _frames(files: list[Path], extra: dict[str, Any], limit: int | None) -> Iter
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    """The card choices asked for (threshold, particle confidence, particle core and its share), then the drift
-    reference."""
+    """The card choices asked for (threshold, particle confidence, particle core: diameter, share, share at
+    the edge), then the drift reference."""
     if args.max_frames is not None and args.max_frames < 2:
         raise CLIError(f"--max-frames must be >= 2, got {args.max_frames}", 2)
     if not args.target_arl >= 10:
@@ -189,6 +194,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         _choose_particle_confidence(args, "core_nm", list(args.choose_particle_core))
     if args.choose_particle_core_fraction:
         _choose_particle_confidence(args, "core_fraction", list(args.choose_particle_core_fraction))
+    if args.choose_particle_edge_core_fraction:
+        _choose_particle_confidence(args, "edge_core_fraction", list(args.choose_particle_edge_core_fraction))
 
     def progress(n: int) -> None:
         if not args.json and n % 50 == 0:
@@ -260,12 +267,15 @@ def _choose_threshold(args: argparse.Namespace) -> None:
 _CHOICES: dict[str, tuple[str, str, str]] = {
     "mean_probability": ("--choose-particle-confidence", "particle confidence (min mean probability)", ""),
     "core_nm": ("--choose-particle-core", "particle core (min diameter)", " nm"),
-    "core_fraction": ("--choose-particle-core-fraction", "particle core (min share of the area)", "")}
+    "core_fraction": ("--choose-particle-core-fraction", "particle core (min share of the area)", ""),
+    "edge_core_fraction": ("--choose-particle-edge-core-fraction",
+                           "particle core at the frame edge (min share of the area)", "")}
 
 
 def _choose_particle_confidence(args: argparse.Namespace, statistic: str, paths: list[Path]) -> None:
     """``--choose-particle-confidence`` (``statistic`` "mean_probability"), ``--choose-particle-core``
-    ("core_nm") or ``--choose-particle-core-fraction`` ("core_fraction") on the sample sets ``paths``."""
+    ("core_nm"), ``--choose-particle-core-fraction`` ("core_fraction") or
+    ``--choose-particle-edge-core-fraction`` ("edge_core_fraction") on the sample sets ``paths``."""
     flag, what, unit = _CHOICES[statistic]
     key = STATISTICS[statistic]
     rep = _run_choice(args, what, METRICS_KEYS[statistic],

@@ -275,8 +275,9 @@ def calibrate_particle_confidence(bundle_path: str | Path,
     ``card.particle_min_mean_probability`` (``metrics["particle_confidence_calibration"]``),
     "core_nm" ``card.particle_min_core_nm`` at the card's ``particle_core_probability``
     (``metrics["particle_core_calibration"]``), "core_fraction" ``card.particle_min_core_fraction``
-    (``metrics["particle_core_fraction_calibration"]``); the card's other particle rules hold
-    meanwhile. Use frames no reported metric is measured on.
+    (``metrics["particle_core_fraction_calibration"]``), "edge_core_fraction"
+    ``card.particle_min_edge_core_fraction`` (``metrics["particle_edge_core_fraction_calibration"]``);
+    the card's other particle rules hold meanwhile. Use frames no reported metric is measured on.
     Returns the choice's report plus ``written``."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")

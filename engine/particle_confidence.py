@@ -15,7 +15,9 @@ The same choice, by the same criterion, for the confident core: ``statistic="cor
 candidates are core diameters (nm, :data:`DEFAULT_CORE_GRID`), a component's statistic the
 equivalent-circle diameter of its pixels at or above the card's ``particle_core_probability``
 (``fringelive calibrate --choose-particle-core``); ``statistic="core_fraction"``, the share of
-its area those pixels cover (:data:`DEFAULT_CORE_FRACTION_GRID`, ``--choose-particle-core-fraction``).
+its area those pixels cover (:data:`DEFAULT_CORE_FRACTION_GRID`, ``--choose-particle-core-fraction``);
+``statistic="edge_core_fraction"``, the same share for components touching the frame edge only
+(``--choose-particle-edge-core-fraction``).
 Each choice is made with the other rules as the bundle has them (``settings``), so choices made
 one after the other compose.
 """
@@ -31,7 +33,7 @@ import numpy as np
 
 from fringelive.bundle.card import DEFAULT_PARTICLE_CORE_PROBABILITY
 from fringelive.engine.particle_measure import ParticleSettings, core_diameters_nm, core_fractions, measure_particles
-from fringelive.engine.particles import pixels_of
+from fringelive.engine.particles import pixels_of, touching_border
 
 __all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_CORE_GRID", "DEFAULT_CORE_FRACTION_GRID", "DEFAULT_MAX_DICE_LOSS", "STATISTICS", "METRICS_KEYS",
            "ConfidenceTally", "ConfidenceChoice", "choose_particle_confidence"]
@@ -44,16 +46,18 @@ DEFAULT_CORE_GRID: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 DEFAULT_CORE_FRACTION_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 #: the component statistics a cut can apply to, and the ParticleSettings field each cut sets
 STATISTICS: dict[str, str] = {"mean_probability": "min_mean_probability", "core_nm": "min_core_nm",
-                              "core_fraction": "min_core_fraction"}
+                              "core_fraction": "min_core_fraction", "edge_core_fraction": "min_edge_core_fraction"}
 #: the card metrics each statistic's choice is recorded under
 METRICS_KEYS: dict[str, str] = {"mean_probability": "particle_confidence_calibration",
                                 "core_nm": "particle_core_calibration",
-                                "core_fraction": "particle_core_fraction_calibration"}
+                                "core_fraction": "particle_core_fraction_calibration",
+                                "edge_core_fraction": "particle_edge_core_fraction_calibration"}
 #: each statistic's default candidates, and the values a candidate may take (low <= c < high)
 _GRIDS: dict[str, tuple[tuple[float, ...], float, str]] = {
     "mean_probability": (DEFAULT_CONFIDENCE_GRID, 1.0, "probabilities in [0, 1)"),
     "core_nm": (DEFAULT_CORE_GRID, math.inf, "diameters >= 0 nm"),
-    "core_fraction": (DEFAULT_CORE_FRACTION_GRID, 1.0, "fractions in [0, 1)")}
+    "core_fraction": (DEFAULT_CORE_FRACTION_GRID, 1.0, "fractions in [0, 1)"),
+    "edge_core_fraction": (DEFAULT_CORE_FRACTION_GRID, 1.0, "fractions in [0, 1)")}
 #: largest drop of the pooled Dice (absolute) a cut may cost against no cut
 DEFAULT_MAX_DICE_LOSS = 0.01
 
@@ -132,6 +136,9 @@ class ConfidenceTally:
         n = len(called.particles)
         if self.statistic == "core_fraction":
             return core_fractions(probabilities, self.core_probability, n, called.runs)
+        if self.statistic == "edge_core_fraction":  # components inside the frame are never cut
+            edge = touching_border(called.mask.shape, n, called.runs)
+            return np.where(edge, core_fractions(probabilities, self.core_probability, n, called.runs), np.inf)
         if pixel_size_nm is None:
             return np.full(n, np.inf)
         return core_diameters_nm(probabilities, self.core_probability, n, called.runs, pixel_size_nm)

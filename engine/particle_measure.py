@@ -10,7 +10,10 @@ component whose mean falls below ``min_mean_probability`` is *uncertain*: counte
 out of the mask and the particles (0, the default, keeps every component). So is a component
 without a *confident core*: its pixels of probability at least ``core_probability`` must make an
 equivalent-circle diameter of ``min_core_nm`` (0, the default, is off; the rule needs the pixel
-size) and a share ``min_core_fraction`` of its area (0, the default, is off; needs no pixel size).
+size) and a share ``min_core_fraction`` of its area (0, the default, is off; needs no pixel size),
+and, when it touches the frame edge, a share ``min_edge_core_fraction``: lukewarm texture
+components mostly touch the edge, where the network sees part of them and the illumination of
+many cameras is lowest.
 Amorphous-support texture the network half-believes makes components that are uniformly
 lukewarm; a particle, even a small or faint one, holds a core the network is sure of, and its
 unsure pixels are only a rim. Pure arrays in, plain data out.
@@ -26,13 +29,14 @@ import numpy as np
 
 from fringelive.bundle.card import DEFAULT_PARTICLE_CORE_PROBABILITY
 from fringelive.engine.particles import (drop_labels, fill_holes, label_kept_runs, mean_over_runs, pixels_of,
-                                         stats_of_labels)
+                                         stats_of_labels, touching_border)
 
 __all__ = ["ParticleSettings", "ParticleMeasurement", "measure_particles", "size_summary", "min_area_px_for",
            "core_diameters_nm", "core_fractions", "BUNDLE_PARTICLE_RULES"]
 
 #: the ParticleSettings fields whose None means the bundle's ``card.particle_<name>``
-BUNDLE_PARTICLE_RULES = ("min_mean_probability", "min_core_nm", "min_core_fraction", "core_probability")
+BUNDLE_PARTICLE_RULES = ("min_mean_probability", "min_core_nm", "min_core_fraction", "min_edge_core_fraction",
+                         "core_probability")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class ParticleSettings:
         this share of its area (0..1; 0 = off; works without a pixel size); the rest are
         *uncertain*. None = the bundle's (``card.particle_min_core_fraction``, which
         ``fringelive calibrate --choose-particle-core-fraction`` sets; 0 unless chosen).
+    min_edge_core_fraction: the same share for components touching the frame edge only (0..1;
+        0 = off). None = the bundle's (``card.particle_min_edge_core_fraction``,
+        ``--choose-particle-edge-core-fraction``).
     core_probability: the class-1 probability of a core pixel (0..1). None = the bundle's
         (``card.particle_core_probability``, default 0.95).
     """
@@ -72,6 +79,7 @@ class ParticleSettings:
     min_mean_probability: float | None = None
     min_core_nm: float | None = None
     min_core_fraction: float | None = None
+    min_edge_core_fraction: float | None = None
     core_probability: float | None = None
 
     def __post_init__(self) -> None:
@@ -93,10 +101,10 @@ class ParticleSettings:
         v = self.min_core_nm
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < math.inf):
             raise ValueError(f"min_core_nm must be a diameter >= 0 nm, or None (unset: the bundle's), got {v!r}")
-        v = self.min_core_fraction
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0):
-            raise ValueError(f"min_core_fraction must be a fraction in [0, 1), or None (unset: the bundle's), "
-                             f"got {v!r}")
+        for name in ("min_core_fraction", "min_edge_core_fraction"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0):
+                raise ValueError(f"{name} must be a fraction in [0, 1), or None (unset: the bundle's), got {v!r}")
         v = self.core_probability
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0):
             raise ValueError(f"core_probability must be a probability in (0, 1), or None (unset: the bundle's), "
@@ -165,8 +173,9 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
     """Particles, specks and size summary of ``mask`` (H, W) bool; ``pixel_size_nm`` nm/px or
     None; ``min_area_px`` is the minimum when the pixel size is unknown. ``probabilities``
     (H, W) float, the class-1 probabilities ``mask`` was thresholded from: each particle gets its
-    ``mean_probability``, and ``settings.min_mean_probability``, ``min_core_nm`` and
-    ``min_core_fraction`` (None counts as 0; ``core_probability`` None as 0.95) take effect."""
+    ``mean_probability``, and ``settings.min_mean_probability``, ``min_core_nm``,
+    ``min_core_fraction`` and ``min_edge_core_fraction`` (None counts as 0; ``core_probability``
+    None as 0.95) take effect."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != bool:
         raise ValueError(f"mask must be a 2-D bool array, got shape {mask.shape} dtype {mask.dtype}")
@@ -184,12 +193,15 @@ def measure_particles(mask: np.ndarray, pixel_size_nm: float | None, settings: P
         cut = settings.min_mean_probability or 0.0
         core = (settings.min_core_nm or 0.0) if pixel_size_nm is not None else 0.0  # the core rule needs nm
         share = settings.min_core_fraction or 0.0
-        if (cut > 0 or core > 0 or share > 0) and kept:
+        edge_share = settings.min_edge_core_fraction or 0.0
+        if (cut > 0 or core > 0 or share > 0 or edge_share > 0) and kept:
             low = means < cut
-            if core > 0 or share > 0:
+            if core > 0 or share > 0 or edge_share > 0:
                 core_probability = settings.core_probability or DEFAULT_PARTICLE_CORE_PROBABILITY
                 fractions = core_fractions(probabilities, core_probability, kept, runs)
                 low |= fractions < share
+                if edge_share > 0:
+                    low |= (fractions < edge_share) & touching_border(mask.shape, kept, runs)
                 if core > 0:
                     low |= core_diameters_nm(probabilities, core_probability, kept, runs, pixel_size_nm,
                                              fractions=fractions) < core

@@ -202,6 +202,17 @@ def mean_over_runs(values: np.ndarray, count: int,
     return np.bincount(lab, weights=sums, minlength=count + 1)[1:] / np.maximum(area, 1.0)
 
 
+def touching_border(shape: tuple[int, int], count: int,
+                    runs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """(count,) bool: which components 1..``count`` of a (H, W) = ``shape`` frame have a pixel in
+    its first/last row or column, from their foreground runs ``(row, c0, c1, label)``
+    (:func:`label_kept_runs`; the same as the ``touches_border`` of :func:`stats_of_labels`)."""
+    row, c0, c1, lab = runs
+    edge = np.zeros(count + 1, dtype=bool)
+    edge[lab[(row == 0) | (row == shape[0] - 1) | (c0 == 0) | (c1 == shape[1])]] = True
+    return edge[1:]
+
+
 def pixels_of(labels: np.ndarray, selected: np.ndarray) -> np.ndarray:
     """(H, W) bool: the pixels of the components of ``labels`` (H, W) flagged in ``selected``
     ((count,) bool, component k at index k-1)."""

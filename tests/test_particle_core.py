@@ -15,7 +15,7 @@ import pytest
 from fringelive.bundle.card import Card, CardError
 from fringelive.engine.particle_confidence import ConfidenceTally, choose_particle_confidence
 from fringelive.engine.particle_measure import ParticleSettings, core_diameters_nm, core_fractions, measure_particles
-from fringelive.engine.particles import label_kept_runs
+from fringelive.engine.particles import label_kept_runs, touching_border
 
 PX = 0.1  # nm/px: the 1 nm speck minimum is a 5 px radius disc
 
@@ -205,15 +205,66 @@ def test_core_fraction_errors_card_config_and_cli(default_bundle_and_labelled: t
     assert Card.from_dict({k: v for k, v in d.items() if k != "particle_min_core_fraction"}).particle_min_core_fraction \
         == 0.0  # cards written before the field: off
     assert DaemonConfig.from_dict({"particles": {"min_core_fraction": 0.2}}).particles.min_core_fraction == 0.2
+    assert DaemonConfig.from_dict({"particles": {"min_edge_core_fraction": 0.2}}).particles.min_edge_core_fraction \
+        == 0.2
+    with pytest.raises(CardError, match="particle_min_edge_core_fraction must be a fraction in \\[0, 1\\), got -1"):
+        Card.from_dict({**d, "particle_min_edge_core_fraction": -1})
     with pytest.raises(ConfigError, match="particles.min_core_fraction must be a fraction in \\[0, 1\\).*1.5"):
         DaemonConfig.from_dict({"particles": {"min_core_fraction": 1.5}})
     bundle, labelled = default_bundle_and_labelled
-    card = load_bundle(bundle).write_card(load_bundle(bundle).card.replace(particle_min_core_fraction=0.25)).card
+    card = load_bundle(bundle).write_card(load_bundle(bundle).card.replace(
+        particle_min_core_fraction=0.25, particle_min_edge_core_fraction=0.3)).card
     with SegmentationPipeline.from_bundle(bundle) as pipe:
-        assert pipe.particle_settings.min_core_fraction == 0.25  # the card's
+        ps = pipe.particle_settings
+        assert (ps.min_core_fraction, ps.min_edge_core_fraction) == (0.25, 0.3)  # the card's
     cfg = PipelineConfig(particles=ParticleSettings(min_core_fraction=0.0))
     with SegmentationPipeline.from_bundle(bundle, cfg) as pipe:
         assert pipe.particle_settings.min_core_fraction == 0.0  # [particles] overrides the card
     rc = main(["calibrate", "--bundle", str(bundle), "--choose-particle-core-fraction", str(labelled), "--dry-run",
                "--max-frames", "2", str(labelled)])
     assert rc in (0, 1) and load_bundle(bundle).card == card  # a dry run writes nothing
+
+
+# --- the share at the frame edge (min_edge_core_fraction) -------------------------------------
+
+def _edge_frame() -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`_frame`, with a second lukewarm texture component cut by the left edge (with a
+    13 px sure core: 0.41 nm, share 0.08) and a particle (p 0.99) cut by the right edge."""
+    p, y = _frame()
+    shape = p.shape
+    p[_disc(shape, 70, 0, 10)] = 0.85
+    p[_disc(shape, 70, 3, 2)] = 0.97
+    right = _disc(shape, 70, 127, 10)
+    p[right] = 0.99
+    return p, (y.astype(bool) | right).astype(np.uint8)
+
+
+def test_touching_border_equals_the_particle_stats() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        mask = rng.random(shape) > rng.random()
+        labels, _, kept, runs = label_kept_runs(mask, 1)
+        ref = [p["touches_border"] for p in measure_particles(mask, None, ParticleSettings(fill_holes=False),
+                                                              min_area_px=1).particles]
+        assert touching_border(shape, kept, runs).tolist() == ref
+
+
+def test_edge_share_cuts_only_components_touching_the_edge() -> None:
+    p, _ = _edge_frame()
+    mask = p > 0.5
+    assert measure_particles(mask, PX, ParticleSettings(), probabilities=p).summary["count"] == 5
+    m = measure_particles(mask, PX, ParticleSettings(min_edge_core_fraction=0.5), probabilities=p)
+    # the edge texture goes; the inner texture (share 0) and the small inner particle (0.25) stay
+    assert m.summary["count"] == 4 and m.uncertain == 1 and not m.mask[70, 2] and m.mask[95, 95]
+    assert m.mask[70, 125] and m.mask[30, 100]
+    items = [(*_edge_frame(), PX) for _ in range(2)]
+    choice = choose_particle_confidence(items, 0.5, statistic="edge_core_fraction", max_dice_loss=1.0)
+    assert choice.key == "min_edge_core_fraction" and set(choice.exact_count_share) == {0.0}  # inner texture
+    assert choice.cut == 0.0  # a tie: the smaller cut
+    both = choose_particle_confidence(items, 0.5, statistic="edge_core_fraction", max_dice_loss=1.0,
+                                      settings=ParticleSettings(min_core_nm=0.2))  # drops the inner texture
+    share = dict(zip(both.grid, both.exact_count_share))
+    assert both.cut == 0.1 and share[0.0] == share[0.05] == 0.0 and share[0.1] == share[0.5] == 1.0
+    with pytest.raises(ValueError, match="min_edge_core_fraction must be a fraction in \\[0, 1\\).*1.0"):
+        ParticleSettings(min_edge_core_fraction=1.0)
