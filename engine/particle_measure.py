@@ -10,13 +10,12 @@ component whose mean falls below ``min_mean_probability`` is *uncertain*: counte
 out of the mask and the particles (0, the default, keeps every component). So is a component
 without a *confident core*: its pixels of probability at least ``core_probability`` must make an
 equivalent-circle diameter of ``min_core_nm`` (0, the default, is off; the rule needs the pixel
-size) and a share ``min_core_fraction`` of its area (0, the default, is off; needs no pixel size),
-and, when it touches the frame edge, a share ``min_edge_core_fraction``: lukewarm texture
-components mostly touch the edge, where the network sees part of them and the illumination of
-many cameras is lowest.
+size), and must cover a share ``min_core_fraction`` of its area or, for a component touching the
+frame edge, ``min_edge_core_fraction`` (0, the default, is off; no pixel size needed).
 Amorphous-support texture the network half-believes makes components that are uniformly
 lukewarm; a particle, even a small or faint one, holds a core the network is sure of, and its
-unsure pixels are only a rim. Pure arrays in, plain data out.
+unsure pixels are a rim. Such texture components mostly touch the frame edge, where the network
+sees part of them and many cameras' illumination is lowest. Pure arrays in, plain data out.
 """
 
 from __future__ import annotations

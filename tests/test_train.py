@@ -159,7 +159,8 @@ def test_default_bundle_commands_parse() -> None:
     assert stage3[0].support_pool == 1  # the databases as stage 3 drew them (one carbon slab per grid)
     assert stage3[4].bundle_name == "default-curated-v3"
     from fringelive.training.default_bundle_commands import (DEFAULT_NAME, LOWPASS_SIGMA_PX, all_commands,
-                                                             core_commands, stage4_commands, stage5_commands,
+                                                             core_commands, core_share_commands, stage4_commands,
+                                                             stage5_commands,
                                                              stage6_commands, stage8_commands)
 
     stage4, stage5, stage6, stage8, core = ([parser.parse_args(c) for c in f()] for f in (
@@ -169,6 +170,10 @@ def test_default_bundle_commands_parse() -> None:
                                                               "cur_valaccA", "cur_valaccB"]
     assert str(core[5].bundle) == "ft8/bundle" and [a.seed for a in core[:5]] == [1104, 1105, 1106, 1107, 1108]
     assert core[3].diameter == [3.0, 6.0] and core[3].defocus == [-6.0, 6.0] and core[1].read_noise == [20.0]
+    (share,) = [parser.parse_args(c) for c in core_share_commands()]
+    assert share.command == "calibrate" and str(share.bundle) == "ft8/bundle"
+    assert [str(p) for p in share.choose_particle_core_fraction] == [str(p) for p in core[5].choose_particle_core] \
+        == [str(p) for p in share.choose_particle_edge_core_fraction]
     assert [a.command for a in stage4] == ["synth"] * 3 + ["finetune"]
     assert stage4[0].support_pool is None and stage4[0].count == 1600  # the preset's pool of 4 slabs
     assert stage4[3].source == "ft3/bundle" and stage4[3].data == ["cur_p4", "cur_2"]

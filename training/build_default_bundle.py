@@ -57,6 +57,11 @@ set used (``core_commands``):
     fringelive synth ... --out cur_valenv / cur_valcamA / cur_valcamB / cur_valaccA / cur_valaccB
     fringelive calibrate --bundle ft8/bundle eval_bands eval_bare eval_accept_au --choose-particle-core cur_valenv ...
 
+then, on the same choice sets, the share of a component its sure core must cover, everywhere and
+at the frame edge (``core_share_commands``):
+
+    fringelive calibrate --bundle ft8/bundle eval_bands eval_bare eval_accept_au --choose-particle-core-fraction cur_valenv ... --choose-particle-edge-core-fraction cur_valenv ...
+
 in a working directory, and copy ``ft8/bundle`` to ``--out`` with verification tiles (the
 precision parity gate's network inputs) preprocessed from the first two ``eval_accept_au``
 frames as its card says (the shipped run started from ``ft6/bundle.pre``: the same weights,

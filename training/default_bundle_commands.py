@@ -292,12 +292,27 @@ def core_commands(*, seed: int = 0) -> list[list[str]]:
         [*_SYNTH_ACCEPTANCE_STRUCTURE, *_CAMERA_HELD_OUT_A, "--seed", "1107", "--out", "cur_valaccA"],
         [*_SYNTH_ACCEPTANCE_STRUCTURE, *_CAMERA_HELD_OUT_B, "--seed", "1108", "--out", "cur_valaccB"],
         ["calibrate", "--bundle", "ft8/bundle", "eval_bands", "eval_bare", "eval_accept_au",
-         *[a for s in ("cur_valenv", "cur_valcamA", "cur_valcamB", "cur_valaccA", "cur_valaccB")
-           for a in ("--choose-particle-core", s)], "--no-dose-calibration", "--seed", str(seed)],
+         *[a for s in CHOICE_SETS for a in ("--choose-particle-core", s)], "--no-dose-calibration", "--seed",
+         str(seed)],
     ]
+
+
+#: the five choice sets of the particle rules (``core_commands``)
+CHOICE_SETS = ("cur_valenv", "cur_valcamA", "cur_valcamB", "cur_valaccA", "cur_valaccB")
+
+
+def core_share_commands(*, seed: int = 0) -> list[list[str]]:
+    """After the core's diameter (shipped): on the same five choice sets, the share of a
+    component its sure core must cover (``card.particle_min_core_fraction``), then that share for
+    the components touching the frame edge (``card.particle_min_edge_core_fraction``), each with
+    the card's other rules held; then the drift reference again."""
+    return [["calibrate", "--bundle", "ft8/bundle", "eval_bands", "eval_bare", "eval_accept_au",
+             *[a for s in CHOICE_SETS for a in ("--choose-particle-core-fraction", s)],
+             *[a for s in CHOICE_SETS for a in ("--choose-particle-edge-core-fraction", s)],
+             "--no-dose-calibration", "--seed", str(seed)]]
 
 
 def all_commands(**kwargs: object) -> list[list[str]]:
     """Every stage's command lines, in order."""
     return (commands(**kwargs) + curated_commands() + stage3_commands() + stage4_commands()  # type: ignore[arg-type]
-            + stage5_commands() + stage6_commands() + stage8_commands() + core_commands())
+            + stage5_commands() + stage6_commands() + stage8_commands() + core_commands() + core_share_commands())
