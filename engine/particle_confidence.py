@@ -35,8 +35,8 @@ from fringelive.bundle.card import DEFAULT_PARTICLE_CORE_PROBABILITY
 from fringelive.engine.particle_measure import ParticleSettings, core_diameters_nm, core_fractions, measure_particles
 from fringelive.engine.particles import pixels_of, touching_border
 
-__all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_CORE_GRID", "DEFAULT_CORE_FRACTION_GRID", "DEFAULT_MAX_DICE_LOSS", "STATISTICS", "METRICS_KEYS",
-           "ConfidenceTally", "ConfidenceChoice", "choose_particle_confidence"]
+__all__ = ["DEFAULT_CONFIDENCE_GRID", "DEFAULT_CORE_GRID", "DEFAULT_CORE_FRACTION_GRID", "DEFAULT_MAX_DICE_LOSS",
+           "STATISTICS", "METRICS_KEYS", "ConfidenceTally", "ConfidenceChoice", "choose_particle_confidence"]
 
 #: candidate cuts (mean class-1 probability of a component); 0 = no cut
 DEFAULT_CONFIDENCE_GRID: tuple[float, ...] = (0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.82, 0.84, 0.86, 0.88, 0.9, 0.92, 0.94)
