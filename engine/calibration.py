@@ -283,12 +283,18 @@ def calibrate_particle_confidence(bundle_path: str | Path,
         raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
     key = STATISTICS[statistic]
     return _choose_on_labelled(
-        bundle_path, frames, lambda pipe: ConfidenceTally(
-            pipe.threshold, None if grid is None else tuple(grid), pipe.particle_settings,
-            pipe.config.min_particle_area_px, max_dice_loss, statistic,
-            float(pipe.bundle.card.particle_core_probability)),
+        bundle_path, frames, lambda pipe: _confidence_tally(pipe, grid, max_dice_loss, statistic),
         card_field="particle_" + key, chosen=key,
         metrics_key=METRICS_KEYS[statistic], threads=threads, dry_run=dry_run, sources=sources)
+
+
+def _confidence_tally(pipe: SegmentationPipeline, grid: Sequence[float] | None, max_dice_loss: float,
+                      statistic: str) -> ConfidenceTally:
+    """The tally of ``statistic`` with the pipeline's resolved particle rules; its core
+    probability is theirs (the card's unless configured), so the statistic and the held rules use one."""
+    ps = pipe.particle_settings
+    return ConfidenceTally(pipe.threshold, None if grid is None else tuple(grid), ps, pipe.config.min_particle_area_px,
+                           max_dice_loss, statistic, float(ps.core_probability))
 
 
 def _choose_on_labelled(bundle_path: str | Path, frames: Iterable[tuple[np.ndarray, np.ndarray, Mapping[str, Any]]],

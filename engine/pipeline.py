@@ -128,9 +128,8 @@ class SegmentationPipeline:
 
     @property
     def particle_settings(self) -> ParticleSettings:
-        """``config.particles`` with ``min_mean_probability``, ``min_core_nm``,
-        ``min_core_fraction`` and ``core_probability`` resolved: each the configured one, else the
-        bundle's (``card.particle_<name>``)."""
+        """``config.particles`` with the rules a card carries (:data:`BUNDLE_PARTICLE_RULES`)
+        resolved: each the configured one, else the bundle's (``card.particle_<name>``)."""
         ps, card = self.config.particles, self.bundle.card
         unset = {name: float(getattr(card, "particle_" + name)) for name in BUNDLE_PARTICLE_RULES
                  if getattr(ps, name) is None}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -59,12 +60,19 @@ def test_components_without_a_confident_core_are_uncertain() -> None:
     assert both.summary["count"] == 1 and both.uncertain == 2  # either rule makes a component uncertain
 
 
-def test_core_diameters_equal_a_per_component_count() -> None:
-    rng = np.random.default_rng(1)
+def _random_components(seed: int) -> Iterator[tuple[np.ndarray, np.ndarray, int, tuple[np.ndarray, ...]]]:
+    """20 random frames: (probabilities (H, W) float32, labels, kept, runs) of the pixels above a
+    random threshold, every component kept."""
+    rng = np.random.default_rng(seed)
     for _ in range(20):
         shape = (int(rng.integers(1, 50)), int(rng.integers(1, 50)))
         probs = rng.random(shape).astype(np.float32)
         labels, _, kept, runs = label_kept_runs(probs > rng.random(), 1)
+        yield probs, labels, kept, runs
+
+
+def test_core_diameters_equal_a_per_component_count() -> None:
+    for probs, labels, kept, runs in _random_components(1):
         got = core_diameters_nm(probs, 0.9, kept, runs, PX)
         ref = [2 * math.sqrt(np.count_nonzero(probs[labels == k] >= 0.9) / math.pi) * PX for k in range(1, kept + 1)]
         np.testing.assert_allclose(got, ref, rtol=1e-9)
@@ -161,11 +169,7 @@ def test_components_whose_core_is_a_small_share_are_uncertain_with_or_without_pi
 
 
 def test_core_fractions_equal_a_per_component_share() -> None:
-    rng = np.random.default_rng(2)
-    for _ in range(20):
-        shape = (int(rng.integers(1, 50)), int(rng.integers(1, 50)))
-        probs = rng.random(shape).astype(np.float32)
-        labels, _, kept, runs = label_kept_runs(probs > rng.random(), 1)
+    for probs, labels, kept, runs in _random_components(2):
         got = core_fractions(probs, 0.9, kept, runs)
         ref = [np.count_nonzero(probs[labels == k] >= 0.9) / np.count_nonzero(labels == k) for k in range(1, kept + 1)]
         np.testing.assert_allclose(got, ref, rtol=1e-6)
