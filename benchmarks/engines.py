@@ -114,15 +114,15 @@ def cpu_peak(threads: int) -> dict[str, Any]:
         pass
     f = set(flags.split())
     if "avx512f" in f:
-        isa, per_cycle = "AVX-512 (2 FMA x 16 fp32 lanes)", 64
+        isa, per_cycle, lanes = "AVX-512 (2 FMA x 16 fp32 lanes)", 64, 16
     elif "avx2" in f and "fma" in f:
-        isa, per_cycle = "AVX2 + FMA (2 FMA x 8 fp32 lanes)", 32
+        isa, per_cycle, lanes = "AVX2 + FMA (2 FMA x 8 fp32 lanes)", 32, 8
     else:
-        isa, per_cycle = "SSE (4 lanes, no FMA)", 8
+        isa, per_cycle, lanes = "SSE (4 lanes, no FMA)", 8, 4
     extra = [x for x in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni") if x in f]
     ghz = mhz / 1e3 if mhz else 2.0
     return {"model": model, "isa": isa, "bf16_isa": extra, "ghz": ghz, "cores": threads,
-            "flop_per_cycle": per_cycle, "peak_gflops": threads * ghz * per_cycle}
+            "flop_per_cycle": per_cycle, "lanes": lanes, "peak_gflops": threads * ghz * per_cycle}
 
 
 def copy_bandwidth(mib: int = 256) -> float:
@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         f"1/{h0 // h} res: {n} convs, {fl / c['conv_flops']:.0%} of FLOPs, {fl / by:.0f} FLOP/B"
         for h, (fl, by, n) in sorted(c["levels"].items(), reverse=True)))
     print(f"  peak: {peak['cores']} cores x {peak['ghz']:.2f} GHz x {peak['flop_per_cycle']} FLOP/cycle "
-          f"({peak['isa']}) = {peak['peak_gflops']:.0f} GFLOP/s; BF16/AMX/VNNI ISA: {peak['bf16_isa'] or 'none'}")
+          f"({peak['isa']}) = {peak['peak_gflops']:.0f} GFLOP/s; BF16/AMX/VNNI ISA: {peak['bf16_isa'] or 'none'}"
+          + (" (the % peak column is of the FP32 peak for every row; avx512_bf16 dot products double it, AMX tiles more)"
+             if peak["bf16_isa"] else ""))
     first = [r for r in rows if r[0] == rows[0][0]]
     best_row = max(first, key=lambda r: r[7])
     t_compute = total / (peak["peak_gflops"] * 1e9) * 1e3
@@ -248,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  time bounds per call: compute {t_compute:.0f} ms (FLOPs / peak), memory {t_memory:.0f} ms "
           f"(Conv traffic / bandwidth); fastest engine {best_row[1]}: median {best_row[2]:.0f} ms "
           f"(min {best_row[3]:.0f}), {best_row[7]:.1f} GFLOP/s = {100 * best_row[7] / peak['peak_gflops']:.0f}% of peak")
+    lanes = peak["lanes"]
     print(f"  -> {best_row[3] / max(t_compute, t_memory):.0f}x (by its min) above the roofline: neither compute nor DRAM bandwidth "
-          f"limits it; the kernels' efficiency on 4-64-channel convolutions does (8-lane FMA vectors and cache lines "
-          f"half used at 4 channels, one pass over a {4 * 4 * int(side0.split('x')[0]) ** 2 / 2**20:.0f} MiB "
+          f"limits it; the kernels' efficiency on 4-64-channel convolutions does ({lanes}-lane FMA vectors "
+          f"{4 / lanes:.0%} used at 4 channels, one pass over a {4 * 4 * int(side0.split('x')[0]) ** 2 / 2**20:.0f} MiB "
           f"activation per full-resolution layer), which is what OpenVINO's fused, channel-blocked kernels improve; "
-          f"BF16 would help only where the ISA runs it natively")
+          + ("BF16 runs natively here: the daemon uses it only if its parity check passes (engine/precision.py)"
+             if peak["bf16_isa"] else "BF16 would help only where the ISA runs it natively"))
     for b in closers:
         b.close()
     return 0
