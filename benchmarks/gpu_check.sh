@@ -8,28 +8,33 @@
 #      (queue, preprocess, inference, postprocess, particles, drift, publish) plus the
 #      host->device copy of one frame (pinned vs pageable; the daemon times it inside inference).
 #
-#   bash benchmarks/gpu_check.sh [--dry-run] [--wheels DIR] [--frames N] [--size PX] [--work DIR]
+#   bash benchmarks/gpu_check.sh [--dry-run] [--wheels DIR] [--install-only] [--frames N] [--size PX] [--work DIR]
 #
 # --dry-run: on a CPU (CI, tests): checks the script and its Python client, prints each step's
 #   command instead of installing, runs `export tensorrt` and `serve --backend tensorrt` for real to
 #   check that they fail cleanly (exit code 2, one line), and measures the CPU `onnxruntime` daemon
 #   on small frames through the same client, so every step's CPU fallback is exercised.
-# --wheels DIR: install from a directory of wheels only (offline machines; pip --no-index).
+# --wheels DIR: offline machines (the lent GPU machine reaches no network): every wheel in DIR into
+#   the work dir, without resolving dependencies (pip --no-index --no-deps --target), and
+#   fringelive from this checkout; write DIR beforehand with benchmarks/gpu_wheels.sh (pyzmq for the
+#   machine's Python 3.12 at least). Under --dry-run too: it writes into the work dir only.
+# --install-only: stop after step 1 and its version report.
 # Environment: PYTHON (default: python3, or .venv/bin/python when it exists), FRINGELIVE_CMD
 #   (default: the `fringelive` next to PYTHON), TIME_BUDGET_S (default 450: later steps are skipped,
 #   with a line saying so, once it is spent).
 # Exit code: 0 when every step either ran or was skipped with its reason; 1 on a failure.
 set -uo pipefail
 
-DRY=0; WHEELS=""; FRAMES=""; SIZE=""; WORK=""
+DRY=0; INSTALL_ONLY=0; WHEELS=""; FRAMES=""; SIZE=""; WORK=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
+    --install-only) INSTALL_ONLY=1 ;;
     --wheels) WHEELS="$2"; shift ;;
     --frames) FRAMES="$2"; shift ;;
     --size) SIZE="$2"; shift ;;
     --work) WORK="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -73,34 +78,85 @@ fi
 # --- 1. install what is missing, from wheels -----------------------------------------------------
 step_install() {
   local pip=("$PYTHON" -m pip install -q)
-  [ -n "$WHEELS" ] && pip+=(--no-index --find-links "$WHEELS")
+  if [ -n "$WHEELS" ]; then step_install_offline; return 0; fi
   # torch with CUDA: keep one that sees the GPU (a machine image may ship a newer one); else the
   # project's pin from PyTorch's CUDA 13 index (deploy/docker/Dockerfile).
   if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     say "torch $("$PYTHON" -c 'import torch; print(torch.__version__)') sees the GPU: kept"
-  elif [ -n "$WHEELS" ]; then run "${pip[@]}" "torch==2.13.0"
   else run "${pip[@]}" --index-url https://download.pytorch.org/whl/cu130 "torch==2.13.0"; fi
   # fringelive itself and its light dependencies (pyzmq, msgpack, prometheus-client, ...)
-  # (offline: no build isolation, setuptools must be there already)
-  if ! "$PYTHON" -c 'import fringelive, zmq, msgpack' 2>/dev/null; then
-    if [ -n "$WHEELS" ]; then run "${pip[@]}" --no-build-isolation -e "$ROOT"; else run "${pip[@]}" -e "$ROOT"; fi
-  fi
-  # onnxruntime-gpu replaces the CPU onnxruntime (same module name): only one may be installed
+  if ! "$PYTHON" -c 'import fringelive.cli, zmq, msgpack' 2>/dev/null; then run "${pip[@]}" -e "$ROOT"; fi
+  # onnxruntime-gpu replaces the CPU onnxruntime (same module name): only one may be installed;
+  # the CPU one comes back when the GPU one cannot be installed
   if ! "$PYTHON" -c 'import sys, onnxruntime as o; sys.exit(0 if "CUDAExecutionProvider" in o.get_available_providers() else 1)' 2>/dev/null; then
     run "$PYTHON" -m pip uninstall -q -y onnxruntime
-    run "${pip[@]}" "onnxruntime-gpu>=1.30"
+    run "${pip[@]}" "onnxruntime-gpu>=1.30" || run "${pip[@]}" "onnxruntime>=1.17"
   fi
   if ! "$PYTHON" -c 'import tensorrt' 2>/dev/null; then run "${pip[@]}" "tensorrt>=10,<11" "cuda-python>=12"; fi
   return 0
+}
+
+# --wheels DIR: offline, e.g. on a lent GPU machine whose image already holds torch with CUDA,
+# numpy, scipy, onnx, onnxruntime, msgpack and prometheus-client. DIR holds what it lacks
+# (benchmarks/gpu_wheels.sh writes them: pyzmq at least). Every wheel there goes, as it is and
+# without resolving dependencies (nothing could be fetched), into $WORK/site, which PYTHONPATH puts
+# before the image's packages (an onnxruntime-gpu there shadows the CPU build; the image is left
+# as it was); a torch wheel only where no torch sees the GPU. fringelive itself runs from this
+# checkout (link_source_tree) unless it is installed already.
+wheel_in() { compgen -G "$WHEELS/$1-*.whl" >/dev/null; }  # NAME as in a wheel's file name (_ for -)
+step_install_offline() {
+  local site="$WORK/site" whl=() f
+  [ -d "$WHEELS" ] || { say "--wheels $WHEELS: no such directory"; return 1; }
+  for f in "$WHEELS"/*.whl; do
+    [ -e "$f" ] || continue
+    if [[ "$(basename "$f")" == torch-* ]] \
+        && "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+      say "torch sees the GPU: $(basename "$f") not installed"; continue
+    fi
+    whl+=("$f")
+  done
+  say "wheels from $WHEELS: ${#whl[@]} to install into $site"
+  if [ ${#whl[@]} -gt 0 ]; then
+    # for real under --dry-run too: it writes into the work dir only and fetches nothing
+    say "+ pip install --no-index --no-deps --target $site ${whl[*]##*/}"
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$site" "${whl[@]}" \
+      || { say "FAIL: installing the wheels from $WHEELS"; return 1; }
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  if ! "$PYTHON" -c 'import fringelive.cli' 2>/dev/null; then link_source_tree; fi
+  wheel_in onnxruntime_gpu || say "no onnxruntime_gpu wheel in $WHEELS: the onnxruntime-cuda run is skipped unless the image has it"
+  wheel_in tensorrt || say "no tensorrt wheel in $WHEELS: the tensorrt steps are skipped unless the image has it"
+  return 0
+}
+
+# fringelive from this checkout without installing it (no build backend, whatever setuptools the
+# image has): a namespace tree of links, named as pyproject.toml's package-dir maps them.
+link_source_tree() {
+  local src="$WORK/src" name dir
+  mkdir -p "$src/fringelive"
+  while read -r name dir; do ln -sfn "$ROOT/$dir" "$src/${name//.//}"; done < <("$PYTHON" - "$ROOT/pyproject.toml" <<'EOF'
+import sys, tomllib
+dirs = tomllib.load(open(sys.argv[1], "rb"))["tool"]["setuptools"]["package-dir"]
+for name, d in sorted(dirs.items()):
+    if name.count(".") == 1:
+        print(name, d)
+EOF
+)
+  export PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}"
+  FL="$PYTHON -m fringelive.cli"
+  say "fringelive from this checkout, not installed: PYTHONPATH=$src, FRINGELIVE_CMD=$FL"
 }
 say "step 1: install"
 step_install || { say "step 1 failed (the steps below say what is missing)"; }
 "$PYTHON" - <<'EOF'
 import importlib
-for m in ("torch", "onnxruntime", "tensorrt", "zmq", "fringelive"):
+import os
+for m in ("torch", "onnxruntime", "tensorrt", "zmq", "fringelive.cli"):
     try:
         mod = importlib.import_module(m)
         extra = ""
+        if m == "fringelive.cli":
+            extra = f" from {os.path.dirname(os.path.dirname(mod.__file__))}"
         if m == "torch":
             extra = f", cuda {mod.cuda.is_available()}"
         if m == "onnxruntime":
@@ -109,6 +165,7 @@ for m in ("torch", "onnxruntime", "tensorrt", "zmq", "fringelive"):
     except Exception as e:  # noqa: BLE001
         print(f"  {m}: missing ({type(e).__name__}: {e})")
 EOF
+if [ $INSTALL_ONLY = 1 ]; then say "--install-only: stopping after step 1"; exit 0; fi
 
 # --- 2. TensorRT FP16 engine of the default bundle ---------------------------------------------------
 BUNDLE="$WORK/bundle"
