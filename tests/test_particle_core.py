@@ -41,6 +41,11 @@ def _frame(small_core: bool = True, texture: bool = True) -> tuple[np.ndarray, n
     return p, (big | small).astype(np.uint8)
 
 
+def _choice_items() -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The choice tests' frames: three with texture, one with the particles only, all at PX."""
+    return [(*_frame(), PX) for _ in range(3)] + [(*_frame(texture=False), PX)]
+
+
 def test_components_without_a_confident_core_are_uncertain() -> None:
     p, _ = _frame()
     mask = p > 0.5
@@ -82,9 +87,7 @@ def test_choice_drops_texture_but_keeps_small_particles() -> None:
     """Three frames with texture, and small particles with a 0.79 nm core: 0.2 nm (the smallest
     candidate that drops the texture) makes every count exact; 0.8 nm and above would cost the
     small particle."""
-    items = [(*_frame(), PX) for _ in range(3)]
-    p, y = _frame(texture=False)
-    items.append((p, y, PX))
+    items = _choice_items()
     choice = choose_particle_confidence(items, 0.5, statistic="core_nm", max_dice_loss=1.0)
     assert choice.cut == 0.2 and choice.key == "min_core_nm"
     share = dict(zip(choice.grid, choice.exact_count_share))
@@ -178,9 +181,7 @@ def test_core_fractions_equal_a_per_component_share() -> None:
 
 
 def test_core_fraction_choice_keeps_small_particles_and_holds_the_other_rules() -> None:
-    items = [(*_frame(), PX) for _ in range(3)]
-    p, y = _frame(texture=False)
-    items.append((p, y, PX))
+    items = _choice_items()
     choice = choose_particle_confidence(items, 0.5, statistic="core_fraction", max_dice_loss=1.0)
     assert choice.cut == 0.05 and choice.key == "min_core_fraction"
     share = dict(zip(choice.grid, choice.exact_count_share))
